@@ -1,0 +1,5 @@
+"""``python -m edgetrain`` runs the command line."""
+
+from edgetrain.cli import main
+
+main()

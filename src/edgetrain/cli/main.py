@@ -1,0 +1,196 @@
+"""``edgetrain``: train | monitor | plot | report | env.
+
+Every command parses its arguments, calls one library function and prints the result.
+An :class:`EdgeTrainError` becomes one line on stderr and exit code 2 (``--debug`` shows
+the traceback); Ctrl-C exits 130 after the run directory is left readable.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from edgetrain.errors import EdgeTrainError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="edgetrain",
+    help="Train PyTorch models where memory and energy are scarce, and know what it cost.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+_DEBUG = False
+
+ConfigArg = Annotated[
+    Path | None, typer.Argument(help="YAML config file (optional; --set works without one).")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", "-s", help="Override a config key: --set lr=0.01 --set monitor.interval_s=0.5"
+    ),
+]
+
+
+@app.command()
+def train(
+    config: ConfigArg = None,
+    set_: SetOpt = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory.")] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Continue RUN from its last checkpoint.")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing run directory.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Train a model from a config file and/or --set overrides; writes a run directory."""
+    from edgetrain.train import train as run_training
+
+    overrides = list(set_ or [])
+    if out_dir is not None:
+        overrides.append(f"out={out_dir}")
+    if resume is not None and config is not None:
+        raise EdgeTrainError(
+            "--resume continues RUN with its own config.yaml; do not also pass CONFIG"
+        )
+    if resume is not None and overwrite:
+        raise EdgeTrainError("--resume and --overwrite cannot be used together")
+    result = run_training(
+        config, overrides=overrides, resume=resume, overwrite=overwrite, progress=not quiet
+    )
+    s = result.summary
+    if not quiet:
+        best = s.get("best") or {}
+        test = s.get("test") or {}
+        line = f"[bold green]done[/] {s.get('epochs_completed')} epochs in {s.get('total_time_s', 0):.1f} s"
+        if best.get("val_acc") is not None:
+            line += f", best val_acc {best['val_acc']:.4f} (epoch {best.get('epoch')})"
+        if test.get("test_acc") is not None:
+            line += f", test_acc {test['test_acc']:.4f}"
+        if s.get("total_energy_j") is not None:
+            line += f", {s['total_energy_j']:.1f} J ({s.get('energy_source')})"
+        out.print(line, highlight=False)
+    out.print(f"run directory: {result.run_dir}", highlight=False)
+
+
+@app.command()
+def env() -> None:
+    """Show versions, device, CPU, memory, sensors and optional extras."""
+    from edgetrain.measure import environment_info, render_environment
+
+    out.print(render_environment(environment_info()))
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def monitor(
+    ctx: typer.Context,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between samples.")] = 0.2,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write resources.csv and summary.json here.")
+    ] = None,
+    cpu_tdp_w: Annotated[
+        float | None, typer.Option("--cpu-tdp-w", help="CPU power for the estimate (W).")
+    ] = None,
+) -> None:
+    """Run a command and measure it (and its children): edgetrain monitor -- CMD ARGS..."""
+    from edgetrain.measure import render_summary, run_monitored
+
+    cmd = list(ctx.args)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise EdgeTrainError("monitor needs a command to run: edgetrain monitor -- CMD ARGS...")
+    if interval <= 0:
+        raise EdgeTrainError(f"--interval must be > 0 seconds, got {interval}")
+    kwargs: dict[str, Any] = {"interval_s": interval, "out": out_dir}
+    if cpu_tdp_w is not None:
+        kwargs["cpu_tdp_w"] = cpu_tdp_w
+    result = run_monitored(cmd, **kwargs)
+    err.print(render_summary(result))
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def plot(run: Annotated[Path, typer.Argument(help="Run directory.")]) -> None:
+    """Draw resource usage over time (epoch boundaries marked) into RUN/report/."""
+    from edgetrain.report import plot_resources
+
+    path = plot_resources(run)
+    out.print(f"wrote {path}", highlight=False)
+
+
+@app.command()
+def report(
+    dirs: Annotated[
+        list[Path], typer.Argument(help="A run directory, or several runs to compare.")
+    ],
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Where a comparison goes.")
+    ] = None,
+) -> None:
+    """Write DIR/report/ (PNG figures, report.pdf, report.xlsx); several runs are compared."""
+    from edgetrain.report import compare_runs, make_report
+
+    path = make_report(dirs[0]) if len(dirs) == 1 else compare_runs(dirs, out_dir)
+    pdf = path / "report.pdf"
+    out.print(f"report: {pdf if pdf.exists() else path}", highlight=False)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # leave the run directory in a readable, resumable state
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``edgetrain`` console script."""
+    global _DEBUG
+    args = list(sys.argv[1:] if argv is None else argv)
+    _DEBUG = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    logging.basicConfig(
+        level=logging.DEBUG if _DEBUG else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        app(args=args, prog_name="edgetrain", standalone_mode=False)
+    except EdgeTrainError as exc:
+        if _DEBUG:
+            traceback.print_exc()
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted", highlight=False)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        # usage errors of Typer/Click (Typer may vendor Click, so match by shape, not class)
+        if type(exc).__name__ == "Abort":
+            sys.exit(130)
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
+            exc.show()
+            sys.exit(2)
+        if _DEBUG:
+            raise
+        traceback.print_exc()
+        err.print(
+            f"[bold red]internal error[/] ({type(exc).__name__}): {exc}. This is a bug in edgetrain;"
+            " please report it with the traceback above.",
+            highlight=False,
+        )
+        sys.exit(1)

@@ -1,0 +1,107 @@
+"""The training configuration: one validated object, every default in one place.
+
+YAML files and ``--set key=value`` overrides only load into :class:`TrainConfig`;
+nothing else in edgetrain defines a default for these keys.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = ["MonitorConfig", "TrainConfig"]
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+LR_SCHEDULES = ("constant", "exponential", "polynomial", "cosine")
+PREPROCESSING = ("none", "standardize", "minmax", "robust")
+AUGMENTATIONS = ("none", "flip", "crop", "flip_crop", "mixup", "cutmix")
+PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class MonitorConfig(_Section):
+    """Resource and energy monitor (``monitor.*``)."""
+
+    enabled: bool = True
+    # 0.2 s: five samples per second catch a 1 s NVML power average with margin and cost
+    # well under 1% of a training step on a 2-core CPU (benchmarks/monitor_overhead.py).
+    interval_s: float = Field(0.2, gt=0, le=60)
+    # CPU power used for the estimate when no sensor measures CPU energy; None = the
+    # documented default of edgetrain.measure.
+    cpu_tdp_w: float | None = Field(None, gt=0)
+
+
+class TrainConfig(_Section):
+    """Everything a training run needs. Every field has exactly one default, here."""
+
+    # what to train, on what
+    model: str = "cnn"
+    model_args: dict[str, Any] = Field(default_factory=dict)
+    data: str = "digits"
+    data_path: Path | None = None
+    data_args: dict[str, Any] = Field(default_factory=dict)
+    image_size: int | None = Field(None, ge=1)
+    channels: int | None = Field(None, ge=1)
+    split: list[float] = Field(default_factory=lambda: [0.8, 0.1, 0.1])
+
+    # how
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    micro_batch_size: int | None = Field(None, ge=1)
+    lr: float = Field(0.05, gt=0)
+    optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    lr_schedule: Literal["constant", "exponential", "polynomial", "cosine"] = "constant"
+    lr_gamma: float = Field(0.9, gt=0, le=1)
+    lr_power: float = Field(1.0, gt=0)
+    warmup_epochs: int = Field(0, ge=0)
+    preprocessing: Literal["none", "standardize", "minmax", "robust"] = "standardize"
+    augmentation: Literal["none", "flip", "crop", "flip_crop", "mixup", "cutmix"] = "none"
+    mix_alpha: float = Field(0.2, gt=0)
+    precision: Literal["fp32", "bf16", "fp16", "fp64"] = "fp32"
+    compile: bool = False
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_workers: int = Field(0, ge=0)
+    prefetch_factor: int | None = Field(None, ge=1)
+    max_batches_per_epoch: int | None = Field(None, ge=1)
+
+    # where
+    out: Path | None = None
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+
+    @field_validator("split")
+    @classmethod
+    def _split_sums_to_one(cls, value: list[float]) -> list[float]:
+        if len(value) != 3:
+            raise ValueError(f"split must be three fractions [train, val, test], got {list(value)}")
+        if any(f < 0 for f in value):
+            raise ValueError(f"split fractions must be >= 0, got {list(value)}")
+        if value[0] <= 0:
+            raise ValueError(f"split needs a training fraction > 0, got {list(value)}")
+        if abs(sum(value) - 1.0) > 1e-6:
+            raise ValueError(
+                f"split fractions must sum to 1, got {list(value)} (sum {sum(value):g})"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _micro_batch_fits(self) -> TrainConfig:
+        if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
+            raise ValueError(
+                f"micro_batch_size must be <= batch_size ({self.batch_size}), "
+                f"got {self.micro_batch_size}"
+            )
+        if self.prefetch_factor is not None and self.num_workers == 0:
+            raise ValueError(
+                "prefetch_factor needs num_workers >= 1 (it is the number of batches each worker "
+                f"loads ahead), got prefetch_factor={self.prefetch_factor} with num_workers=0"
+            )
+        return self

@@ -1,0 +1,170 @@
+"""Human names, units and cell formatting for run-directory columns.
+
+Units live in the column names (``_bytes``, ``_s``, ``_j``, ``_w``, ``_pct``); this module
+turns a column into an axis label and a scale factor, and a value into a short string.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable
+from typing import Any
+
+import pandas as pd
+
+from edgetrain.units import format_bytes
+
+__all__ = [
+    "PERFORMANCE_WORDS",
+    "axis_label",
+    "bytes_unit",
+    "format_value",
+    "is_performance",
+    "pretty_name",
+    "time_unit",
+]
+
+MIB = 1024**2
+GIB = 1024**3
+PERFORMANCE_WORDS = ("loss", "acc")
+
+_NAMES = {
+    "epoch": "epoch",
+    "time_s": "time",
+    "train_loss": "train loss",
+    "val_loss": "val loss",
+    "train_acc": "train accuracy",
+    "val_acc": "val accuracy",
+    "lr": "learning rate",
+    "batch_size": "batch size",
+    "micro_batch_size": "micro-batch size",
+    "accum_steps": "accumulation steps",
+    "samples_per_s": "throughput",
+    "energy_j": "energy",
+    "avg_power_w": "avg power",
+    "peak_rss_bytes": "peak RSS",
+    "peak_device_mem_bytes": "peak device memory",
+    "activation_bytes": "activation memory",
+    "param_sparsity": "parameter sparsity",
+    "trainable_frac": "trainable fraction",
+    "cpu_pct": "CPU",
+    "ram_used_bytes": "RAM used",
+    "proc_rss_bytes": "process RSS",
+    "gpu_util_pct": "GPU util",
+    "gpu_mem_bytes": "GPU memory",
+    "gpu_power_w": "GPU power",
+    "cpu_power_w": "CPU power",
+    "board_power_w": "board power",
+    "memory_score": "memory score",
+    "accuracy_score": "accuracy score",
+    "priority_batch_size": "priority: batch size",
+    "priority_learning_rate": "priority: learning rate",
+    "energy_per_sample_j": "energy per sample",
+    "samples": "samples",
+}
+_SUFFIXES = (
+    ("_per_s", "/s"),
+    ("_bytes", "bytes"),
+    ("_pct", "%"),
+    ("_s", "s"),
+    ("_j", "J"),
+    ("_w", "W"),
+)
+_UNITLESS = {
+    "batch_size": "samples",
+    "micro_batch_size": "samples",
+    "samples_per_s": "samples/s",
+    "samples": "samples",
+    "accum_steps": "steps",
+    "param_sparsity": "fraction",
+    "trainable_frac": "fraction",
+    "memory_score": "0..1",
+    "accuracy_score": "0..1",
+}
+
+
+def _strip_prefix(column: str) -> tuple[str, str]:
+    for prefix in ("mean_", "max_", "min_"):
+        if column.startswith(prefix):
+            return prefix[:-1] + " ", column[len(prefix) :]
+    return "", column
+
+
+def pretty_name(column: str) -> str:
+    """A readable name without the unit: 'peak_rss_bytes' -> 'peak RSS'."""
+    prefix, base = _strip_prefix(column)
+    if base in _NAMES:
+        return prefix + _NAMES[base]
+    for suffix, _ in _SUFFIXES:
+        if base.endswith(suffix) and len(base) > len(suffix):
+            base = base[: -len(suffix)]
+            break
+    return prefix + base.replace("_", " ")
+
+
+def bytes_unit(max_bytes: float) -> tuple[float, str]:
+    """Divisor and unit for plotting bytes: GiB from 1 GiB up, else MiB."""
+    if max_bytes is not None and math.isfinite(max_bytes) and abs(max_bytes) >= GIB:
+        return float(GIB), "GiB"
+    return float(MIB), "MiB"
+
+
+def time_unit(max_seconds: float) -> tuple[float, str]:
+    """Divisor and unit for a time axis: s below 10 min, min below 3 h, else h."""
+    if max_seconds is None or not math.isfinite(max_seconds) or max_seconds < 600:
+        return 1.0, "s"
+    if max_seconds < 3 * 3600:
+        return 60.0, "min"
+    return 3600.0, "h"
+
+
+def unit_of(column: str, values: Iterable[float] = ()) -> tuple[float, str]:
+    """Divisor and unit string of a column, choosing MiB/GiB and fraction/% from the data."""
+    _, base = _strip_prefix(column)
+    if base in _UNITLESS:
+        return 1.0, _UNITLESS[base]
+    if "acc" in base:
+        finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+        return 1.0, "%" if finite and max(finite) > 1.0 else "fraction"
+    if base.endswith("_bytes"):
+        finite = [abs(float(v)) for v in values if v is not None and math.isfinite(float(v))]
+        return bytes_unit(max(finite) if finite else 0.0)
+    for suffix, unit in _SUFFIXES:
+        if base.endswith(suffix):
+            return 1.0, unit
+    return 1.0, ""
+
+
+def axis_label(column: str, values: Iterable[float] = ()) -> tuple[float, str]:
+    """Divisor and axis label with unit: ('peak_rss_bytes', data) -> (2**20, 'peak RSS (MiB)')."""
+    divisor, unit = unit_of(column, list(values))
+    name = pretty_name(column)
+    return divisor, f"{name} ({unit})" if unit else name
+
+
+def is_performance(column: str) -> bool:
+    """Whether a column measures model quality (a loss or an accuracy)."""
+    return any(word in column for word in PERFORMANCE_WORDS)
+
+
+def format_value(column: str, value: Any) -> str:
+    """Short display string for one cell; bytes in binary units, empty cells as '-'."""
+    if value is None or value is pd.NA:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, numbers.Real):
+        number = float(value)
+        if math.isnan(number):
+            return "-"
+        if column.endswith("_bytes"):
+            return format_bytes(number)
+        if number == int(number) and abs(number) < 1e15 and not column.endswith("_pct"):
+            return f"{int(number)}"
+        if column.endswith(("_pct", "_w")) or column == "time_s" or column.endswith("_time_s"):
+            return f"{number:.1f}"
+        if column.endswith("_j"):
+            return f"{number:.4g}" if abs(number) < 10 else f"{number:,.1f}"
+        return f"{number:.4g}"
+    return str(value)

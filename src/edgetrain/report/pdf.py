@@ -1,0 +1,53 @@
+"""Writing figures to PNG files and a multi-page PDF."""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.backends.backend_pdf import PdfPages
+from matplotlib.figure import Figure
+
+__all__ = ["save_pdf", "save_png"]
+
+logger = logging.getLogger(__name__)
+
+PNG_DPI = 110
+
+
+def save_png(figure: Figure, path: Path) -> Path:
+    """Write one figure as PNG (Agg renderer)."""
+    FigureCanvasAgg(figure)
+    figure.savefig(path, dpi=PNG_DPI)
+    return path
+
+
+def save_pdf(pages: list[Figure], path: Path, *, title: str, footer: str) -> int:
+    """Write pages to ``path`` with a 'footer · page i of n' line on each.
+
+    The file is written beside its final place and renamed, so a reader never sees
+    half a PDF.
+
+    Returns:
+        The number of pages written.
+    """
+    temporary = path.with_name(path.name + ".tmp")
+    metadata = {"Title": title, "Creator": "edgetrain", "CreationDate": datetime.now(timezone.utc)}
+    with PdfPages(temporary, metadata=metadata) as pdf:
+        for number, figure in enumerate(pages, start=1):
+            figure.text(
+                0.99,
+                0.006,
+                f"{footer} · page {number} of {len(pages)}",
+                ha="right",
+                va="bottom",
+                fontsize=7,
+                color="0.4",
+            )
+            pdf.savefig(figure)
+    os.replace(temporary, path)
+    logger.info("wrote %s (%d pages)", path, len(pages))
+    return len(pages)

@@ -1,0 +1,259 @@
+"""Reading run directories (the contract in DESIGN.md, "The run directory").
+
+Every file may be missing and every optional column may be empty. CSV rows are appended
+and flushed one at a time, so a complete row always ends with a newline: a last line
+without one, or any row with the wrong number of fields, was cut short and is dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from edgetrain.errors import EdgeTrainError
+
+__all__ = [
+    "DECISIONS_COLUMNS",
+    "METRICS_COLUMNS",
+    "RESOURCES_COLUMNS",
+    "Run",
+    "detect_kind",
+    "load_run",
+    "read_csv_rows",
+    "require_directory",
+]
+
+logger = logging.getLogger(__name__)
+
+METRICS_COLUMNS = (
+    "epoch",
+    "time_s",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "lr",
+    "batch_size",
+    "micro_batch_size",
+    "accum_steps",
+    "samples_per_s",
+    "energy_j",
+    "energy_source",
+    "avg_power_w",
+    "peak_rss_bytes",
+    "peak_device_mem_bytes",
+    "activation_bytes",
+    "param_sparsity",
+    "trainable_frac",
+)
+RESOURCES_COLUMNS = ("t_s", "epoch", "cpu_pct", "ram_used_bytes", "proc_rss_bytes")
+DECISIONS_COLUMNS = (
+    "epoch",
+    "step",
+    "memory_score",
+    "accuracy_score",
+    "priority_batch_size",
+    "priority_learning_rate",
+    "chosen",
+    "parameter",
+    "old",
+    "new",
+    "reason",
+)
+_TEXT_COLUMNS = frozenset({"energy_source", "chosen", "parameter", "reason"})
+# Columns that may hold numbers or words (a decision's old/new value).
+_MIXED_COLUMNS = frozenset({"old", "new"})
+
+
+@dataclass(frozen=True, eq=False)
+class Run:
+    """Everything one run directory holds, read once.
+
+    Attributes:
+        path: The run directory.
+        config: The resolved configuration (``config.yaml``), ``{}`` when absent.
+        env: Versions, device and sensors (``env.json``), ``{}`` when absent.
+        summary: Status and totals (``summary.json``), ``{}`` when absent.
+        metrics: One row per epoch; every contract column present (empty when off).
+        resources: One row per monitor sample; empty when absent.
+        decisions: One row per controller decision; empty when not adapting.
+        problems: What was wrong with the files (dropped rows, unreadable JSON).
+    """
+
+    path: Path
+    config: dict[str, Any]
+    env: dict[str, Any]
+    summary: dict[str, Any]
+    metrics: pd.DataFrame
+    resources: pd.DataFrame
+    decisions: pd.DataFrame
+    problems: tuple[str, ...] = field(default=())
+
+    @property
+    def name(self) -> str:
+        """The directory name, used as the run's label."""
+        return self.path.name
+
+
+def require_directory(path: Path | str) -> Path:
+    """Return ``path`` as a Path, or raise if it is not an existing directory."""
+    path = Path(path)
+    if not path.exists():
+        raise EdgeTrainError(f"run directory {path} does not exist")
+    if not path.is_dir():
+        raise EdgeTrainError(f"{path} is a file, not a run directory")
+    return path
+
+
+def detect_kind(path: Path | str) -> str:
+    """Classify a directory: 'run', 'sweep', 'compare' (holds run directories) or 'unknown'."""
+    path = require_directory(path)
+    if _looks_like_run(path):
+        return "run"
+    if (path / "space.yaml").is_file() or (path / "trials").is_dir():
+        return "sweep"
+    children = [child for child in sorted(path.iterdir()) if child.is_dir()]
+    if sum(_looks_like_run(child) for child in children) >= 2:
+        return "compare"
+    return "unknown"
+
+
+def _looks_like_run(path: Path) -> bool:
+    return (path / "metrics.csv").is_file() or (
+        (path / "summary.json").is_file() and (path / "config.yaml").is_file()
+    )
+
+
+def load_run(path: Path | str) -> Run:
+    """Read a run directory; missing files give empty tables, never an error.
+
+    Raises:
+        EdgeTrainError: if the directory does not exist or holds none of the run files.
+    """
+    path = require_directory(path)
+    if not _looks_like_run(path):
+        raise EdgeTrainError(f"{path} is not a run directory (no metrics.csv)")
+    problems: list[str] = []
+    config = _read_mapping(path / "config.yaml", problems)
+    env = _read_mapping(path / "env.json", problems)
+    summary = _read_mapping(path / "summary.json", problems)
+    metrics = _tidy_metrics(read_csv_rows(path / "metrics.csv", METRICS_COLUMNS, problems))
+    resources = read_csv_rows(path / "resources.csv", RESOURCES_COLUMNS, problems)
+    decisions = read_csv_rows(path / "decisions.csv", DECISIONS_COLUMNS, problems)
+    if decisions.dropna(how="all").empty:
+        decisions = decisions.iloc[0:0]
+    return Run(path, config, env, summary, metrics, resources, decisions, tuple(problems))
+
+
+def _read_mapping(path: Path, problems: list[str]) -> dict[str, Any]:
+    """Read a JSON or YAML mapping; a missing file is {}, a broken one is {} and a problem."""
+    if not path.is_file():
+        return {}
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        message = f"{path.name} could not be read ({type(exc).__name__}); it was ignored"
+        logger.warning("%s: %s", path, message)
+        problems.append(message)
+        return {}
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        message = f"{path.name} holds a {type(data).__name__}, not a mapping; it was ignored"
+        logger.warning("%s: %s", path, message)
+        problems.append(message)
+        return {}
+    return data
+
+
+def read_csv_rows(
+    path: Path, columns: tuple[str, ...] = (), problems: list[str] | None = None
+) -> pd.DataFrame:
+    """Read a run-directory CSV, dropping rows that were cut short.
+
+    Args:
+        path: The CSV file; a missing or empty file gives an empty table.
+        columns: Contract columns to add (empty) when the file lacks them.
+        problems: Receives one message per kind of dropped or unreadable data.
+
+    Returns:
+        A DataFrame with numbers as floats, words as strings and empty cells as NaN.
+    """
+    problems = problems if problems is not None else []
+    if not path.is_file():
+        return _empty(columns)
+    text = path.read_text(encoding="utf-8", errors="replace")
+    records: list[list[str]] = []
+    try:
+        for record in csv.reader(io.StringIO(text, newline="")):
+            records.append(record)
+    except csv.Error:
+        pass  # an unterminated quote at the end: the cut-off record is not in `records`
+    records = [record for record in records if record]
+    if not records:
+        return _empty(columns)
+    header = [name.strip() for name in records[0]]
+    rows = records[1:]
+    dropped = 0
+    if rows and not text.endswith(("\n", "\r")):
+        rows, dropped = rows[:-1], 1  # the writer was killed mid-line
+    good = [row for row in rows if len(row) == len(header)]
+    dropped += len(rows) - len(good)
+    if dropped:
+        message = (
+            f"{path.name}: dropped {dropped} incomplete row(s) (the run was probably cut short)"
+        )
+        logger.warning("%s", message)
+        problems.append(message)
+    frame = pd.DataFrame(good, columns=header, dtype=object)
+    frame = frame.loc[:, ~frame.columns.duplicated()]
+    unreadable = 0
+    for name in frame.columns:
+        raw = frame[name].map(lambda cell: cell.strip() if isinstance(cell, str) else cell)
+        raw = raw.where(raw != "", None)
+        if name in _TEXT_COLUMNS:
+            frame[name] = raw
+            continue
+        numbers = pd.to_numeric(raw, errors="coerce").astype(float)
+        bad = int(numbers.isna().sum() - raw.isna().sum())
+        if bad and name in _MIXED_COLUMNS:
+            frame[name] = [n if pd.notna(n) else r for n, r in zip(numbers, raw, strict=True)]
+        elif bad and name not in columns and bad == int(raw.notna().sum()):
+            frame[name] = raw  # an extra column of words
+        else:
+            unreadable += bad
+            frame[name] = numbers
+    if unreadable:
+        message = f"{path.name}: {unreadable} cell(s) were not numbers and were left empty"
+        logger.warning("%s", message)
+        problems.append(message)
+    for name in columns:
+        if name not in frame.columns:
+            frame[name] = None if name in _TEXT_COLUMNS else float("nan")
+    return frame.reset_index(drop=True)
+
+
+def _empty(columns: tuple[str, ...]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {name: pd.Series(dtype=object if name in _TEXT_COLUMNS else float) for name in columns}
+    )
+
+
+def _tidy_metrics(metrics: pd.DataFrame) -> pd.DataFrame:
+    """One row per epoch, in order; a resumed run's repeated epoch keeps its last row."""
+    if metrics.empty:
+        return metrics
+    metrics = metrics[metrics["epoch"].notna()]
+    if metrics["epoch"].duplicated().any():
+        logger.info("metrics.csv repeats epochs (resumed run?); keeping the last row of each")
+        metrics = metrics.drop_duplicates("epoch", keep="last")
+    return metrics.sort_values("epoch", kind="stable").reset_index(drop=True)

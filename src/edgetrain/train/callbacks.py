@@ -1,0 +1,111 @@
+"""Callbacks: no-op hook classes the loop calls at fit, epoch and batch boundaries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from edgetrain.config import TrainConfig
+    from edgetrain.train.rundir import RunDir
+
+__all__ = ["Callback", "CallbackList", "TrainState"]
+
+
+@dataclass
+class TrainState:
+    """What the loop knows; callbacks read it and may change the fields marked mutable."""
+
+    config: TrainConfig
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    run: RunDir | None
+    train_size: int
+    epoch: int = 0  # 0-based index of the current epoch
+    step: int = 0  # logical (optimizer) steps done since the start of training
+    batch_in_epoch: int = 0
+    # mutable by callbacks (the adaptive controller): applied from the next batch or epoch
+    batch_size: int = 0  # logical batch, takes effect at the next epoch
+    micro_batch_size: int = 0  # takes effect at the next batch
+    base_lr: float = 0.0  # the schedule multiplies this
+    # filled by the loop
+    last_loss: float = float("nan")
+    samples_seen_epoch: int = 0
+    epoch_row: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stop_training: bool = False
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_path(self) -> Path | None:
+        return self.run.path if self.run is not None else None
+
+    @property
+    def accum_steps(self) -> int:
+        return -(-self.batch_size // max(1, self.micro_batch_size))
+
+
+class Callback:
+    """Override any hook; all are no-ops. ``state_dict`` goes into checkpoints."""
+
+    name: str = ""
+
+    def on_fit_start(self, state: TrainState) -> None: ...
+    def on_epoch_start(self, state: TrainState) -> None: ...
+    def on_batch_start(self, state: TrainState) -> None: ...
+    def on_batch_end(self, state: TrainState) -> None: ...
+    def on_epoch_end(self, state: TrainState) -> None: ...
+    def on_fit_end(self, state: TrainState) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        del state
+
+    @property
+    def key(self) -> str:
+        return self.name or type(self).__name__
+
+
+class CallbackList(Callback):
+    """Calls each callback in order."""
+
+    def __init__(self, callbacks: Iterable[Callback]) -> None:
+        self.callbacks = list(callbacks)
+
+    def _each(self, hook: str, state: TrainState) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(state)
+
+    def on_fit_start(self, state: TrainState) -> None:
+        self._each("on_fit_start", state)
+
+    def on_epoch_start(self, state: TrainState) -> None:
+        self._each("on_epoch_start", state)
+
+    def on_batch_start(self, state: TrainState) -> None:
+        self._each("on_batch_start", state)
+
+    def on_batch_end(self, state: TrainState) -> None:
+        self._each("on_batch_end", state)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        self._each("on_epoch_end", state)
+
+    def on_fit_end(self, state: TrainState) -> None:
+        self._each("on_fit_end", state)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {cb.key: cb.state_dict() for cb in self.callbacks}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for cb in self.callbacks:
+            if cb.key in state:
+                cb.load_state_dict(state[cb.key])

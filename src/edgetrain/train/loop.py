@@ -1,0 +1,187 @@
+"""The one training loop: epochs, logical batches, micro-batches, accumulation, validation.
+
+Read it top to bottom: :func:`run_epochs` calls :func:`train_step` for each logical batch
+and :func:`evaluate` after each epoch; callbacks see every boundary.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from edgetrain.train.augment import MixedBatch, augment_batch, augment_generator
+from edgetrain.train.callbacks import Callback, TrainState
+from edgetrain.train.data import epoch_loader, eval_loader
+from edgetrain.train.optim import autocast, lr_factor, param_dtype
+
+__all__ = ["StepResult", "evaluate", "run_epochs", "train_step"]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """Sums over one logical batch (divide by ``samples`` for means)."""
+
+    loss_sum: float
+    correct: int
+    samples: int
+
+
+def _loss_sum(
+    out: torch.Tensor, target: torch.Tensor | MixedBatch, lo: int, hi: int
+) -> torch.Tensor:
+    out = out.float()  # the loss in fp32 even under autocast
+    if isinstance(target, MixedBatch):
+        a = F.cross_entropy(out, target.y_a[lo:hi], reduction="sum")
+        b = F.cross_entropy(out, target.y_b[lo:hi], reduction="sum")
+        return target.lam * a + (1 - target.lam) * b
+    return F.cross_entropy(out, target[lo:hi], reduction="sum")
+
+
+def train_step(
+    state: TrainState,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    scaler: torch.amp.GradScaler,
+) -> StepResult:
+    """One optimizer step over a logical batch, split into micro-batches.
+
+    Each micro-batch's summed loss is divided by the size of the whole logical batch, so
+    the accumulated gradient equals the whole batch's mean-loss gradient whatever the split
+    (up to floating-point rounding).
+    """
+    cfg = state.config
+    gen = augment_generator(cfg.seed, state.epoch, state.batch_in_epoch)
+    aug = augment_batch(x, y, cfg.augmentation, gen, cfg.mix_alpha)
+    inputs = aug.x if isinstance(aug, MixedBatch) else aug
+    target: torch.Tensor | MixedBatch = aug if isinstance(aug, MixedBatch) else y
+    n = inputs.shape[0]
+    micro = max(1, min(state.micro_batch_size, n))
+    optimizer = state.optimizer
+    optimizer.zero_grad(set_to_none=True)
+    loss_total = torch.zeros((), dtype=torch.float64, device=inputs.device)
+    correct = torch.zeros((), dtype=torch.long, device=inputs.device)
+    for lo in range(0, n, micro):
+        hi = min(lo + micro, n)
+        with autocast(cfg.precision, state.device):
+            out = forward(inputs[lo:hi])
+        loss = _loss_sum(out, target, lo, hi)
+        scaler.scale(loss / n).backward()
+        loss_total += loss.detach().double()
+        correct += (out.detach().argmax(dim=1) == y[lo:hi]).sum()
+    scaler.step(optimizer)
+    scaler.update()
+    # .item() is a host-device sync point: once per logical batch, not per micro-batch
+    return StepResult(float(loss_total.item()), int(correct.item()), n)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    dataset: Dataset,
+    state: TrainState,
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over a whole split, in eval mode."""
+    cfg = state.config
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, total = 0.0, 0, 0
+    loader = eval_loader(
+        dataset, batch_size=max(state.batch_size, 256), pin_memory=state.device.type == "cuda"
+    )
+    try:
+        for x, y in loader:
+            x, y = _to_device(x, y, state)
+            with autocast(cfg.precision, state.device):
+                out = forward(x)
+            loss_sum += float(F.cross_entropy(out.float(), y, reduction="sum"))
+            correct += int((out.argmax(dim=1) == y).sum())
+            total += len(y)
+    finally:
+        model.train(was_training)
+    return (loss_sum / total, correct / total) if total else (math.nan, math.nan)
+
+
+def _to_device(
+    x: torch.Tensor, y: torch.Tensor, state: TrainState
+) -> tuple[torch.Tensor, torch.Tensor]:
+    dtype = param_dtype(state.config.precision)
+    non_blocking = state.device.type == "cuda"
+    return x.to(state.device, dtype, non_blocking=non_blocking), y.to(
+        state.device, non_blocking=non_blocking
+    )
+
+
+def run_epochs(
+    state: TrainState,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    train_set: Dataset,
+    val_set: Dataset | None,
+    callbacks: Callback,
+    scaler: torch.amp.GradScaler,
+    start_epoch: int = 0,
+) -> None:
+    """Train from ``start_epoch`` to ``config.epochs``; each epoch ends with a metrics row."""
+    cfg, model = state.config, state.model
+    for epoch in range(start_epoch, cfg.epochs):
+        state.epoch, state.batch_in_epoch, state.samples_seen_epoch = epoch, 0, 0
+        # dropout and other global randomness depend only on (seed, epoch): resume replays it
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch)
+        lr = state.base_lr * lr_factor(cfg, epoch)
+        for group in state.optimizer.param_groups:
+            group["lr"] = lr
+        state.epoch_row = {}
+        callbacks.on_epoch_start(state)
+        model.train()
+        loader: DataLoader = epoch_loader(
+            train_set,
+            batch_size=state.batch_size,
+            seed=cfg.seed,
+            epoch=epoch,
+            num_workers=cfg.num_workers,
+            prefetch_factor=cfg.prefetch_factor,
+            pin_memory=state.device.type == "cuda",
+        )
+        loss_sum, correct, seen = 0.0, 0, 0
+        t0 = time.perf_counter()
+        for x, y in loader:
+            callbacks.on_batch_start(state)
+            x, y = _to_device(x, y, state)
+            result = train_step(state, forward, x, y, scaler)
+            loss_sum += result.loss_sum
+            correct += result.correct
+            seen += result.samples
+            state.samples_seen_epoch = seen
+            state.last_loss = result.loss_sum / max(1, result.samples)
+            state.step += 1
+            state.batch_in_epoch += 1
+            callbacks.on_batch_end(state)
+            if cfg.max_batches_per_epoch and state.batch_in_epoch >= cfg.max_batches_per_epoch:
+                break
+        train_time_s = time.perf_counter() - t0
+        val_loss, val_acc = evaluate(model, forward, val_set, state) if val_set else (None, None)
+        state.epoch_row.update(
+            epoch=epoch + 1,
+            time_s=time.perf_counter() - t0,
+            train_loss=loss_sum / max(1, seen),
+            train_acc=correct / max(1, seen),
+            val_loss=val_loss,
+            val_acc=val_acc,
+            lr=state.optimizer.param_groups[0]["lr"],
+            batch_size=state.batch_size,
+            micro_batch_size=min(state.micro_batch_size, state.batch_size),
+            accum_steps=state.accum_steps,
+            samples_per_s=seen / train_time_s if train_time_s > 0 else None,
+        )
+        callbacks.on_epoch_end(state)
+        state.history.append(dict(state.epoch_row))
+        if state.stop_training:
+            break

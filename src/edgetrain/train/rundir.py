@@ -1,0 +1,260 @@
+"""The run directory: the contract between layers (see DESIGN.md).
+
+Every file is written so that a run killed at any moment leaves it readable: CSV rows
+are appended and flushed one at a time; JSON, YAML and checkpoints go to a temporary
+file that is then renamed over the old one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgetrain.errors import EdgeTrainError
+
+__all__ = [
+    "DECISIONS_COLUMNS",
+    "METRICS_COLUMNS",
+    "RESOURCES_BASE_COLUMNS",
+    "CsvLog",
+    "RunDir",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "read_csv_rows",
+]
+
+METRICS_COLUMNS: tuple[str, ...] = (
+    "epoch",
+    "time_s",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "lr",
+    "batch_size",
+    "micro_batch_size",
+    "accum_steps",
+    "samples_per_s",
+    "energy_j",
+    "energy_source",
+    "avg_power_w",
+    "peak_rss_bytes",
+    "peak_device_mem_bytes",
+    "activation_bytes",
+    "param_sparsity",
+    "trainable_frac",
+)
+RESOURCES_BASE_COLUMNS: tuple[str, ...] = (
+    "t_s",
+    "epoch",
+    "cpu_pct",
+    "ram_used_bytes",
+    "proc_rss_bytes",
+)
+DECISIONS_COLUMNS: tuple[str, ...] = (
+    "epoch",
+    "step",
+    "memory_score",
+    "accuracy_score",
+    "priority_batch_size",
+    "priority_learning_rate",
+    "chosen",
+    "parameter",
+    "old",
+    "new",
+    "reason",
+)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text atomically (see :func:`atomic_write_bytes`)."""
+    atomic_write_bytes(path, text.encode())
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        return repr(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def read_csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Read complete rows of a CSV file; a half-written last line is dropped."""
+    if not path.exists():
+        return [], []
+    text = path.read_text()
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines = lines[:-1]  # killed in the middle of a write
+    reader = csv.reader(lines)
+    rows = list(reader)
+    if not rows:
+        return [], []
+    header, body = rows[0], rows[1:]
+    complete = [dict(zip(header, r, strict=True)) for r in body if len(r) == len(header)]
+    return header, complete
+
+
+class CsvLog:
+    """An append-only CSV file with a fixed header; each row is flushed as it is written.
+
+    Thread-safe: the monitor's sampler thread and the training loop may both append.
+    """
+
+    def __init__(self, path: Path, columns: Sequence[str]) -> None:
+        self.path = path
+        self.columns = list(columns)
+        self._lock = threading.Lock()
+        new = not path.exists() or path.stat().st_size == 0
+        self._fh = open(path, "a", newline="")  # noqa: SIM115 - closed in close()
+        if new:
+            self._write_line(self.columns)
+
+    def _write_line(self, cells: Iterable[str]) -> None:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow(list(cells))
+        # one write call per row, then flush: a kill leaves at most one partial line
+        self._fh.write(buf.getvalue())
+        self._fh.flush()
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        """Append one row; missing columns are left empty, unknown keys are ignored."""
+        with self._lock:
+            if self._fh.closed:
+                return
+            self._write_line(_cell(row.get(c)) for c in self.columns)
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._fh.closed:
+                self._fh.close()
+
+
+class RunDir:
+    """Writer for one run directory.
+
+    Args:
+        path: the directory.
+        mode: ``"new"`` (must not exist or be empty), ``"overwrite"`` (cleared first) or
+            ``"resume"`` (must hold a checkpoint).
+    """
+
+    CHECKPOINT = "checkpoints/last.pt"
+
+    def __init__(self, path: str | Path, mode: str = "new") -> None:
+        self.path = Path(path)
+        if mode == "new":
+            if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+                raise EdgeTrainError(
+                    f"run directory {self.path} already exists; use --resume to continue it "
+                    "or --overwrite to replace it (overwrite=True in Python)"
+                )
+        elif mode == "overwrite":
+            if self.path.exists() and not self.path.is_dir():
+                raise EdgeTrainError(f"run directory {self.path} exists and is not a directory")
+            if self.path.exists():
+                shutil.rmtree(self.path)
+        elif mode == "resume":
+            if not (self.path / self.CHECKPOINT).exists():
+                raise EdgeTrainError(
+                    f"cannot resume {self.path}: no checkpoint at {self.path / self.CHECKPOINT}"
+                )
+        else:
+            raise ValueError(f"unknown RunDir mode {mode!r}")
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / "checkpoints").mkdir(exist_ok=True)
+        self._logs: dict[str, CsvLog] = {}
+
+    # -- files -----------------------------------------------------------------------------
+    def write_text(self, name: str, text: str) -> Path:
+        target = self.path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(target, text)
+        return target
+
+    def write_json(self, name: str, data: Mapping[str, Any]) -> Path:
+        return self.write_text(name, json.dumps(data, indent=2, default=_json_default) + "\n")
+
+    def read_json(self, name: str) -> dict[str, Any]:
+        p = self.path / name
+        return json.loads(p.read_text()) if p.exists() else {}
+
+    def log(self, name: str, columns: Sequence[str]) -> CsvLog:
+        """The CSV log ``name`` (opened once; appends to an existing file)."""
+        if name not in self._logs:
+            self._logs[name] = CsvLog(self.path / name, columns)
+        return self._logs[name]
+
+    def truncate_log(
+        self, name: str, keep: Callable[[dict[str, str]], bool]
+    ) -> list[dict[str, str]]:
+        """Rewrite ``name`` keeping complete rows for which ``keep(row)`` holds (for resume)."""
+        if name in self._logs:
+            self._logs.pop(name).close()
+        path = self.path / name
+        header, rows = read_csv_rows(path)
+        if not header:
+            return []
+        kept = [r for r in rows if keep(r)]
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows([r[c] for c in header] for r in kept)
+        atomic_write_text(path, buf.getvalue())
+        return kept
+
+    def save_checkpoint(self, state: Mapping[str, Any]) -> Path:
+        target = self.path / self.CHECKPOINT
+        buf = io.BytesIO()
+        torch.save(dict(state), buf)
+        atomic_write_bytes(target, buf.getvalue())
+        return target
+
+    def load_checkpoint(self) -> dict[str, Any]:
+        target = self.path / self.CHECKPOINT
+        try:
+            return torch.load(target, map_location="cpu", weights_only=False)
+        except (OSError, RuntimeError, EOFError) as exc:
+            raise EdgeTrainError(f"cannot read checkpoint {target}: {exc}") from exc
+
+    def close(self) -> None:
+        for log in self._logs.values():
+            log.close()
+        self._logs.clear()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, tuple | set):
+        return list(value)
+    return str(value)
