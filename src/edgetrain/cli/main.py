@@ -151,6 +151,20 @@ def report(
     out.print(f"report: {pdf if pdf.exists() else path}", highlight=False)
 
 
+def _register_command_modules() -> None:
+    """Command groups that live in their own modules (sweep, bench, ...) add themselves."""
+    import importlib
+    import importlib.util
+
+    for name in _COMMAND_MODULES:
+        if importlib.util.find_spec(f"edgetrain.cli.{name}") is not None:
+            importlib.import_module(f"edgetrain.cli.{name}").register(app)
+
+
+_COMMAND_MODULES = ("memory", "sparse", "sweep", "bench", "data")
+_register_command_modules()
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # leave the run directory in a readable, resumable state
 

@@ -8,10 +8,14 @@ from edgetrain.config.loader import (
     validate_config,
     write_yaml_text,
 )
+from edgetrain.config.base import Section
 from edgetrain.config.schema import MonitorConfig, TrainConfig
+from edgetrain.config.sparse import SparseUpdateConfig
 
 __all__ = [
     "MonitorConfig",
+    "Section",
+    "SparseUpdateConfig",
     "TrainConfig",
     "config_to_dict",
     "load_config",

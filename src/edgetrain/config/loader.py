@@ -98,7 +98,9 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
 def _lookup(data: Mapping[str, Any], loc: tuple[Any, ...]) -> Any:
     node: Any = data
     for part in loc:
-        if (isinstance(node, Mapping) and part in node) or (isinstance(node, list | tuple) and isinstance(part, int) and part < len(node)):
+        if (isinstance(node, Mapping) and part in node) or (
+            isinstance(node, list | tuple) and isinstance(part, int) and part < len(node)
+        ):
             node = node[part]
         else:
             return None

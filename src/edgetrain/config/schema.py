@@ -9,7 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from edgetrain.config.base import Section
+from edgetrain.config.sparse import SparseUpdateConfig
 
 __all__ = ["MonitorConfig", "TrainConfig"]
 
@@ -21,11 +24,7 @@ PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class MonitorConfig(_Section):
+class MonitorConfig(Section):
     """Resource and energy monitor (``monitor.*``)."""
 
     enabled: bool = True
@@ -37,7 +36,7 @@ class MonitorConfig(_Section):
     cpu_tdp_w: float | None = Field(None, gt=0)
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     """Everything a training run needs. Every field has exactly one default, here."""
 
     # what to train, on what
@@ -75,7 +74,9 @@ class TrainConfig(_Section):
 
     # where
     out: Path | None = None
+    init_from: Path | None = None  # a run directory whose model.pt initialises the model
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    sparse_update: SparseUpdateConfig = Field(default_factory=SparseUpdateConfig)
 
     @field_validator("split")
     @classmethod

@@ -135,9 +135,7 @@ class JetsonSensor:
             if self._input
             else "no input rail (VDD_IN / POM_5V_IN): board power is the sum of the rails"
         )
-        self._status = SensorStatus(
-            self.name, True, f"{total}; rails: {names}", "measured:jetson"
-        )
+        self._status = SensorStatus(self.name, True, f"{total}; rails: {names}", "measured:jetson")
 
     @property
     def status(self) -> SensorStatus:

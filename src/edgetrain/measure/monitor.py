@@ -74,6 +74,8 @@ class Monitor:
         pid: Process whose tree is followed when sensors are discovered; default: this one.
         sensors: Sensors to read; default: :func:`discover_sensors`. The monitor owns them
             and closes them in :meth:`close`.
+        statuses: Statuses of every sensor tried, unused ones included (when ``sensors`` is
+            given); default: the statuses of ``sensors``.
         clock: Monotonic clock in seconds for timestamps (tests inject a fake one; the thread
             still sleeps in real time).
         history: Number of recent samples kept for :meth:`recent_samples`.
@@ -86,6 +88,7 @@ class Monitor:
         cpu_tdp_w: float = DEFAULT_CPU_TDP_W,
         pid: int | None = None,
         sensors: Sequence[Sensor] | None = None,
+        statuses: Sequence[SensorStatus] | None = None,
         clock: Callable[[], float] = time.monotonic,
         history: int = DEFAULT_HISTORY,
     ) -> None:
@@ -94,7 +97,8 @@ class Monitor:
         if sensors is None:
             found, statuses = discover_sensors(cpu_tdp_w=cpu_tdp_w, pid=pid)
         else:
-            found, statuses = list(sensors), [s.status for s in sensors]
+            found = list(sensors)
+            statuses = list(statuses) if statuses is not None else [s.status for s in found]
         self.interval_s = float(interval_s)
         self._sensors: list[Sensor] = list(found)
         self._statuses: list[SensorStatus] = list(statuses)
@@ -117,7 +121,9 @@ class Monitor:
     def _make_columns(self) -> list[str]:
         columns = ["t_s"]
         for sensor in self._sensors:
-            columns += [c for c in sensor.columns if c not in columns and c not in self._counter_keys]
+            columns += [
+                c for c in sensor.columns if c not in columns and c not in self._counter_keys
+            ]
         if any(c.power_key for c in self._energy.channels):
             columns.append("power_w")
         if self._energy.channels:
@@ -251,9 +257,7 @@ class Monitor:
             if self._t0 is None:
                 self._t0 = self._clock()
             self._stop.clear()
-            self._thread = threading.Thread(
-                target=self._run, name="edgetrain-monitor", daemon=True
-            )
+            self._thread = threading.Thread(target=self._run, name="edgetrain-monitor", daemon=True)
             self._thread.start()
         return self
 
@@ -347,14 +351,21 @@ class Monitor:
                 source: total - state.energy_at_open_j.get(source, 0.0)
                 for source, total in self._energy.by_source_j.items()
             }
-            return self._result(name, state.start_s, sample["t_s"], energy, state.label, state.peaks)
+            return self._result(
+                name, state.start_s, sample["t_s"], energy, state.label, state.peaks
+            )
 
     def totals(self) -> WindowResult:
         """Everything since the monitor started, as a window named ``"total"``."""
         with self._lock:
             end_s = self._last_t_s if self._last_t_s is not None else 0.0
             return self._result(
-                "total", 0.0, end_s, dict(self._energy.by_source_j), self._energy.label, self._totals
+                "total",
+                0.0,
+                end_s,
+                dict(self._energy.by_source_j),
+                self._energy.label,
+                self._totals,
             )
 
     @staticmethod

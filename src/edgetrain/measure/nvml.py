@@ -95,7 +95,9 @@ class NvmlSensor:
 
     name = "nvml"
 
-    def __init__(self, nvml_module: ModuleType | Any | None = None, *, indices: list[int] | None = None) -> None:
+    def __init__(
+        self, nvml_module: ModuleType | Any | None = None, *, indices: list[int] | None = None
+    ) -> None:
         self._nvml: Any = None
         self._gpus: list[_Gpu] = []
         self._status = self._probe(nvml_module, indices)

@@ -58,7 +58,10 @@ class RaplSensor:
     name = "rapl"
 
     def __init__(
-        self, root: str | Path = DEFAULT_POWERCAP_ROOT, *, clock: Callable[[], float] = time.monotonic
+        self,
+        root: str | Path = DEFAULT_POWERCAP_ROOT,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.root = Path(root)
         self._clock = clock
@@ -98,7 +101,9 @@ class RaplSensor:
                 self.name, False, f"no RAPL package domain under {self.root}", "measured:rapl"
             )
         names = ", ".join(d.name for d in self._domains)
-        return SensorStatus(self.name, True, f"CPU package energy counters: {names}", "measured:rapl")
+        return SensorStatus(
+            self.name, True, f"CPU package energy counters: {names}", "measured:rapl"
+        )
 
     @property
     def status(self) -> SensorStatus:

@@ -80,7 +80,11 @@ class _Peaks:
 
     def peak_rss_bytes(self) -> int | None:
         peak = self.rss
-        if self.hwm_last is not None and self.hwm_first is not None and self.hwm_last > self.hwm_first:
+        if (
+            self.hwm_last is not None
+            and self.hwm_first is not None
+            and self.hwm_last > self.hwm_first
+        ):
             peak = _max(peak, self.hwm_last)  # the main process set a new peak in the window
         return None if peak is None else int(peak)
 

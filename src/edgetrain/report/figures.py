@@ -28,6 +28,7 @@ __all__ = [
     "overlay_figure",
     "pairs_figure",
     "resources_figure",
+    "totals_figure",
     "training_curves_figure",
 ]
 
@@ -158,7 +159,9 @@ def resources_figure(usage: pd.DataFrame, boundaries: pd.DataFrame, title: str) 
         elif name == "power":
             label = "power (W)"
         for column in columns:
-            ax.plot(time, usage[column].to_numpy(dtype=float) / scale, lw=1.2, label=pretty_name(column))
+            ax.plot(
+                time, usage[column].to_numpy(dtype=float) / scale, lw=1.2, label=pretty_name(column)
+            )
         _set_ylim(ax, data.ravel() / scale, floor=0.0)
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
@@ -205,7 +208,9 @@ def energy_figure(energy: pd.DataFrame, title: str) -> Figure | None:
             label = "time (s)"
         ax.bar(energy["epoch"], values, color=colors[column], width=0.7)
         ax.set_ylabel(label)
-        ax.set_title(label.split(" (")[0] + (" (estimate)" if estimated and "energy" in column else ""))
+        ax.set_title(
+            label.split(" (")[0] + (" (estimate)" if estimated and "energy" in column else "")
+        )
         _set_ylim(ax, np.append(values, 0.0), floor=0.0)
         _epoch_axis(ax)
     return figure
@@ -237,7 +242,11 @@ def controller_figure(
         for c in ("memory_score", "accuracy_score", "priority_batch_size", "priority_learning_rate")
         if c in decisions.columns and decisions[c].notna().any()
     ]
-    panels = [p for p, ok in (("sizes", sizes), ("lr", "lr" in controller.columns), ("scores", scores)) if ok]
+    panels = [
+        p
+        for p, ok in (("sizes", sizes), ("lr", "lr" in controller.columns), ("scores", scores))
+        if ok
+    ]
     if not panels:
         return None
     figure = _figure(f"{title}: adaptation controller")
@@ -247,13 +256,28 @@ def controller_figure(
         if panel == "sizes":
             drawn = [controller[c].to_numpy(dtype=float) for c in sizes]
             for column, values in zip(sizes, drawn, strict=True):
-                ax.plot(epochs, values, marker="o", ms=4, drawstyle="steps-mid", label=pretty_name(column))
+                ax.plot(
+                    epochs,
+                    values,
+                    marker="o",
+                    ms=4,
+                    drawstyle="steps-mid",
+                    label=pretty_name(column),
+                )
             _set_ylim(ax, np.concatenate(drawn), floor=0.0)
             ax.set_ylabel("batch size (samples)")
             if "accum_steps" in controller.columns:
                 twin = ax.twinx()
                 steps = controller["accum_steps"].to_numpy(dtype=float)
-                twin.plot(epochs, steps, color="tab:gray", ls="--", marker="s", ms=3, label="accumulation steps")
+                twin.plot(
+                    epochs,
+                    steps,
+                    color="tab:gray",
+                    ls="--",
+                    marker="s",
+                    ms=3,
+                    label="accumulation steps",
+                )
                 _set_ylim(twin, np.append(steps, 0.0), floor=0.0)
                 twin.set_ylabel("accumulation (steps)")
                 twin.yaxis.set_major_locator(MaxNLocator(integer=True))
@@ -263,7 +287,15 @@ def controller_figure(
                 _outside_legend(ax)
         elif panel == "lr":
             values = controller["lr"].to_numpy(dtype=float)
-            ax.plot(epochs, values, marker="o", ms=4, drawstyle="steps-mid", color="tab:purple", label="learning rate")
+            ax.plot(
+                epochs,
+                values,
+                marker="o",
+                ms=4,
+                drawstyle="steps-mid",
+                color="tab:purple",
+                label="learning rate",
+            )
             finite = _finite(values)
             if finite.size and finite.min() > 0 and np.ptp(np.log10(finite)) > 1:
                 ax.set_yscale("log")
@@ -319,12 +351,22 @@ def correlation_figure(corr: pd.DataFrame, title: str) -> Figure | None:
         for (i, j), value in np.ndenumerate(corr.to_numpy(dtype=float)):
             if np.isfinite(value):
                 color = "white" if abs(value) > 0.6 else "black"
-                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=fontsize - 1, color=color)
+                ax.text(
+                    j,
+                    i,
+                    f"{value:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=fontsize - 1,
+                    color=color,
+                )
     figure.colorbar(image, ax=ax, label="Pearson r", shrink=0.8)
     return figure
 
 
-def pairs_figure(per_epoch: pd.DataFrame, pairs: pd.DataFrame, title: str, limit: int = 4) -> Figure | None:
+def pairs_figure(
+    per_epoch: pd.DataFrame, pairs: pd.DataFrame, title: str, limit: int = 4
+) -> Figure | None:
     """Scatter plots of the strongest cost/performance pairs, one point per epoch."""
     if pairs.empty or per_epoch.empty:
         return None
@@ -342,7 +384,9 @@ def pairs_figure(per_epoch: pd.DataFrame, pairs: pd.DataFrame, title: str, limit
         points = ax.scatter(x, y, c=epochs, cmap="viridis", s=36, zorder=3)
         if len(epochs) <= 30:
             for xi, yi, epoch in zip(x, y, epochs, strict=True):
-                ax.annotate(f"{int(epoch)}", (xi, yi), xytext=(4, 3), textcoords="offset points", fontsize=7)
+                ax.annotate(
+                    f"{int(epoch)}", (xi, yi), xytext=(4, 3), textcoords="offset points", fontsize=7
+                )
         ax.set_xlabel(x_label)
         ax.set_ylabel(y_label)
         ax.set_title(f"r = {row.r:+.2f}", fontsize=10)
@@ -373,7 +417,13 @@ def activation_figure(activation: pd.DataFrame, title: str) -> Figure | None:
         for column in columns:
             values = activation[column].to_numpy(dtype=float) / scale
             if column == "activation_bytes":
-                ax.bar(activation["epoch"], values, width=0.7, color="tab:cyan", label=pretty_name(column))
+                ax.bar(
+                    activation["epoch"],
+                    values,
+                    width=0.7,
+                    color="tab:cyan",
+                    label=pretty_name(column),
+                )
             else:
                 ax.plot(activation["epoch"], values, marker="o", ms=4, label=pretty_name(column))
         if columns is fractions:
@@ -404,7 +454,13 @@ def overlay_figure(curves: pd.DataFrame, columns: Sequence[str], title: str) -> 
         values = curves[column].to_numpy(dtype=float)
         scale, label = axis_label(column, values)
         for run, rows in curves.groupby("run", sort=False):
-            ax.plot(rows["epoch"], rows[column].to_numpy(dtype=float) / scale, marker="o", ms=3, label=str(run))
+            ax.plot(
+                rows["epoch"],
+                rows[column].to_numpy(dtype=float) / scale,
+                marker="o",
+                ms=3,
+                label=str(run),
+            )
         floor = 0.0 if column.endswith(("_j", "_s", "_bytes")) or is_fraction(column) else None
         _set_ylim(ax, values / scale, floor=floor)
         ax.set_ylabel(label)
@@ -417,3 +473,50 @@ def overlay_figure(curves: pd.DataFrame, columns: Sequence[str], title: str) -> 
 def is_fraction(column: str) -> bool:
     """Whether a column is an accuracy or a fraction (never negative)."""
     return "acc" in column or column.endswith(("_frac", "sparsity"))
+
+
+def totals_figure(totals: pd.DataFrame, title: str) -> Figure | None:
+    """Bars with one bar per run: total energy, wall time and best val accuracy."""
+    panels = [
+        (column, label)
+        for column, label in (
+            ("total_energy_j", "total energy (J)"),
+            ("wall_time_s", "wall time (s)"),
+            ("best_val_acc", "best val accuracy"),
+        )
+        if column in totals.columns and totals[column].notna().any()
+    ]
+    if totals.empty or not panels:
+        return None
+    figure = _figure(title)
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    runs = totals["run"].astype(str).tolist()
+    for ax, (column, label) in zip(axes, panels, strict=True):
+        values = totals[column].to_numpy(dtype=float)
+        if column == "best_val_acc":
+            label += " (%)" if np.nanmax(values) > 1 else " (fraction)"
+        if column == "total_energy_j" and totals.get("energy_source") is not None:
+            estimated = totals["energy_source"].astype(str).str.startswith("estimated").any()
+            label = "total energy (J, some estimated)" if estimated else label
+        ax.bar(range(len(runs)), np.nan_to_num(values), color="tab:blue", width=0.6)
+        for x, value in enumerate(values):
+            if np.isfinite(value):
+                ax.annotate(
+                    f"{value:.3g}",
+                    (x, value),
+                    xytext=(0, 3),
+                    textcoords="offset points",
+                    ha="center",
+                    fontsize=8,
+                )
+        ax.set_xticks(
+            range(len(runs)),
+            labels=runs,
+            rotation=30 if len(runs) > 3 else 0,
+            ha="right" if len(runs) > 3 else "center",
+        )
+        ax.set_ylabel(label)
+        ax.set_title(label.split(" (")[0])
+        _set_ylim(ax, np.append(values, 0.0) * 1.08, floor=0.0)
+        ax.grid(True, axis="y", alpha=0.3)
+    return figure

@@ -16,6 +16,7 @@ import pandas as pd
 
 from edgetrain.report.labels import format_value, is_performance, unit_of
 from edgetrain.report.rundir import Run
+from edgetrain.units import format_seconds
 
 __all__ = [
     "activation_table",
@@ -408,7 +409,7 @@ def run_totals(run: Run) -> dict[str, Any]:
     }
 
 
-_TOTAL_ROWS = (
+TOTAL_ROWS = (
     ("status", "status", ""),
     ("epochs", "epochs completed", ""),
     ("wall_time_s", "wall time", "s"),
@@ -429,9 +430,8 @@ _TOTAL_ROWS = (
 )
 
 
-def _total_text(key: str, value: Any) -> str:
-    from edgetrain.units import format_seconds
-
+def total_text(key: str, value: Any) -> str:
+    """Display string of one value from :func:`run_totals`."""
     if key == "wall_time_s":
         return format_seconds(value) + (f" ({value:,.1f} s)" if value >= 60 else "")
     if key == "total_energy_j":
@@ -451,9 +451,9 @@ def totals_table(run: Run) -> pd.DataFrame:
             "quantity": label,
             "value": totals[key],
             "unit": unit,
-            "text": _total_text(key, totals[key]),
+            "text": total_text(key, totals[key]),
         }
-        for key, label, unit in _TOTAL_ROWS
+        for key, label, unit in TOTAL_ROWS
         if totals.get(key) is not None
     ]
     return pd.DataFrame(rows, columns=["quantity", "value", "unit", "text"])
@@ -502,7 +502,10 @@ def sensors_table(run: Run) -> pd.DataFrame:
     columns = ["name", "available", "source_label", "reason"]
     sensors = run.env.get("sensors") or []
     if isinstance(sensors, Mapping):  # tolerate {name: {...}} as well as a list
-        sensors = [{"name": name, **(info if isinstance(info, Mapping) else {})} for name, info in sensors.items()]
+        sensors = [
+            {"name": name, **(info if isinstance(info, Mapping) else {})}
+            for name, info in sensors.items()
+        ]
     rows = [
         {column: sensor.get(column) for column in columns}
         for sensor in sensors

@@ -95,9 +95,7 @@ def frame_sections(
     if frame.empty or not len(frame.columns):
         return [Section(heading, ["(no data)"])]
     shown = frame if max_rows is None else frame.head(max_rows)
-    cells = {
-        str(c): [_cell(str(c), v) for v in shown[c].tolist()] for c in shown.columns
-    }
+    cells = {str(c): [_cell(str(c), v) for v in shown[c].tolist()] for c in shown.columns}
     numeric = {str(c): pd.api.types.is_numeric_dtype(shown[c]) for c in shown.columns}
     widths = {c: max([len(c), *map(len, values)]) for c, values in cells.items()}
     names = list(cells)
@@ -127,12 +125,16 @@ def frame_sections(
         ]
         if max_rows is not None and len(frame) > max_rows:
             lines.append(f"… {len(frame) - max_rows} more rows (all rows are in report.xlsx)")
-        title = heading if len(groups) == 1 else f"{heading} (columns, part {number} of {len(groups)})"
+        title = (
+            heading if len(groups) == 1 else f"{heading} (columns, part {number} of {len(groups)})"
+        )
         sections.append(Section(title, lines, [header.rstrip()[:width], rule[:width]]))
     return sections
 
 
-def _paginate(sections: list[Section], capacity: int, first_capacity: int) -> list[list[tuple[str, str]]]:
+def _paginate(
+    sections: list[Section], capacity: int, first_capacity: int
+) -> list[list[tuple[str, str]]]:
     """Flow sections into pages of (style, text) items; a heading counts as two lines."""
     pages: list[list[tuple[str, str]]] = [[]]
     used = 0
@@ -203,14 +205,21 @@ def text_pages(
         for style, text in items:
             if style == "heading":
                 y -= 0.7 * _LINE_IN / size[1]
-                figure.text(left, y, text, fontsize=11, fontweight="bold", va="top", color="#1f3b73")
+                figure.text(
+                    left, y, text, fontsize=11, fontweight="bold", va="top", color="#1f3b73"
+                )
                 y -= 1.3 * _LINE_IN / size[1]
             else:
                 weight = "bold" if style == "header" else "normal"
                 figure.text(
-                    left, y, text, fontsize=FONT_SIZE, va="top", family="monospace", fontweight=weight
+                    left,
+                    y,
+                    text,
+                    fontsize=FONT_SIZE,
+                    va="top",
+                    family="monospace",
+                    fontweight=weight,
                 )
                 y -= _LINE_IN / size[1]
         figures.append(figure)
     return figures
-

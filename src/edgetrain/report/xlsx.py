@@ -36,7 +36,9 @@ def write_xlsx(sheets: dict[str, pd.DataFrame], path: Path) -> bool:
         missing, True when the workbook was written.
     """
     if not xlsx_available():
-        logger.warning("%s; skipped %s", MissingExtraError("openpyxl", "xlsx", "the Excel report"), path)
+        logger.warning(
+            "%s; skipped %s", MissingExtraError("openpyxl", "xlsx", "the Excel report"), path
+        )
         return False
     from openpyxl.utils import get_column_letter
 
@@ -50,9 +52,11 @@ def write_xlsx(sheets: dict[str, pd.DataFrame], path: Path) -> bool:
             worksheet = writer.sheets[sheet]
             worksheet.freeze_panes = "A2"
             for number, column in enumerate(frame.columns, start=1):
-                sample = frame[column].head(200).astype(str).map(len)
-                width = max([len(str(column)), *sample.tolist()]) if len(frame) else len(str(column))
-                worksheet.column_dimensions[get_column_letter(number)].width = min(max(width + 2, 8), 60)
+                cells = [len(str(value)) for value in frame[column].head(200).tolist()]
+                width = max([len(str(column)), *cells])
+                worksheet.column_dimensions[get_column_letter(number)].width = min(
+                    max(width + 2, 8), 60
+                )
     os.replace(temporary, path)
     logger.info("wrote %s (%d sheets)", path, len(sheets))
     return True

@@ -1,7 +1,7 @@
 """The training loop, its callbacks and the run-directory writer."""
 
 from edgetrain.train.api import FitResult, fit, prepare_data, resolve_device, train
-from edgetrain.train.callbacks import Callback, CallbackList, TrainState
+from edgetrain.train.callbacks import BatchTiming, Callback, CallbackList, TrainState
 from edgetrain.train.loop import StepResult, evaluate, run_epochs, train_step
 from edgetrain.train.rundir import (
     DECISIONS_COLUMNS,
@@ -16,6 +16,7 @@ __all__ = [
     "DECISIONS_COLUMNS",
     "METRICS_COLUMNS",
     "RESOURCES_BASE_COLUMNS",
+    "BatchTiming",
     "Callback",
     "CallbackList",
     "CsvLog",

@@ -25,7 +25,7 @@ from edgetrain.train.optim import build_optimizer, make_grad_scaler, param_dtype
 from edgetrain.train.rundir import METRICS_COLUMNS, RunDir
 from edgetrain.train.writer import RunWriter, build_summary, restore_rng
 
-__all__ = ["FitResult", "fit", "prepare_data", "resolve_device", "train"]
+__all__ = ["FitResult", "fit", "load_pretrained", "prepare_data", "resolve_device", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -271,6 +271,8 @@ def train(
         input_size=info.input_size,
         **cfg.model_args,
     )
+    if cfg.init_from is not None and resume is None:
+        load_pretrained(model, cfg.init_from)
     return _run(
         cfg,
         model,
@@ -280,6 +282,34 @@ def train(
         resume=resume is not None,
         overwrite=overwrite,
     )
+
+
+def load_pretrained(model: nn.Module, source: str | Path) -> list[str]:
+    """Initialise ``model`` from a run directory's model.pt (or a .pt file).
+
+    Tensors whose name and shape match are loaded; the others (e.g. a classifier head for
+    a different number of classes) keep their fresh initialisation and are returned.
+    """
+    path = Path(source)
+    if path.is_dir():
+        path = path / "model.pt"
+    if not path.exists():
+        raise EdgeTrainError(
+            f"init_from: no model weights at {path} (expected a run directory with model.pt)"
+        )
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise EdgeTrainError(f"init_from: cannot read {path}: {exc}") from exc
+    own = model.state_dict()
+    matched = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise EdgeTrainError(f"init_from: no tensor in {path} matches the model's names and shapes")
+    model.load_state_dict(matched, strict=False)
+    skipped = sorted(set(own) - set(matched))
+    if skipped:
+        log.warning("init_from %s: kept fresh initialisation for %s", path, ", ".join(skipped))
+    return skipped
 
 
 def _as_dataset(data: Dataset | DataLoader) -> tuple[Dataset, int | None]:

@@ -14,7 +14,22 @@ if TYPE_CHECKING:
     from edgetrain.config import TrainConfig
     from edgetrain.train.rundir import RunDir
 
-__all__ = ["Callback", "CallbackList", "TrainState"]
+__all__ = ["BatchTiming", "Callback", "CallbackList", "TrainState"]
+
+
+@dataclass(frozen=True)
+class BatchTiming:
+    """Where one logical batch's time went (seconds).
+
+    ``wait_s``: blocked on the DataLoader (fetch and pre-processing not hidden by workers);
+    ``copy_s``: host-to-device copy; ``compute_s``: forward, backward and optimizer step,
+    ending at a host-device sync, so asynchronous GPU work is counted here.
+    """
+
+    wait_s: float
+    copy_s: float
+    compute_s: float
+    samples: int
 
 
 @dataclass
@@ -36,6 +51,8 @@ class TrainState:
     base_lr: float = 0.0  # the schedule multiplies this
     # filled by the loop
     last_loss: float = float("nan")
+    batch_timing: BatchTiming | None = None  # set before on_batch_end
+    sync_timing: bool = False  # synchronise CUDA after the copy so its time is exact (bench)
     samples_seen_epoch: int = 0
     epoch_row: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from edgetrain.train.augment import MixedBatch, augment_batch, augment_generator
-from edgetrain.train.callbacks import Callback, TrainState
+from edgetrain.train.callbacks import BatchTiming, Callback, TrainState
 from edgetrain.train.data import epoch_loader, eval_loader
 from edgetrain.train.optim import autocast, lr_factor, param_dtype
 
@@ -110,6 +110,11 @@ def evaluate(
     return (loss_sum / total, correct / total) if total else (math.nan, math.nan)
 
 
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _to_device(
     x: torch.Tensor, y: torch.Tensor, state: TrainState
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,10 +157,27 @@ def run_epochs(
         )
         loss_sum, correct, seen = 0.0, 0, 0
         t0 = time.perf_counter()
-        for x, y in loader:
+        batches = iter(loader)
+        while True:
+            t_wait = time.perf_counter()
+            try:
+                x, y = next(batches)  # blocks while the DataLoader fetches and collates
+            except StopIteration:
+                break
+            t_fetched = time.perf_counter()
             callbacks.on_batch_start(state)
+            t_copy = time.perf_counter()
             x, y = _to_device(x, y, state)
-            result = train_step(state, forward, x, y, scaler)
+            if state.sync_timing:
+                _synchronize(state.device)  # so asynchronous copies are not counted as compute
+            t_copied = time.perf_counter()
+            result = train_step(state, forward, x, y, scaler)  # ends with a host-device sync
+            state.batch_timing = BatchTiming(
+                wait_s=t_fetched - t_wait,
+                copy_s=t_copied - t_copy,
+                compute_s=time.perf_counter() - t_copied,
+                samples=result.samples,
+            )
             loss_sum += result.loss_sum
             correct += result.correct
             seen += result.samples

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from edgetrain.errors import EdgeTrainError
@@ -80,8 +80,11 @@ def call_user(
     kind: str,
     common: Mapping[str, Any],
     options: Mapping[str, Any],
+    reserved: Collection[str] = (),
 ) -> Any:
     """Call user code with the ``common`` keywords it accepts plus all of ``options``.
+
+    ``reserved`` names (and those of ``common``) are not listed as accepted options.
 
     Raises:
         EdgeTrainError: if an option is not accepted, or the call raises.
@@ -89,7 +92,7 @@ def call_user(
     names, var_keyword = accepted_keywords(fn)
     unknown = [key for key in options if key not in names and not var_keyword]
     if unknown:
-        accepted = ", ".join(n for n in names if n not in common) or "none"
+        accepted = ", ".join(n for n in names if n not in common and n not in reserved) or "none"
         raise EdgeTrainError(
             f"{kind} '{spec}' does not accept option '{unknown[0]}'; accepted options: {accepted}"
         )

@@ -146,7 +146,9 @@ def _load_user(
     }
     common = {k: v for k, v in common.items() if v is not None}  # keep the loader's own defaults
     common["seed"] = seed
-    result = call_user(loader, spec=spec, kind="data set", common=common, options=options)
+    result = call_user(
+        loader, spec=spec, kind="data set", common=common, options=options, reserved=_COMMON
+    )
     info: DataInfo | None = None
     if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], DataInfo):
         result, info = result

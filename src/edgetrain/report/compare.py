@@ -1,0 +1,187 @@
+"""Several runs side by side: overlaid curves, one totals row per run, config differences."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from edgetrain.errors import EdgeTrainError
+from edgetrain.report import figures as fig
+from edgetrain.report import tables as tab
+from edgetrain.report.pdf import save_pdf, save_png
+from edgetrain.report.rundir import Run, load_run, require_directory
+from edgetrain.report.textpages import (
+    LANDSCAPE,
+    PORTRAIT,
+    Section,
+    frame_sections,
+    key_value_lines,
+    page_width_chars,
+    text_pages,
+)
+from edgetrain.report.xlsx import write_xlsx
+
+__all__ = [
+    "compare_curves",
+    "compare_runs",
+    "compare_totals",
+    "config_differences",
+    "run_children",
+    "run_labels",
+]
+
+logger = logging.getLogger(__name__)
+
+CURVE_COLUMNS = ("train_loss", "val_loss", "train_acc", "val_acc", "time_s", "energy_j")
+COMPARE_FIGURES = ("comparison_curves", "comparison_energy", "comparison_totals")
+
+
+def run_labels(paths: Sequence[Path]) -> list[str]:
+    """Directory names, made unique: 'a/run' and 'b/run', then 'run (2)' if still equal."""
+    names = [Path(p).name for p in paths]
+    counts = Counter(names)
+    labels = [
+        f"{Path(p).parent.name}/{name}" if counts[name] > 1 else name
+        for p, name in zip(paths, names, strict=True)
+    ]
+    seen: Counter[str] = Counter()
+    unique = []
+    for label in labels:
+        seen[label] += 1
+        unique.append(label if seen[label] == 1 else f"{label} ({seen[label]})")
+    return unique
+
+
+def run_children(path: Path | str) -> list[Path]:
+    """The run directories directly inside ``path``, sorted by name."""
+    path = require_directory(path)
+    return [
+        child
+        for child in sorted(path.iterdir())
+        if child.is_dir()
+        and ((child / "metrics.csv").is_file() or (child / "summary.json").is_file())
+    ]
+
+
+def compare_curves(runs: Sequence[Run], labels: Sequence[str]) -> pd.DataFrame:
+    """Long table ``run, epoch, <curve columns>``: one row per run and epoch."""
+    parts = []
+    for run, label in zip(runs, labels, strict=True):
+        part = run.metrics[
+            ["epoch", *[c for c in CURVE_COLUMNS if c in run.metrics.columns]]
+        ].copy()
+        energy = tab.energy_per_epoch(run)  # falls back to resources.csv when metrics lack energy
+        if "energy_j" in energy.columns:
+            part["energy_j"] = energy["energy_j"].to_numpy()
+        part.insert(0, "run", label)
+        parts.append(part)
+    curves = (
+        pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["run", "epoch"])
+    )
+    keep = ["run", "epoch", *[c for c in CURVE_COLUMNS if c in curves and curves[c].notna().any()]]
+    return curves[keep]
+
+
+def compare_totals(runs: Sequence[Run], labels: Sequence[str]) -> pd.DataFrame:
+    """One row per run with the values of :func:`~edgetrain.report.tables.run_totals`."""
+    rows = [{"run": label, **tab.run_totals(run)} for run, label in zip(runs, labels, strict=True)]
+    return pd.DataFrame(rows)
+
+
+def config_differences(runs: Sequence[Run], labels: Sequence[str]) -> pd.DataFrame:
+    """Configuration keys whose values differ between runs: ``key`` and one column per run."""
+    flats = [tab.flatten_mapping(run.config) for run in runs]
+    keys = sorted(set().union(*flats)) if flats else []
+    rows = [
+        {
+            "key": key,
+            **{label: flat.get(key, "(absent)") for label, flat in zip(labels, flats, strict=True)},
+        }
+        for key in keys
+        if len({flat.get(key, "(absent)") for flat in flats}) > 1
+    ]
+    return pd.DataFrame(rows, columns=["key", *labels])
+
+
+def _totals_by_quantity(totals: pd.DataFrame) -> pd.DataFrame:
+    """Totals turned sideways for reading: one row per quantity, one column per run."""
+    rows = []
+    for key, label, _ in tab.TOTAL_ROWS:
+        if key not in totals.columns or totals[key].isna().all():
+            continue
+        row = {"quantity": label}
+        for run, value in zip(totals["run"], totals[key], strict=True):
+            row[str(run)] = tab.total_text(key, value) if pd.notna(value) else "-"
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["quantity", *totals["run"].astype(str)])
+
+
+def compare_runs(paths: Sequence[Path | str], out: Path | str | None = None) -> Path:
+    """Compare runs: PNGs, ``report.pdf`` and ``report.xlsx`` in one directory.
+
+    Args:
+        paths: Two or more run directories.
+        out: Where to write; default ``<first run's parent>/comparison/``.
+
+    Returns:
+        The output directory.
+
+    Raises:
+        EdgeTrainError: if fewer than two runs are given or one is not a run directory.
+    """
+    paths = [Path(p) for p in paths]
+    if len(paths) < 2:
+        raise EdgeTrainError(f"comparing runs needs at least 2 run directories, got {len(paths)}")
+    runs = [load_run(p) for p in paths]
+    labels = run_labels(paths)
+    out = Path(out) if out is not None else paths[0].resolve().parent / "comparison"
+    out.mkdir(parents=True, exist_ok=True)
+
+    curves = compare_curves(runs, labels)
+    totals = compare_totals(runs, labels)
+    differences = config_differences(runs, labels)
+    drawn = {
+        "comparison_curves": fig.overlay_figure(
+            curves, ["val_acc", "train_loss"], "Comparison: accuracy and loss per epoch"
+        ),
+        "comparison_energy": fig.overlay_figure(
+            curves, ["energy_j", "time_s"], "Comparison: energy and time per epoch"
+        ),
+        "comparison_totals": fig.totals_figure(totals, "Comparison: totals per run"),
+    }
+    for name in COMPARE_FIGURES:
+        if drawn[name] is not None:
+            save_png(drawn[name], out / f"{name}.png")
+        elif (out / f"{name}.png").exists():
+            (out / f"{name}.png").unlink()
+    figures = [figure for figure in drawn.values() if figure is not None]
+
+    width = page_width_chars(PORTRAIT)
+    runs_lines = key_value_lines(
+        [(label, f"{run.path.resolve()}") for label, run in zip(labels, runs, strict=True)], width
+    )
+    front_sections = [Section("Runs", runs_lines)]
+    front_sections += frame_sections(_totals_by_quantity(totals), "Totals", width)
+    front_sections += (
+        frame_sections(differences, "Configuration differences", width)
+        if not differences.empty
+        else [Section("Configuration differences", ["(the configurations are identical)"])]
+    )
+    title = f"Comparison of {len(runs)} runs"
+    front = text_pages(front_sections, title, intro=[f"output: {out.resolve()}"])
+    back = text_pages(
+        frame_sections(curves, "Per-epoch values", page_width_chars(LANDSCAPE)),
+        "Tables: comparison",
+        size=LANDSCAPE,
+    )
+    save_pdf(
+        [*front, *figures, *back], out / "report.pdf", title=title, footer="edgetrain comparison"
+    )
+    write_xlsx(
+        {"totals": totals, "curves": curves, "config_differences": differences}, out / "report.xlsx"
+    )
+    return out
