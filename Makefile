@@ -10,7 +10,7 @@ DEMO_OUT ?= runs/demo
 $(VENV)/.installed-dev: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -c constraints.txt -e ".[dev,xlsx,sweep]"
+	$(PIP) install --quiet -c constraints.txt -e ".[dev]"
 	touch $@
 
 $(VENV)/.installed: pyproject.toml constraints.txt

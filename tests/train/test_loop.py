@@ -388,3 +388,52 @@ def test_failure_leaves_failed_summary(tmp_path):
 
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["status"] == "failed" and "boom" in summary["error"]
+
+
+def test_out_of_memory_retries_the_same_batch_after_shrinking(tmp_path):
+    """An OOM inside a step is retried with a smaller micro-batch; the update is unchanged."""
+
+    class FlakyNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = tiny_net()
+            self.fail_above = 8
+
+        def forward(self, x):
+            if x.shape[0] > self.fail_above:
+                raise torch.OutOfMemoryError("simulated: micro-batch too large")
+            return self.net(x)
+
+    class Shrink(Callback):
+        def __init__(self):
+            self.ooms = 0
+
+        def on_oom(self, state, error):
+            self.ooms += 1
+            state.micro_batch_size = max(1, state.micro_batch_size // 2)
+            return True
+
+    shrink = Shrink()
+    flaky = FlakyNet()
+    res = edgetrain.fit(
+        flaky, Blobs(), epochs=1, batch_size=32, out=tmp_path / "a", callbacks=[shrink], **QUIET
+    )
+    plain = edgetrain.fit(tiny_net(), Blobs(), epochs=1, batch_size=32, out=tmp_path / "b", **QUIET)
+    assert shrink.ooms == 2  # 32 -> 16 -> 8
+    assert res.history["micro_batch_size"].tolist() == [8]
+    assert res.history["accum_steps"].tolist() == [4]
+    for p, q in zip(flaky.net.parameters(), plain.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+def test_out_of_memory_without_a_handler_propagates(tmp_path):
+    class Always(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            raise torch.OutOfMemoryError("simulated")
+
+    with pytest.raises(torch.OutOfMemoryError):
+        edgetrain.fit(Always(), Blobs(), epochs=1, batch_size=32, out=tmp_path / "a", **QUIET)

@@ -1,5 +1,6 @@
 """Validated configuration: one object per run, YAML files and ``--set`` overrides."""
 
+from edgetrain.config.base import Section
 from edgetrain.config.loader import (
     config_to_dict,
     load_config,
@@ -8,7 +9,6 @@ from edgetrain.config.loader import (
     validate_config,
     write_yaml_text,
 )
-from edgetrain.config.base import Section
 from edgetrain.config.schema import MonitorConfig, TrainConfig
 from edgetrain.config.sparse import SparseUpdateConfig
 

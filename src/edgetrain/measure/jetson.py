@@ -158,7 +158,9 @@ class JetsonSensor:
         return (EnergyChannel("jetson", "board", measured=True, power_key="board_power_w"),)
 
     def read(self) -> dict[str, float]:
-        """Read every rail and the GPU load."""
+        """Read every rail and the GPU load (nothing when unavailable)."""
+        if not self._rails:
+            return {}
         out: dict[str, float] = {}
         total = 0.0
         for rail in self._rails:

@@ -17,6 +17,7 @@ from edgetrain.report.rundir import Run, load_run, require_directory
 from edgetrain.report.textpages import (
     LANDSCAPE,
     PORTRAIT,
+    TABLE_FONT_SIZE,
     Section,
     frame_sections,
     key_value_lines,
@@ -144,12 +145,20 @@ def compare_runs(paths: Sequence[Path | str], out: Path | str | None = None) -> 
     curves = compare_curves(runs, labels)
     totals = compare_totals(runs, labels)
     differences = config_differences(runs, labels)
+    estimated = [
+        label
+        for label, source in zip(labels, totals["energy_source"], strict=True)
+        if str(source).startswith("estimated")
+    ]
     drawn = {
         "comparison_curves": fig.overlay_figure(
             curves, ["val_acc", "train_loss"], "Comparison: accuracy and loss per epoch"
         ),
         "comparison_energy": fig.overlay_figure(
-            curves, ["energy_j", "time_s"], "Comparison: energy and time per epoch"
+            curves,
+            ["energy_j", "time_s"],
+            "Comparison: energy and time per epoch",
+            notes={"energy_j": f"estimated for: {', '.join(estimated)}"} if estimated else None,
         ),
         "comparison_totals": fig.totals_figure(totals, "Comparison: totals per run"),
     }
@@ -174,9 +183,10 @@ def compare_runs(paths: Sequence[Path | str], out: Path | str | None = None) -> 
     title = f"Comparison of {len(runs)} runs"
     front = text_pages(front_sections, title, intro=[f"output: {out.resolve()}"])
     back = text_pages(
-        frame_sections(curves, "Per-epoch values", page_width_chars(LANDSCAPE)),
+        frame_sections(curves, "Per-epoch values", page_width_chars(LANDSCAPE, TABLE_FONT_SIZE)),
         "Tables: comparison",
         size=LANDSCAPE,
+        font_size=TABLE_FONT_SIZE,
     )
     save_pdf(
         [*front, *figures, *back], out / "report.pdf", title=title, footer="edgetrain comparison"

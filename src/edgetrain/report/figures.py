@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 from matplotlib.ticker import MaxNLocator
 
 from edgetrain.report.labels import axis_label, pretty_name, time_unit
@@ -37,12 +38,21 @@ logger = logging.getLogger(__name__)
 PAGE_SIZE = (11.69, 8.27)  # A4 landscape, inches: PNGs and PDF pages share it
 _SERIES_STYLE = {"train": "-", "val": "--"}
 _DECISION_COLOR = "tab:red"
+_FOOT = 0.035  # fraction of the page height kept free at the bottom
+_RUN_STYLES = [("-", "o"), ("--", "s"), ("-.", "^"), (":", "D"), ("-", "v"), ("--", "P")]
 
 
 def _figure(title: str) -> Figure:
-    figure = Figure(figsize=PAGE_SIZE, layout="constrained")
+    figure = Figure(figsize=PAGE_SIZE)
+    # The bottom strip stays free for the PDF footer and notes such as the energy source.
+    figure.set_layout_engine(ConstrainedLayoutEngine(rect=(0, _FOOT, 1, 1 - _FOOT)))
     figure.suptitle(title, fontsize=14, fontweight="bold")
     return figure
+
+
+def _note(figure: Figure, text: str) -> None:
+    """A line in the free bottom strip, left-aligned (the footer sits on the right)."""
+    figure.text(0.01, 0.006, text, ha="left", va="bottom", fontsize=9)
 
 
 def _finite(values: Sequence[float] | pd.Series | np.ndarray) -> np.ndarray:
@@ -69,6 +79,16 @@ def _set_ylim(ax: Axes, values: np.ndarray, *, floor: float | None = None) -> No
     if floor is not None and low >= floor:
         bottom = max(bottom, floor - 0.02 * (top - floor))
     ax.set_ylim(bottom, top)
+
+
+def _set_unit_ylim(ax: Axes, values: np.ndarray) -> None:
+    """Accuracy, fractions and scores: all of 0..1 (or 0..100 %) visible, widened for outliers."""
+    values = _finite(values)
+    top = 100.0 if values.size and values.max() > 1.0 else 1.0
+    low = min(0.0, float(values.min())) if values.size else 0.0
+    high = max(top, float(values.max())) if values.size else top
+    margin = 0.04 * (high - low)
+    ax.set_ylim(low - margin, high + margin)
 
 
 def _epoch_axis(ax: Axes) -> None:
@@ -98,7 +118,8 @@ def training_curves_figure(curves: pd.DataFrame, title: str) -> Figure | None:
     if curves.empty or not (losses or accs):
         return None
     figure = _figure(f"{title}: training curves")
-    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    ratios = [1.0 if group == ["lr"] else 2.0 for group in panels]
+    axes = figure.subplots(1, len(panels), squeeze=False, width_ratios=ratios)[0]
     for ax, columns in zip(axes, panels, strict=True):
         drawn = []
         for column in columns:
@@ -106,18 +127,20 @@ def training_curves_figure(curves: pd.DataFrame, title: str) -> Figure | None:
             style = _SERIES_STYLE.get(column.split("_")[0], "-")
             ax.plot(curves["epoch"], values, style, marker="o", ms=4, label=pretty_name(column))
             drawn.append(values)
-        _, label = axis_label(columns[0], np.concatenate(drawn))
-        if columns == ["lr"]:
-            label = "learning rate"
-            if _finite(drawn[0]).min() > 0 and np.ptp(np.log10(_finite(drawn[0]))) > 1:
-                ax.set_yscale("log")
-        else:
-            floor = 0.0 if "acc" in columns[0] or "loss" in columns[0] else None
-            _set_ylim(ax, np.concatenate(drawn), floor=floor)
+        values = np.concatenate(drawn)
         if columns is losses:
+            _set_ylim(ax, values, floor=0.0)
             label = "loss"
         elif columns is accs:
-            label = "accuracy (%)" if "(%)" in label else "accuracy (fraction)"
+            _set_unit_ylim(ax, values)
+            label = "accuracy (%)" if _finite(values).max(initial=0) > 1 else "accuracy (fraction)"
+        else:
+            finite = _finite(values)
+            if finite.size and finite.min() > 0 and np.ptp(np.log10(finite)) > 1:
+                ax.set_yscale("log")
+            else:
+                _set_ylim(ax, np.append(values, 0.0), floor=0.0)
+            label = "learning rate"
         ax.set_ylabel(label)
         _epoch_axis(ax)
         _legend(ax)
@@ -184,7 +207,10 @@ def resources_figure(usage: pd.DataFrame, boundaries: pd.DataFrame, title: str) 
 
 
 def energy_figure(energy: pd.DataFrame, title: str) -> Figure | None:
-    """Bars per epoch: energy (J), time (s) and energy per sample (mJ) when known."""
+    """Bars per epoch: energy (J), time (s) and energy per sample (mJ) when known.
+
+    Estimated energy (source ``estimated:...``) is labelled as such on every axis.
+    """
     panels = [c for c in ("energy_j", "time_s", "energy_per_sample_j") if c in energy.columns]
     if energy.empty or not panels:
         return None
@@ -192,25 +218,20 @@ def energy_figure(energy: pd.DataFrame, title: str) -> Figure | None:
     estimated = any(s.startswith("estimated") for s in sources)
     figure = _figure(f"{title}: energy and time per epoch")
     if sources:
-        figure.text(
-            0.5, 0.005, "energy source: " + ", ".join(sources), ha="center", va="bottom", fontsize=9
-        )
+        _note(figure, "energy source: " + ", ".join(sources))
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
-    colors = {"energy_j": "tab:orange", "time_s": "tab:blue", "energy_per_sample_j": "tab:green"}
+    styles = {
+        "energy_j": ("energy", "J", 1.0, "tab:orange"),
+        "time_s": ("time", "s", 1.0, "tab:blue"),
+        "energy_per_sample_j": ("energy per sample", "mJ", 1000.0, "tab:green"),
+    }
     for ax, column in zip(axes, panels, strict=True):
-        values = energy[column].to_numpy(dtype=float)
-        if column == "energy_per_sample_j":
-            values = values * 1000
-            label = "energy per sample (mJ)"
-        elif column == "energy_j":
-            label = "energy (J, estimated)" if estimated else "energy (J)"
-        else:
-            label = "time (s)"
-        ax.bar(energy["epoch"], values, color=colors[column], width=0.7)
-        ax.set_ylabel(label)
-        ax.set_title(
-            label.split(" (")[0] + (" (estimate)" if estimated and "energy" in column else "")
-        )
+        name, unit, factor, color = styles[column]
+        is_estimate = estimated and column != "time_s"
+        values = energy[column].to_numpy(dtype=float) * factor
+        ax.bar(energy["epoch"], values, color=color, width=0.7, hatch="//" if is_estimate else None)
+        ax.set_ylabel(f"{name} ({unit}, estimated)" if is_estimate else f"{name} ({unit})")
+        ax.set_title(f"{name} (estimate)" if is_estimate else name)
         _set_ylim(ax, np.append(values, 0.0), floor=0.0)
         _epoch_axis(ax)
     return figure
@@ -310,26 +331,30 @@ def controller_figure(
                 values = decisions[column].to_numpy(dtype=float)
                 ax.plot(x, values, marker="o", ms=4, lw=1, label=pretty_name(column))
                 drawn.append(values)
-            _set_ylim(ax, np.concatenate(drawn), floor=0.0)
+            _set_unit_ylim(ax, np.concatenate(drawn))
             ax.set_ylabel("score (0..1)")
             _outside_legend(ax)
         ax.grid(True, alpha=0.3)
-    changed = controller[controller.get("changes", pd.Series(0, index=controller.index)) > 0]
-    for _, row in changed.iterrows():
+    changes = (
+        controller["changes"]
+        if "changes" in controller.columns
+        else pd.Series(0, index=controller.index)
+    )
+    for level, (_, row) in enumerate(controller[changes > 0].iterrows()):
         for ax in axes:
             ax.axvline(row["epoch"], color=_DECISION_COLOR, ls="--", lw=1, alpha=0.7)
+        # Labels sit above the top panel, on three staggered rows so neighbours do not collide.
         axes[0].annotate(
-            str(row.get("decisions", "")),
+            f"epoch {int(row['epoch'])}: {row.get('decisions', '')}",
             xy=(row["epoch"], 1.0),
             xycoords=("data", "axes fraction"),
-            xytext=(3, -3),
+            xytext=(2, 3 + 11 * (level % 3)),
             textcoords="offset points",
-            rotation=90,
-            va="top",
+            va="bottom",
             ha="left",
             fontsize=8,
             color=_DECISION_COLOR,
-            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
+            annotation_clip=False,
         )
     _epoch_axis(axes[-1])
     return figure
@@ -367,13 +392,18 @@ def correlation_figure(corr: pd.DataFrame, title: str) -> Figure | None:
 def pairs_figure(
     per_epoch: pd.DataFrame, pairs: pd.DataFrame, title: str, limit: int = 4
 ) -> Figure | None:
-    """Scatter plots of the strongest cost/performance pairs, one point per epoch."""
+    """Scatter plots of the strongest cost/performance pairs, one point per epoch.
+
+    Each cost column appears once (its strongest pair), so the panels do not repeat
+    one quantity against train and val accuracy.
+    """
     if pairs.empty or per_epoch.empty:
         return None
-    shown = pairs.head(limit)
+    shown = pairs.drop_duplicates("cost").head(limit)
     figure = _figure(f"{title}: strongest cost/performance correlations")
     columns = 2 if len(shown) > 1 else 1
     axes = figure.subplots(math.ceil(len(shown) / columns), columns, squeeze=False).ravel()
+    points = None
     for ax, row in zip(axes, shown.itertuples(index=False), strict=False):
         x_all = per_epoch[row.cost].to_numpy(dtype=float)
         y_all = per_epoch[row.performance].to_numpy(dtype=float)
@@ -389,16 +419,23 @@ def pairs_figure(
                 )
         ax.set_xlabel(x_label)
         ax.set_ylabel(y_label)
-        ax.set_title(f"r = {row.r:+.2f}", fontsize=10)
-        _set_ylim(ax, y)
-        span = np.ptp(x) if x.size else 0
-        pad = 0.08 * span if span > 0 else max(abs(x.max()) * 0.1, 0.05) if x.size else 1
+        ax.set_title(
+            f"{pretty_name(row.performance)} vs {pretty_name(row.cost)}: r = {row.r:+.2f}",
+            fontsize=10,
+        )
+        if "acc" in row.performance:
+            _set_unit_ylim(ax, y)
+        else:
+            _set_ylim(ax, y)
         if x.size:
+            span = float(np.ptp(x))
+            pad = 0.08 * span if span > 0 else max(abs(float(x.max())) * 0.1, 0.05)
             ax.set_xlim(x.min() - pad, x.max() + pad)
         ax.grid(True, alpha=0.3)
     for ax in axes[len(shown) :]:
         ax.set_visible(False)
-    figure.colorbar(points, ax=list(axes[: len(shown)]), label="epoch", shrink=0.6)
+    if points is not None:
+        figure.colorbar(points, ax=list(axes[: len(shown)]), label="epoch", shrink=0.6)
     return figure
 
 
@@ -428,7 +465,7 @@ def activation_figure(activation: pd.DataFrame, title: str) -> Figure | None:
                 ax.plot(activation["epoch"], values, marker="o", ms=4, label=pretty_name(column))
         if columns is fractions:
             label = "fraction of parameters (0..1)"
-            _set_ylim(ax, data.ravel(), floor=0.0)
+            _set_unit_ylim(ax, data.ravel())
         else:
             _set_ylim(ax, np.append(data.ravel() / scale, 0.0), floor=0.0)
         ax.set_ylabel(label)
@@ -437,14 +474,21 @@ def activation_figure(activation: pd.DataFrame, title: str) -> Figure | None:
     return figure
 
 
-def overlay_figure(curves: pd.DataFrame, columns: Sequence[str], title: str) -> Figure | None:
+def overlay_figure(
+    curves: pd.DataFrame,
+    columns: Sequence[str],
+    title: str,
+    notes: dict[str, str] | None = None,
+) -> Figure | None:
     """Several runs on shared axes: one panel per column, one line per run.
 
     Args:
         curves: Long table with ``run``, ``epoch`` and the columns.
         columns: The quantities to draw (panels without data are left out).
         title: Figure title.
+        notes: Text added to a panel's title, by column (e.g. which runs are estimates).
     """
+    notes = notes or {}
     present = [c for c in columns if c in curves.columns and curves[c].notna().any()]
     if curves.empty or not present:
         return None
@@ -453,18 +497,26 @@ def overlay_figure(curves: pd.DataFrame, columns: Sequence[str], title: str) -> 
     for ax, column in zip(axes, present, strict=True):
         values = curves[column].to_numpy(dtype=float)
         scale, label = axis_label(column, values)
-        for run, rows in curves.groupby("run", sort=False):
+        for number, (run, rows) in enumerate(curves.groupby("run", sort=False)):
+            line, marker = _RUN_STYLES[number % len(_RUN_STYLES)]
             ax.plot(
                 rows["epoch"],
                 rows[column].to_numpy(dtype=float) / scale,
-                marker="o",
-                ms=3,
+                ls=line,
+                marker=marker,
+                ms=5,
+                lw=1.5,
+                alpha=0.85,
                 label=str(run),
             )
-        floor = 0.0 if column.endswith(("_j", "_s", "_bytes")) or is_fraction(column) else None
-        _set_ylim(ax, values / scale, floor=floor)
+        if is_fraction(column):
+            _set_unit_ylim(ax, values / scale)
+        else:
+            floor = 0.0 if column.endswith(("_j", "_s", "_bytes")) else None
+            _set_ylim(ax, values / scale, floor=floor)
         ax.set_ylabel(label)
-        ax.set_title(label.split(" (")[0])
+        note = notes.get(column)
+        ax.set_title(label.split(" (")[0] + (f"\n({note})" if note else ""), fontsize=11)
         _epoch_axis(ax)
         _legend(ax)
     return figure
@@ -476,7 +528,7 @@ def is_fraction(column: str) -> bool:
 
 
 def totals_figure(totals: pd.DataFrame, title: str) -> Figure | None:
-    """Bars with one bar per run: total energy, wall time and best val accuracy."""
+    """One bar per run: total energy (hatched when estimated), wall time, best val accuracy."""
     panels = [
         (column, label)
         for column, label in (
@@ -491,32 +543,52 @@ def totals_figure(totals: pd.DataFrame, title: str) -> Figure | None:
     figure = _figure(title)
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
     runs = totals["run"].astype(str).tolist()
+    sources = totals.get("energy_source", pd.Series([None] * len(totals)))
+    estimated = [str(s).startswith("estimated") for s in sources]
+    if any(estimated):
+        _note(
+            figure,
+            "hatched bars: estimated energy ("
+            + ", ".join(
+                f"{run}: {source}"
+                for run, source, est in zip(runs, sources, estimated, strict=True)
+                if est
+            )
+            + ")",
+        )
     for ax, (column, label) in zip(axes, panels, strict=True):
         values = totals[column].to_numpy(dtype=float)
         if column == "best_val_acc":
             label += " (%)" if np.nanmax(values) > 1 else " (fraction)"
-        if column == "total_energy_j" and totals.get("energy_source") is not None:
-            estimated = totals["energy_source"].astype(str).str.startswith("estimated").any()
-            label = "total energy (J, some estimated)" if estimated else label
-        ax.bar(range(len(runs)), np.nan_to_num(values), color="tab:blue", width=0.6)
+        bars = ax.bar(range(len(runs)), np.nan_to_num(values), color="tab:blue", width=0.6)
+        if column == "total_energy_j":
+            for bar, est in zip(bars, estimated, strict=True):
+                if est:
+                    bar.set_hatch("//")
+                    bar.set_facecolor("tab:orange")
         for x, value in enumerate(values):
             if np.isfinite(value):
+                text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
                 ax.annotate(
-                    f"{value:.3g}",
+                    text,
                     (x, value),
                     xytext=(0, 3),
                     textcoords="offset points",
                     ha="center",
                     fontsize=8,
                 )
+        tilt = len(runs) > 3 or max(map(len, runs)) > 14
         ax.set_xticks(
             range(len(runs)),
             labels=runs,
-            rotation=30 if len(runs) > 3 else 0,
-            ha="right" if len(runs) > 3 else "center",
+            rotation=30 if tilt else 0,
+            ha="right" if tilt else "center",
         )
         ax.set_ylabel(label)
         ax.set_title(label.split(" (")[0])
-        _set_ylim(ax, np.append(values, 0.0) * 1.08, floor=0.0)
+        if column == "best_val_acc":
+            _set_unit_ylim(ax, values)
+        else:
+            _set_ylim(ax, np.append(values * 1.05, 0.0), floor=0.0)
         ax.grid(True, axis="y", alpha=0.3)
     return figure

@@ -18,6 +18,7 @@ from edgetrain.report.rundir import Run, detect_kind, load_run
 from edgetrain.report.textpages import (
     LANDSCAPE,
     PORTRAIT,
+    TABLE_FONT_SIZE,
     Section,
     frame_sections,
     key_value_lines,
@@ -149,7 +150,7 @@ def _summary_for_text(summary: pd.DataFrame) -> pd.DataFrame:
 
 def table_sections(tables: dict[str, pd.DataFrame]) -> list[Section]:
     """The tables at the end of the report, as landscape text sections."""
-    width = page_width_chars(LANDSCAPE)
+    width = page_width_chars(LANDSCAPE, TABLE_FONT_SIZE)
     sections = frame_sections(tables["metrics"], "Metrics per epoch (metrics.csv)", width)
     if not tables["energy"].empty:
         sections += frame_sections(tables["energy"], "Energy and time per epoch", width)
@@ -163,9 +164,9 @@ def table_sections(tables: dict[str, pd.DataFrame]) -> list[Section]:
             tables["decisions"], "Controller decisions (decisions.csv)", width, DECISION_ROWS_IN_PDF
         )
     if not tables["strongest_pairs"].empty:
-        sections += frame_sections(
-            tables["strongest_pairs"], "Strongest cost/performance correlations", width
-        )
+        pairs = tables["strongest_pairs"][["cost", "performance", "r"]].copy()
+        pairs["r"] = [f"{r:+.3f}" for r in pairs["r"]]
+        sections += frame_sections(pairs, "Strongest cost/performance correlations", width)
     return sections
 
 
@@ -196,7 +197,9 @@ def write_run_report(run: Run, out: Path) -> list[str]:
     status = str(tab.run_totals(run)["status"])
     title = f"Training report: {run.name}"
     front = text_pages(title_sections(run, tables), title, intro=_intro(run, status))
-    back = text_pages(table_sections(tables), f"Tables: {run.name}", size=LANDSCAPE)
+    back = text_pages(
+        table_sections(tables), f"Tables: {run.name}", size=LANDSCAPE, font_size=TABLE_FONT_SIZE
+    )
     pages = [*front, *drawn.values(), *back]
     names = (
         [f"title {i + 1}" for i in range(len(front))]

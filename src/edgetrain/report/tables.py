@@ -430,6 +430,9 @@ TOTAL_ROWS = (
 )
 
 
+_ENERGY_KEYS = frozenset({"total_energy_j", "avg_power_w", "energy_per_sample_j"})
+
+
 def total_text(key: str, value: Any) -> str:
     """Display string of one value from :func:`run_totals`."""
     if key == "wall_time_s":
@@ -446,12 +449,14 @@ def total_text(key: str, value: Any) -> str:
 def totals_table(run: Run) -> pd.DataFrame:
     """The totals as rows ``quantity, value, unit, text`` (unknown quantities left out)."""
     totals = run_totals(run)
+    estimated = str(totals.get("energy_source") or "").startswith("estimated")
     rows = [
         {
             "quantity": label,
             "value": totals[key],
             "unit": unit,
-            "text": total_text(key, totals[key]),
+            "text": total_text(key, totals[key])
+            + (" (estimated)" if estimated and key in _ENERGY_KEYS else ""),
         }
         for key, label, unit in TOTAL_ROWS
         if totals.get(key) is not None

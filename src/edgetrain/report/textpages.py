@@ -19,6 +19,7 @@ from edgetrain.report.labels import format_value
 __all__ = [
     "LANDSCAPE",
     "PORTRAIT",
+    "TABLE_FONT_SIZE",
     "Section",
     "frame_sections",
     "key_value_lines",
@@ -29,11 +30,13 @@ __all__ = [
 PORTRAIT = (8.27, 11.69)  # A4, inches
 LANDSCAPE = (11.69, 8.27)
 FONT_SIZE = 8.0
+TABLE_FONT_SIZE = 7.5
 _MARGIN_IN = 0.6
-_TOP_IN = 0.95  # room for the page heading
-_LINE_IN = FONT_SIZE * 1.45 / 72
-_CHAR_IN = FONT_SIZE * 0.61 / 72  # DejaVu Sans Mono advance is 0.602 em
+_TOP_IN = 0.85  # room for the page heading
+_LINE = 1.45  # line height in font sizes
+_CHAR = 0.61  # DejaVu Sans Mono advance is 0.602 em
 _MAX_CELL = 42
+_KEEP_TOGETHER = 12  # a section this short moves whole to the next page rather than split
 
 
 @dataclass
@@ -45,13 +48,13 @@ class Section:
     header: list[str] = field(default_factory=list)
 
 
-def page_width_chars(size: tuple[float, float] = PORTRAIT) -> int:
+def page_width_chars(size: tuple[float, float] = PORTRAIT, font_size: float = FONT_SIZE) -> int:
     """How many monospace characters fit across a page of this size."""
-    return int((size[0] - 2 * _MARGIN_IN) / _CHAR_IN)
+    return int((size[0] - 2 * _MARGIN_IN) / (font_size * _CHAR / 72))
 
 
-def _page_height_lines(size: tuple[float, float], intro: int) -> int:
-    return int((size[1] - _TOP_IN - _MARGIN_IN) / _LINE_IN) - intro
+def _page_height_lines(size: tuple[float, float], font_size: float) -> int:
+    return int((size[1] - _TOP_IN - _MARGIN_IN) / (font_size * _LINE / 72))
 
 
 def key_value_lines(pairs: Iterable[tuple[str, str]], width: int, max_key: int = 38) -> list[str]:
@@ -148,7 +151,8 @@ def _paginate(
         used = 0
 
     for section in sections:
-        need = 2 + len(section.header) + min(3, len(section.lines))
+        short = len(section.lines) <= _KEEP_TOGETHER
+        need = 2 + len(section.header) + (len(section.lines) if short else 3)
         if used and need > room():
             new_page()
         pages[-1].append(("heading", section.heading))
@@ -174,6 +178,7 @@ def text_pages(
     title: str,
     *,
     size: tuple[float, float] = PORTRAIT,
+    font_size: float = FONT_SIZE,
     intro: list[str] | None = None,
 ) -> list[Figure]:
     """Lay sections out on pages of ``size``.
@@ -182,12 +187,15 @@ def text_pages(
         sections: The content.
         title: Shown at the top of every page (large on the first).
         size: Page size in inches.
+        font_size: Size of the monospace text (headings are larger).
         intro: Lines under the title on the first page (path, date, status).
     """
     intro = intro or []
-    intro_lines = 2 + len(intro)  # the large title takes about two lines
-    capacity = _page_height_lines(size, 0)
-    pages = _paginate(sections, capacity, capacity - intro_lines)
+    step = font_size * _LINE / 72 / size[1]  # one line, as a fraction of the page height
+    capacity = _page_height_lines(size, font_size)
+    # The large title takes about three lines; intro lines are one point larger.
+    first = capacity - 3 - round(len(intro) * (font_size + 1) / font_size)
+    pages = _paginate(sections, capacity, first)
     figures = []
     for number, items in enumerate(pages):
         figure = Figure(figsize=size)
@@ -195,31 +203,31 @@ def text_pages(
         y = 1 - 0.55 / size[1]
         if number == 0:
             figure.text(left, y, title, fontsize=16, fontweight="bold", va="top")
-            y -= 2 * _LINE_IN / size[1] + 0.1 / size[1]
-            for line in intro:
-                figure.text(left, y, line, fontsize=FONT_SIZE + 1, va="top", family="monospace")
-                y -= _LINE_IN / size[1]
+            y -= 2 * step + 0.1 / size[1]
+            for text in intro:
+                figure.text(left, y, text, fontsize=font_size + 1, va="top", family="monospace")
+                y -= step * (font_size + 1) / font_size
         else:
             figure.text(left, y, f"{title} (continued)", fontsize=11, fontweight="bold", va="top")
-            y -= 0.4 / size[1]
+            y -= 0.3 / size[1]
         for style, text in items:
             if style == "heading":
-                y -= 0.7 * _LINE_IN / size[1]
+                y -= 0.7 * step
                 figure.text(
                     left, y, text, fontsize=11, fontweight="bold", va="top", color="#1f3b73"
                 )
-                y -= 1.3 * _LINE_IN / size[1]
+                y -= 1.3 * step
             else:
                 weight = "bold" if style == "header" else "normal"
                 figure.text(
                     left,
                     y,
                     text,
-                    fontsize=FONT_SIZE,
+                    fontsize=font_size,
                     va="top",
                     family="monospace",
                     fontweight=weight,
                 )
-                y -= _LINE_IN / size[1]
+                y -= step
         figures.append(figure)
     return figures

@@ -144,6 +144,8 @@ def _run(
     run = _open_run(config, resume, overwrite)
     config = config.model_copy(update={"out": run.path})
     model = model.to(device=device, dtype=param_dtype(config.precision))
+    if not any(p.requires_grad for p in model.parameters()):
+        raise EdgeTrainError(f"the model ({type(model).__name__}) has no trainable parameters")
     optimizer = build_optimizer(model.parameters(), config)
     scaler = make_grad_scaler(config.precision, device)
     state = TrainState(

@@ -80,6 +80,11 @@ class Callback:
     def on_epoch_end(self, state: TrainState) -> None: ...
     def on_fit_end(self, state: TrainState) -> None: ...
 
+    def on_oom(self, state: TrainState, error: BaseException) -> bool:
+        """Out of memory inside a step. Return True after shrinking the step to retry it."""
+        del state, error
+        return False
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
@@ -118,6 +123,10 @@ class CallbackList(Callback):
 
     def on_fit_end(self, state: TrainState) -> None:
         self._each("on_fit_end", state)
+
+    def on_oom(self, state: TrainState, error: BaseException) -> bool:
+        # every callback hears of it; one that shrinks the step is enough to retry
+        return any([cb.on_oom(state, error) for cb in self.callbacks])
 
     def state_dict(self) -> dict[str, Any]:
         return {cb.key: cb.state_dict() for cb in self.callbacks}

@@ -125,6 +125,30 @@ def _to_device(
     )
 
 
+def _step_with_recovery(
+    state: TrainState,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    scaler: torch.amp.GradScaler,
+    callbacks: Callback,
+) -> StepResult:
+    """:func:`train_step`, retried on out-of-memory while a callback can shrink the step.
+
+    The retry starts the same logical batch from zero gradients with the same augmentation,
+    so no sample is lost or counted twice in the update.
+    """
+    while True:
+        try:
+            return train_step(state, forward, x, y, scaler)  # ends with a host-device sync
+        except torch.OutOfMemoryError as exc:
+            state.optimizer.zero_grad(set_to_none=True)
+            if state.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if not callbacks.on_oom(state, exc):
+                raise
+
+
 def run_epochs(
     state: TrainState,
     forward: Callable[[torch.Tensor], torch.Tensor],
@@ -171,7 +195,7 @@ def run_epochs(
             if state.sync_timing:
                 _synchronize(state.device)  # so asynchronous copies are not counted as compute
             t_copied = time.perf_counter()
-            result = train_step(state, forward, x, y, scaler)  # ends with a host-device sync
+            result = _step_with_recovery(state, forward, x, y, scaler, callbacks)
             state.batch_timing = BatchTiming(
                 wait_s=t_fetched - t_wait,
                 copy_s=t_copied - t_copy,

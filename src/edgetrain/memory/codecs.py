@@ -1,0 +1,417 @@
+"""Codecs for saved tensors: one ``pack_*``/``unpack_*`` pair of module-level functions each.
+
+Every codec takes any tensor (contiguous or not, 0-d or empty) and its ``unpack``
+returns a tensor with the same shape, strides, dtype and device. Payloads are
+frozen dataclasses with ``nbytes``, the bytes they hold.
+
+====================  =========  =======================================================
+codec                 exact      format
+====================  =========  =======================================================
+``raw``               yes        the tensor itself (an alias, nothing copied)
+``bitmap``            yes        1 bit per element + the non-zero elements; with
+                                 ``value_dtype`` the values are cast (lossy)
+``cast``              no         every element cast to a narrower float (bf16 / fp16)
+``quant``             unbiased   per-group min/max, stochastic rounding to 2/4/8 bits,
+                                 bit-packed; optional bitmap keeps zeros exact
+``int``               yes        integers minus an optional offset, in the narrowest
+                                 integer type that holds them (max-pool indices)
+====================  =========  =======================================================
+
+Break-even of the bitmap (stored bytes = N/8 + itemsize * nnz): 1/(8 * itemsize)
+zeros, i.e. 3.1% for fp32, 6.25% for fp16/bf16 values, 1.6% for fp64.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+
+from edgetrain.memory.layout import (
+    Backend,
+    Layout,
+    alloc_like,
+    bit_view,
+    compact,
+    expand,
+    finish,
+    flatten,
+    nonzero_mask,
+    pack_bits,
+)
+
+__all__ = [
+    "QUANT_BITS",
+    "BitmapPayload",
+    "CastPayload",
+    "IntPayload",
+    "QuantPayload",
+    "RawPayload",
+    "bitmap_break_even",
+    "pack_bitmap",
+    "pack_cast",
+    "pack_int",
+    "pack_quant",
+    "pack_raw",
+    "pool_origin",
+    "unpack_bitmap",
+    "unpack_cast",
+    "unpack_int",
+    "unpack_quant",
+    "unpack_raw",
+]
+
+logger = logging.getLogger(__name__)
+
+QUANT_BITS = (2, 4, 8)
+
+
+def bitmap_break_even(itemsize: int) -> float:
+    """Fraction of zeros above which a bitmap with ``itemsize``-byte values is smaller."""
+    return 1.0 / (8 * itemsize)
+
+
+# --------------------------------------------------------------------------- raw
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RawPayload:
+    """The tensor itself, detached: what PyTorch would have saved."""
+
+    tensor: torch.Tensor
+    codec = "raw"
+
+    @property
+    def nbytes(self) -> int:
+        return self.tensor.numel() * self.tensor.element_size()
+
+
+def pack_raw(x: torch.Tensor) -> RawPayload:
+    """Keep ``x`` as it is (an alias: later in-place changes are visible)."""
+    return RawPayload(x.detach())
+
+
+def unpack_raw(p: RawPayload) -> torch.Tensor:
+    """Return the tensor given to :func:`pack_raw`."""
+    return p.tensor
+
+
+# ------------------------------------------------------------------------ bitmap
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class BitmapPayload:
+    """A bit per element (set where the bit pattern is non-zero) and the set elements."""
+
+    layout: Layout
+    bitmap: torch.Tensor  # uint8, ceil(N / 8)
+    values: torch.Tensor  # bit patterns (same width as dtype) or values in value_dtype
+    value_dtype: torch.dtype | None
+    codec = "bitmap"
+
+    @property
+    def nbytes(self) -> int:
+        return self.bitmap.numel() + self.values.numel() * self.values.element_size()
+
+
+def pack_bitmap(
+    x: torch.Tensor,
+    *,
+    value_dtype: torch.dtype | None = None,
+    max_bytes: int | None = None,
+    backend: Backend = "auto",
+) -> BitmapPayload | None:
+    """Store the non-zero elements of ``x`` and a bitmap of where they are.
+
+    Zero means an all-zero bit pattern, so -0.0 and NaN are kept as values.
+
+    Args:
+        x: any tensor.
+        value_dtype: store the values cast to this float dtype (lossy), or None
+            to keep them bit for bit.
+        max_bytes: return None, before compacting anything, if the payload would
+            need this many bytes or more.
+        backend: "auto" (numpy on CPU, torch elsewhere), "numpy" or "torch".
+    """
+    flat, layout = flatten(x)
+    n = flat.numel()
+    itemsize = value_dtype.itemsize if value_dtype is not None else flat.element_size()
+    if max_bytes is not None and (n + 7) // 8 >= max_bytes:
+        return None
+    bits = bit_view(flat) if n else flat.view(torch.uint8)[:0]
+    mask, nnz = nonzero_mask(bits, backend)
+    if max_bytes is not None and (n + 7) // 8 + nnz * itemsize >= max_bytes:
+        return None
+    values = compact(bits, mask, nnz, backend)
+    if value_dtype is not None:
+        values = values.view(layout.dtype).to(value_dtype)
+    return BitmapPayload(layout, pack_bits(mask, backend), values, value_dtype)
+
+
+def unpack_bitmap(p: BitmapPayload, *, backend: Backend = "auto") -> torch.Tensor:
+    """Rebuild the tensor packed by :func:`pack_bitmap`."""
+    flat = alloc_like(p.layout)
+    if flat.numel():
+        values = p.values
+        if p.value_dtype is not None:
+            values = bit_view(values.to(p.layout.dtype))
+        expand(p.bitmap, values, bit_view(flat), backend)
+    return finish(flat, p.layout)
+
+
+# -------------------------------------------------------------------------- cast
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CastPayload:
+    """Every element cast to a narrower dtype."""
+
+    layout: Layout
+    data: torch.Tensor
+    codec = "cast"
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel() * self.data.element_size()
+
+
+def pack_cast(x: torch.Tensor, dtype: torch.dtype) -> CastPayload:
+    """Store ``x`` cast to ``dtype`` (round to nearest; fp16 overflows to inf above 65504)."""
+    flat, layout = flatten(x)
+    return CastPayload(layout, flat.to(dtype))
+
+
+def unpack_cast(p: CastPayload) -> torch.Tensor:
+    """Rebuild the tensor packed by :func:`pack_cast`, in its original dtype."""
+    flat = alloc_like(p.layout)
+    flat.copy_(p.data)
+    return finish(flat, p.layout)
+
+
+# ------------------------------------------------------------------------- quant
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class QuantPayload:
+    """Per-group stochastic quantisation, levels bit-packed; zeros kept by a bitmap if set."""
+
+    layout: Layout
+    bits: int
+    group_size: int
+    count: int  # quantised values (N, or the non-zeros when ``bitmap`` is set)
+    levels: torch.Tensor  # uint8, 8 // bits levels per byte
+    lo: torch.Tensor  # float32 per group: the group's minimum
+    scale: torch.Tensor  # float32 per group: (max - min) / (2**bits - 1)
+    bitmap: torch.Tensor | None
+    codec = "quant"
+
+    @property
+    def nbytes(self) -> int:
+        n = self.levels.numel() + 4 * (self.lo.numel() + self.scale.numel())
+        return n + (self.bitmap.numel() if self.bitmap is not None else 0)
+
+
+def _uniform(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """``n`` uniform floats in [0, 1) with 24 random bits each.
+
+    Drawn as int64 and split into 32-bit halves: ~15x faster on CPU than
+    ``torch.rand`` (about 6 ms vs 90 ms per 4.2 M values), same resolution.
+    """
+    raw = torch.empty((n + 1) // 2, dtype=torch.int64, device=device)
+    raw.random_(generator=generator)  # uniform over [0, 2**63): both halves >= 31 random bits
+    low24 = raw.view(torch.int32)[:n] & 0xFFFFFF
+    return low24.to(torch.float32).mul_(2.0**-24)
+
+
+def _pack_levels(q: torch.Tensor, bits: int) -> torch.Tensor:
+    per = 8 // bits
+    if per == 1:
+        return q
+    cols = q.view(-1, per)
+    out = cols[:, 0].clone()
+    for i in range(1, per):
+        out |= cols[:, i] << (i * bits)
+    return out
+
+
+def _unpack_levels(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    per = 8 // bits
+    if per == 1:
+        return packed
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
+    return ((packed.unsqueeze(1) >> shifts) & ((1 << bits) - 1)).view(-1)
+
+
+def _quantise(
+    v: torch.Tensor, bits: int, group_size: int, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Levels (uint8, padded to whole groups), lo and scale; None if not finite."""
+    n = v.numel()
+    pad = (-n) % group_size
+    if pad:  # repeat the last value: the last group's min and max do not change
+        v = torch.cat([v, v[-1:].expand(pad)])
+    groups = v.view(-1, group_size)
+    lo, hi = torch.aminmax(groups, dim=1)
+    top = (1 << bits) - 1
+    scale = (hi - lo) / top
+    if not bool(torch.isfinite(scale).all()):  # NaN or inf inside, or a range that overflows
+        return None
+    # constant groups: scale 0, every level 0, rebuilt exactly as lo
+    inv = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
+    x = (groups - lo.unsqueeze(1)).mul_(inv.unsqueeze(1))
+    # floor(x + u), u ~ U[0, 1): rounds up with probability frac(x), so E[level] = x
+    x.add_(_uniform(x.numel(), generator, x.device).view_as(x)).floor_().clamp_(0, top)
+    return x.to(torch.uint8).view(-1), lo, scale
+
+
+def pack_quant(
+    x: torch.Tensor,
+    *,
+    bits: int,
+    group_size: int = 256,
+    generator: torch.Generator | None = None,
+    zero_mask: bool | None = None,
+    backend: Backend = "auto",
+) -> QuantPayload | None:
+    """Quantise a float tensor to ``bits`` per value with stochastic rounding.
+
+    The flat tensor is cut into groups of ``group_size``; each group stores its
+    min and scale in float32 and every value as the level ``floor((x - min) /
+    scale + u)``, ``u`` uniform, so the error is below one step ``(max - min) /
+    (2**bits - 1)`` and zero on average.
+
+    Args:
+        x: a floating-point tensor.
+        bits: 2, 4 or 8.
+        group_size: values per group, a multiple of 8.
+        generator: source of the rounding noise (seed it for repeatable results).
+        zero_mask: keep a bitmap of non-zeros and quantise only those (zeros stay
+            exactly zero); None decides by size: on when more than 1/bits of the
+            bit patterns are zero.
+        backend: compaction backend, see :mod:`edgetrain.memory.layout`.
+
+    Returns:
+        The payload, or None if ``x`` holds NaN or inf (not quantisable).
+    """
+    if bits not in QUANT_BITS:
+        raise ValueError(f"bits must be one of {QUANT_BITS}, got {bits}")
+    if group_size < 8 or group_size % 8:
+        raise ValueError(f"group_size must be a positive multiple of 8, got {group_size}")
+    if not x.is_floating_point():
+        raise ValueError(f"pack_quant needs a floating-point tensor, got {x.dtype}")
+    flat, layout = flatten(x)
+    n = flat.numel()
+    bitmap = None
+    values = flat
+    if n and zero_mask is not False:
+        bitpat = bit_view(flat)
+        mask, nnz = nonzero_mask(bitpat, backend)
+        if zero_mask or (n - nnz) * bits > n:
+            values = compact(bitpat, mask, nnz, backend).view(layout.dtype)
+            bitmap = pack_bits(mask, backend)
+    count = values.numel()
+    if count == 0:
+        empty = torch.zeros(0, dtype=torch.float32, device=flat.device)
+        levels = torch.zeros(0, dtype=torch.uint8, device=flat.device)
+        return QuantPayload(layout, bits, group_size, 0, levels, empty, empty, bitmap)
+    quantised = _quantise(values.to(torch.float32), bits, group_size, generator)
+    if quantised is None:
+        return None
+    q, lo, scale = quantised
+    return QuantPayload(layout, bits, group_size, count, _pack_levels(q, bits), lo, scale, bitmap)
+
+
+def unpack_quant(p: QuantPayload, *, backend: Backend = "auto") -> torch.Tensor:
+    """Dequantise the payload of :func:`pack_quant` to the original dtype and layout."""
+    flat = alloc_like(p.layout)
+    if p.count:
+        q = _unpack_levels(p.levels, p.bits).to(torch.float32).view(-1, p.group_size)
+        values = torch.addcmul(p.lo.unsqueeze(1), q, p.scale.unsqueeze(1)).view(-1)[: p.count]
+        if p.bitmap is not None:
+            expand(p.bitmap, bit_view(values.to(p.layout.dtype)), bit_view(flat), backend)
+        else:
+            flat.copy_(values)
+    elif flat.numel():
+        flat.zero_()  # every element was zero
+    return finish(flat, p.layout)
+
+
+# --------------------------------------------------------------------------- int
+
+_NARROW = (torch.uint8, torch.int8, torch.int16, torch.int32)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class IntPayload:
+    """Integers minus ``offset``, in the narrowest integer dtype that holds them."""
+
+    data: torch.Tensor  # same shape as the original
+    offset: torch.Tensor | None  # broadcasts against the shape
+    dtype: torch.dtype
+    stride: tuple[int, ...]
+    codec = "int"
+
+    @property
+    def nbytes(self) -> int:
+        extra = 0 if self.offset is None else self.offset.numel() * self.offset.element_size()
+        return self.data.numel() * self.data.element_size() + extra
+
+
+def pack_int(x: torch.Tensor, offset: torch.Tensor | None = None) -> IntPayload:
+    """Store integer ``x - offset`` in the narrowest integer dtype that holds every value.
+
+    Lossless whatever the offset; a good offset (the start of each max-pool window,
+    see :func:`pool_origin`) makes the values small: 1 byte instead of 8 for
+    max-pool indices.
+    """
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise ValueError(f"pack_int needs an integer tensor, got {x.dtype}")
+    x = x.detach()
+    data = x if offset is None else x - offset
+    if data.numel():
+        lo, hi = (int(v) for v in torch.aminmax(data))
+        for dtype in _NARROW:
+            info = torch.iinfo(dtype)
+            if dtype.itemsize >= x.element_size():
+                break
+            if info.min <= lo and hi <= info.max:
+                data = data.to(dtype)
+                break
+    return IntPayload(data, offset, x.dtype, tuple(x.stride()))
+
+
+def unpack_int(p: IntPayload) -> torch.Tensor:
+    """Rebuild the integer tensor packed by :func:`pack_int`."""
+    out = p.data.to(p.dtype) if p.offset is None else p.offset + p.data.to(p.dtype)
+    if out.dtype != p.dtype:
+        out = out.to(p.dtype)
+    if tuple(out.stride()) != p.stride and out.numel() > 1:
+        strided = torch.empty_strided(out.shape, p.stride, dtype=p.dtype, device=out.device)
+        out = strided.copy_(out)
+    return out
+
+
+def pool_origin(
+    out_shape: tuple[int, ...],
+    in_shape: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Flat index of each max-pool window's top-left corner, shape ``out_shape[-k:]``.
+
+    Max-pool indices are flat positions in the input plane (``h * W + w`` in 2-D);
+    subtracting the window origin leaves ``kh * W + kw``, which fits in one byte
+    for small inputs. ``k = len(stride)`` spatial dimensions; dilation does not
+    move the origin.
+    """
+    k = len(stride)
+    out_sp, in_sp = out_shape[-k:], in_shape[-k:]
+    origin = torch.zeros((), dtype=torch.int64, device=device)
+    for d in range(k):
+        later = math.prod(in_sp[d + 1 :])
+        start = torch.arange(out_sp[d], dtype=torch.int64, device=device) * stride[d] - padding[d]
+        origin = origin.unsqueeze(-1) + (start * later).view((1,) * d + (-1,))
+    return origin

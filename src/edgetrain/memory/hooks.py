@@ -1,0 +1,472 @@
+"""Compress or count the tensors autograd saves for backward (saved-tensor hooks).
+
+``with compress_activations(model, mode="lossless") as ctx:`` around a forward
+pass packs every tensor saved for backward; backward unpacks them (also after
+the ``with`` block: the hooks travel with the graph). Rules the pack hook follows:
+
+- Parameters, buffers and other leaves that require grad, and views of them
+  (Linear saves ``weight.t()``), are recognised by storage and kept as they are.
+- Each saved memory block is packed once: a tensor saved by two operations (a
+  ReLU output is saved by the ReLU and by the next layer) and dense views of the
+  same block share one payload. A cache hit is validated by a weak reference to
+  the storage and the tensor's version counter, so an address reused after a
+  free, or a tensor changed in place since it was packed, is packed anew.
+- Dense tensors (one gap-free block, any strides: contiguous, channels_last,
+  transposed, reshaped views) are compressed and rebuilt with the same shape,
+  strides and address alignment. Views with gaps or overlaps, non-float tensors
+  (except max-pool indices), and tensors under ``min_bytes`` pass through.
+- In-place changes after saving: a tensor passed through is an alias, so its
+  version is checked at unpack and a change raises the same RuntimeError
+  PyTorch raises without hooks. A compressed tensor is a copy of the values at
+  save time, which are the values backward needs: its gradients stay correct.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgetrain.errors import EdgeTrainError, suggest
+from edgetrain.memory import codecs
+from edgetrain.memory.layout import bit_view, is_dense
+from edgetrain.memory.ledger import CompressionStats, Ledger, StorageEntry
+from edgetrain.memory.modules import ModuleTracker, param_storages
+
+__all__ = [
+    "DEFAULT_MIN_BYTES",
+    "MODES",
+    "CompressionContext",
+    "SavedTensorCounter",
+    "compress_activations",
+    "measure_saved_bytes",
+]
+
+logger = logging.getLogger(__name__)
+
+MODES = ("none", "lossless", "bf16", "fp16", "int8", "int4", "int2")
+"""Compression modes: "none" counts only; "lossless" is exact; the others are lossy."""
+
+DEFAULT_MIN_BYTES = 64 * 1024
+"""Tensors smaller than this pass through: per-tensor overhead would outweigh the gain."""
+
+_HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_QUANT = {"int8": 8, "int4": 4, "int2": 2}
+_MAXPOOL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+# Strided sample used to skip clearly dense tensors before a full pass (about 60x cheaper).
+_SAMPLE_STEP = 61
+_SAMPLE_MIN_NUMEL = 1 << 14
+
+
+def _zero_fraction_estimate(t: torch.Tensor) -> float:
+    """Fraction of all-zero bit patterns in a strided sample of dense ``t``."""
+    flat = t.detach().as_strided((t.numel(),), (1,), t.storage_offset())
+    sample = bit_view(flat[::_SAMPLE_STEP])
+    return 1.0 - int(torch.count_nonzero(sample)) / sample.numel()
+
+
+class _Span:
+    """One packed block of memory, shared by every save of it."""
+
+    __slots__ = (
+        "__weakref__",
+        "cache",
+        "entry",
+        "ledger",
+        "nbytes",
+        "payload",
+        "saves",
+        "unpack_fn",
+        "unpacks",
+    )
+
+    def __init__(
+        self,
+        payload: Any,
+        unpack_fn: Callable[[Any], torch.Tensor],
+        ledger: Ledger,
+        entry: StorageEntry,
+    ) -> None:
+        self.payload = payload
+        self.unpack_fn = unpack_fn
+        self.ledger = ledger
+        self.entry = entry
+        self.nbytes = payload.nbytes
+        self.saves = 0
+        self.unpacks = 0
+        self.cache: torch.Tensor | None = None
+        ledger.acquire(entry, alias=False)
+        ledger.add_stored(self.nbytes)
+
+    def decode(self) -> torch.Tensor:
+        """The unpacked tensor; kept until every save of this span has been unpacked once."""
+        out = self.cache if self.cache is not None else self.unpack_fn(self.payload)
+        self.unpacks += 1
+        # a second save (ReLU after the next layer) usually unpacks soon after the
+        # first: keeping the result skips a second decode and never holds more than
+        # PyTorch would have held without hooks
+        self.cache = out if self.unpacks % self.saves else None
+        return out
+
+    def __del__(self) -> None:
+        try:
+            self.ledger.drop_stored(self.nbytes)
+            self.ledger.release(self.entry, alias=False)
+        except Exception:  # interpreter shutdown
+            pass
+
+
+class _Saved:
+    """What the pack hook returns for a compressed tensor: its span and its own geometry."""
+
+    __slots__ = ("shape", "span", "stride")
+
+    def __init__(self, span: _Span, shape: tuple[int, ...] | None, stride: tuple[int, ...]):
+        self.span = span
+        self.shape = shape  # None: same geometry as the tensor that made the span
+        self.stride = stride
+        span.saves += 1
+
+    def unpack(self) -> torch.Tensor:
+        out = self.span.decode()
+        if self.shape is None:
+            return out
+        return out.as_strided(self.shape, self.stride, out.storage_offset())
+
+
+class _Alias:
+    """A tensor kept as it is, with its version at save time to detect in-place changes."""
+
+    __slots__ = ("entry", "ledger", "tensor", "version")
+
+    def __init__(self, tensor: torch.Tensor, ledger: Ledger | None, entry: StorageEntry | None):
+        self.tensor = tensor
+        self.version = tensor._version
+        self.ledger = ledger
+        self.entry = entry
+        if ledger is not None and entry is not None:
+            ledger.acquire(entry, alias=True)
+
+    def unpack(self) -> torch.Tensor:
+        if self.tensor._version != self.version:
+            raise RuntimeError(
+                "one of the variables needed for gradient computation has been modified by "
+                f"an inplace operation: [{self.tensor.type()} {list(self.tensor.shape)}] is at "
+                f"version {self.tensor._version}; expected version {self.version} instead "
+                "(detected by edgetrain.memory's saved-tensor hooks)"
+            )
+        return self.tensor
+
+    def __del__(self) -> None:
+        try:
+            if self.ledger is not None and self.entry is not None:
+                self.ledger.release(self.entry, alias=True)
+        except Exception:  # interpreter shutdown
+            pass
+
+
+def _unpack(obj: _Saved | _Alias) -> torch.Tensor:
+    return obj.unpack()
+
+
+def _as_tuple(value: int | tuple[int, ...], k: int) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, tuple | list) else (value,) * k
+
+
+class CompressionContext:
+    """Saved-tensor hooks that compress (or only count) what autograd saves.
+
+    Made by :func:`compress_activations`; reusable: enter it around the forward
+    pass of every step (backward may run inside or after the block), read
+    :attr:`stats`, call :meth:`reset` or :meth:`reset_peak` between steps.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        mode: str = "lossless",
+        *,
+        min_bytes: int = DEFAULT_MIN_BYTES,
+        group_size: int = 256,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise EdgeTrainError(
+                f"activation compression mode must be one of {', '.join(MODES)}, "
+                f"got {mode!r}{suggest(str(mode), MODES)}"
+            )
+        if isinstance(min_bytes, bool) or not isinstance(min_bytes, int) or min_bytes < 0:
+            raise EdgeTrainError(f"min_bytes must be an integer >= 0, got {min_bytes!r}")
+        if (
+            isinstance(group_size, bool)
+            or not isinstance(group_size, int)
+            or group_size < 8
+            or group_size % 8
+        ):
+            raise EdgeTrainError(f"group_size must be a multiple of 8, >= 8, got {group_size!r}")
+        self.model = model
+        self.mode = mode
+        self.min_bytes = min_bytes
+        self.group_size = group_size
+        self.ledger = Ledger()
+        self.tracker = ModuleTracker(model)
+        self._seed = seed
+        self._generators: dict[str, torch.Generator] = {}
+        if generator is not None:
+            self._generators[str(generator.device)] = generator
+        self._params: set[tuple[str, int]] = set()
+        self._spans: dict[tuple[Any, ...], tuple[StorageEntry, int, weakref.ref]] = {}
+        self._origins: dict[tuple[Any, ...], torch.Tensor] = {}
+        self._hooks: torch.autograd.graph.saved_tensors_hooks | None = None
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def stats(self) -> CompressionStats:
+        """Bytes saved (raw) and stored since the last reset; see :class:`CompressionStats`."""
+        return self.ledger.stats(self.mode)
+
+    def reset(self) -> None:
+        """Zero the totals and per-codec counts; restart the peaks."""
+        self.ledger.reset()
+
+    def reset_peak(self) -> None:
+        """Restart the peaks from the bytes held now."""
+        self.ledger.reset_peak()
+
+    def __enter__(self) -> CompressionContext:
+        if self._hooks is not None:
+            raise RuntimeError("this CompressionContext is already active")
+        self._params = param_storages(self.model)
+        self.tracker.__enter__()
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        hooks, self._hooks = self._hooks, None
+        if hooks is not None:
+            hooks.__exit__(None, None, None)
+        self.tracker.__exit__()
+
+    # ---------------------------------------------------------------- packing
+
+    def _is_param(self, t: torch.Tensor) -> bool:
+        if t.requires_grad and t.grad_fn is None:
+            return True  # a leaf the caller owns (a parameter, or an input made to require grad)
+        base = t._base
+        if base is not None and base.requires_grad and base.grad_fn is None:
+            return True  # a view of one, such as Linear's weight.t()
+        if self._params:
+            storage = t.untyped_storage()
+            return storage.nbytes() > 0 and (str(t.device), storage.data_ptr()) in self._params
+        return False
+
+    def _generator(self, device: torch.device) -> torch.Generator | None:
+        key = str(device)
+        gen = self._generators.get(key)
+        if gen is None and (self._seed is not None or self._generators):
+            gen = torch.Generator(device=device)
+            first = next(iter(self._generators.values()), None)
+            seed = self._seed if self._seed is not None else first.initial_seed()  # type: ignore[union-attr]
+            gen.manual_seed(seed)
+            self._generators[key] = gen
+        return gen
+
+    def _pack(self, t: torch.Tensor) -> _Saved | _Alias:
+        if self._is_param(t):
+            self.ledger.count("param", 0, 0)
+            return _Alias(t, None, None)
+        active = self.tracker.current()
+        entry = self.ledger.entry(t, active.name if active else self.tracker.current_name())
+        nbytes = t.numel() * t.element_size()
+        if self.mode == "none" or nbytes < self.min_bytes or t.numel() == 0 or not is_dense(t):
+            return self._alias(t, entry, nbytes)
+        key = (str(t.device), t.data_ptr(), t.numel(), t.dtype)
+        hit = self._spans.get(key)
+        if hit is not None and hit[0] is entry and hit[1] == t._version:
+            span = hit[2]()
+            if span is not None:
+                return self._saved(span, t)
+        packed = self._compress(t, active.module if active else None, active)
+        if packed is None:
+            return self._alias(t, entry, nbytes)
+        payload, unpack_fn = packed
+        self.ledger.count(payload.codec, nbytes, payload.nbytes)
+        span = _Span(payload, unpack_fn, self.ledger, entry)
+        self._spans[key] = (entry, t._version, weakref.ref(span, functools.partial(self._forget, key)))
+        return _Saved(span, None, ())
+
+    def _forget(self, key: tuple[Any, ...], ref: weakref.ref) -> None:
+        hit = self._spans.get(key)
+        if hit is not None and hit[2] is ref:
+            del self._spans[key]
+
+    def _alias(self, t: torch.Tensor, entry: StorageEntry, nbytes: int) -> _Alias:
+        self.ledger.count("raw", nbytes, nbytes)
+        return _Alias(t.detach(), self.ledger, entry)
+
+    @staticmethod
+    def _saved(span: _Span, t: torch.Tensor) -> _Saved:
+        # the span's first tensor may have another shape (e.g. x and x.view(-1, d))
+        return _Saved(span, tuple(t.shape), tuple(t.stride()))
+
+    def _compress(
+        self, t: torch.Tensor, module: nn.Module | None, active: Any
+    ) -> tuple[Any, Callable[[Any], torch.Tensor]] | None:
+        """Choose a codec for ``t`` and pack it; None to pass it through."""
+        if t.dtype == torch.int64 and isinstance(module, _MAXPOOL):
+            return self._pack_pool_indices(t, module, active.input_shape)
+        if not t.is_floating_point():
+            return None
+        nbytes = t.numel() * t.element_size()
+        sampled = t.numel() >= _SAMPLE_MIN_NUMEL
+        zeros = _zero_fraction_estimate(t) if sampled else 1.0
+        if self.mode == "lossless" or (self.mode in _HALF and t.element_size() <= 2):
+            if zeros < codecs.bitmap_break_even(t.element_size()) / 2:
+                return None  # clearly dense: skip the full pass
+            payload = codecs.pack_bitmap(t, max_bytes=nbytes)
+            return None if payload is None else (payload, codecs.unpack_bitmap)
+        if self.mode in _HALF:
+            half = _HALF[self.mode]
+            if zeros >= codecs.bitmap_break_even(half.itemsize) / 2:
+                dense_bytes = t.numel() * half.itemsize
+                payload = codecs.pack_bitmap(t, value_dtype=half, max_bytes=dense_bytes)
+                if payload is not None:
+                    return payload, codecs.unpack_bitmap
+            return codecs.pack_cast(t, half), codecs.unpack_cast
+        bits = _QUANT[self.mode]
+        mask = None if zeros >= 0.5 / bits else False
+        quant = codecs.pack_quant(
+            t,
+            bits=bits,
+            group_size=self.group_size,
+            generator=self._generator(t.device),
+            zero_mask=mask,
+        )
+        return None if quant is None else (quant, codecs.unpack_quant)
+
+    def _pack_pool_indices(
+        self, t: torch.Tensor, module: nn.Module, input_shape: tuple[int, ...] | None
+    ) -> tuple[Any, Callable[[Any], torch.Tensor]] | None:
+        k = {nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3}[type(module)]
+        if input_shape is None or t.dim() < k or len(input_shape) < k:
+            origin = None
+        else:
+            stride = _as_tuple(module.stride or module.kernel_size, k)
+            padding = _as_tuple(module.padding, k)
+            key = (tuple(t.shape[-k:]), input_shape[-k:], stride, padding, str(t.device))
+            origin = self._origins.get(key)
+            if origin is None:
+                origin = codecs.pool_origin(tuple(t.shape), input_shape, stride, padding, t.device)
+                self._origins[key] = origin
+        return codecs.pack_int(t, origin), codecs.unpack_int
+
+
+def compress_activations(
+    model: nn.Module | None = None,
+    mode: str = "lossless",
+    *,
+    min_bytes: int = DEFAULT_MIN_BYTES,
+    group_size: int = 256,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+) -> CompressionContext:
+    """Compress the tensors saved for backward while the returned context is active.
+
+    Use it around the forward pass (backward may run inside or after)::
+
+        ctx = compress_activations(model, mode="lossless")
+        for x, y in loader:
+            with ctx:
+                loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            print(ctx.stats.peak_stored_bytes)
+
+    Args:
+        model: the model, to recognise its parameters and buffers by storage and to
+            know which module saved a tensor (needed to store max-pool indices in one
+            byte). Without it, leaves requiring grad are recognised as parameters
+            and max-pool indices pass through.
+        mode: one of :data:`MODES`. "lossless" keeps gradients bitwise identical.
+        min_bytes: tensors smaller than this pass through.
+        group_size: values per quantisation group (int modes), a multiple of 8.
+        seed: seed for the stochastic-rounding noise (int modes).
+        generator: or a generator to draw the noise from (its device).
+
+    Raises:
+        EdgeTrainError: unknown mode or bad option.
+    """
+    return CompressionContext(
+        model, mode, min_bytes=min_bytes, group_size=group_size, seed=seed, generator=generator
+    )
+
+
+class SavedTensorCounter(CompressionContext):
+    """Count the bytes saved for backward during arbitrary code, changing nothing.
+
+    Tensors pass through untouched (mode "none"). ``total_bytes`` is the sum of the
+    unique storages saved (parameters excluded), ``current_bytes`` what live
+    graphs hold now, ``peak_bytes`` its maximum; ``per_module`` attributes each
+    storage to the module whose forward saved it first (needs ``model``)::
+
+        with SavedTensorCounter(model) as counter:
+            loss = model(x).sum()
+        counter.total_bytes
+    """
+
+    def __init__(self, model: nn.Module | None = None) -> None:
+        super().__init__(model, "none", min_bytes=0)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.ledger.raw_total
+
+    @property
+    def current_bytes(self) -> int:
+        return self.ledger.raw_now
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.ledger.raw_peak
+
+    @property
+    def per_module(self) -> dict[str, int]:
+        """Bytes per module name ("(model)" for the model itself, "(outside)" for others)."""
+        with self.ledger.lock:
+            return dict(self.ledger.per_module)
+
+    def scope(self, name: str) -> _Scope:
+        """Attribute saves made outside the model's modules to ``name`` (``with counter.scope("(loss)"):``)."""
+        return _Scope(self.tracker, name)
+
+
+class _Scope:
+    def __init__(self, tracker: ModuleTracker, name: str) -> None:
+        self.tracker, self.name = tracker, name
+
+    def __enter__(self) -> None:
+        self.tracker.push_scope(self.name)
+
+    def __exit__(self, *exc: object) -> None:
+        self.tracker.pop_scope()
+
+
+def measure_saved_bytes(fn: Callable[[], Any], model: nn.Module | None = None) -> int:
+    """Peak bytes saved for backward while ``fn()`` runs (unique storages, no parameters).
+
+    The result of ``fn`` is dropped when the function returns, so call it on the code
+    that builds the graph (forward and loss), not on backward.
+    """
+    with SavedTensorCounter(model) as counter:
+        result = fn()
+    del result
+    return counter.peak_bytes

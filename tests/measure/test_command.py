@@ -1,0 +1,81 @@
+"""run_monitored on small Python commands (no torch in the children: they start fast)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from edgetrain.errors import EdgeTrainError
+from edgetrain.measure import render_summary, run_monitored
+
+MIB = 1024**2
+
+
+def test_exit_code_and_files(tmp_path: Path) -> None:
+    code = "import time, sys; time.sleep(0.3); sys.exit(3)"
+    result = run_monitored([sys.executable, "-c", code], interval_s=0.05, out=tmp_path)
+    assert result.exit_code == 3 and result.status == "failed"
+    assert result.window.time_s >= 0.25
+    assert result.window.energy_j is not None and result.window.energy_j >= 0
+
+    with open(tmp_path / "resources.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    header = list(rows[0])
+    assert header[:5] == ["t_s", "epoch", "cpu_pct", "ram_used_bytes", "proc_rss_bytes"]
+    assert "energy_j" in header
+    assert len(rows) >= 4
+    assert all(r["epoch"] == "" for r in rows)
+    energies = [float(r["energy_j"]) for r in rows]
+    assert energies == sorted(energies)  # cumulative
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["exit_code"] == 3 and summary["status"] == "failed"
+    for key in (
+        "command",
+        "wall_time_s",
+        "energy_j",
+        "energy_source",
+        "avg_power_w",
+        "peak_power_w",
+        "peak_rss_bytes",
+        "sensors",
+    ):
+        assert key in summary, key
+    assert summary["command"][0] == sys.executable
+    assert not list(tmp_path.glob(".*.tmp"))
+
+    console = Console(record=True, width=120)
+    console.print(render_summary(result))
+    text = console.export_text()
+    assert "energy" in text and result.window.energy_source in text and "exit 3" in text
+
+
+def test_child_and_grandchild_memory_is_counted() -> None:
+    grandchild = f"b = b'x' * ({100 * MIB}); import time; time.sleep(0.6)"
+    child = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {grandchild!r}])"
+    result = run_monitored([sys.executable, "-c", child], interval_s=0.05, out=None)
+    assert result.exit_code == 0 and result.status == "completed"
+    assert result.window.peak_rss_bytes is not None
+    assert result.window.peak_rss_bytes >= 100 * MIB
+
+
+def test_short_lived_peak_is_caught_by_the_kernel_high_water_mark() -> None:
+    code = f"b = b'x' * ({100 * MIB}); del b"
+    result = run_monitored([sys.executable, "-c", code], interval_s=0.5, out=None)
+    assert result.exit_code == 0
+    assert result.window.peak_rss_bytes is not None
+    assert result.window.peak_rss_bytes >= 100 * MIB
+
+
+def test_missing_command() -> None:
+    with pytest.raises(EdgeTrainError, match="command not found: surely-not-a-command-xyz"):
+        run_monitored(["surely-not-a-command-xyz"], interval_s=0.1, out=None)
+    with pytest.raises(EdgeTrainError, match="command not found"):
+        run_monitored(["./no/such/file"], interval_s=0.1, out=None)
+    with pytest.raises(EdgeTrainError, match="no command"):
+        run_monitored([], interval_s=0.1, out=None)
