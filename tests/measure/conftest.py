@@ -105,7 +105,9 @@ def rapl_root(tmp_path: Path) -> Path:
     return make_rapl(tmp_path / "powercap", {0: 1_000_000, 1: 2_000_000})
 
 
-def make_jetson_hwmon(root: Path, rails: dict[str, tuple[float, float]], *, gpu_load: int | None = 500) -> Path:
+def make_jetson_hwmon(
+    root: Path, rails: dict[str, tuple[float, float]], *, gpu_load: int | None = 500
+) -> Path:
     """Newer layout: rails {label: (mA, mV)} under class/hwmon/hwmon1 (hwmon0 is a decoy)."""
     write(root / "class/hwmon/hwmon0/name", "cpu_thermal")
     dev = root / "class/hwmon/hwmon1"
@@ -156,11 +158,11 @@ class NVMLError(Exception):
     pass
 
 
-class NVMLError_NotSupported(NVMLError):  # noqa: N801 (pynvml's name)
+class NVMLError_NotSupported(NVMLError):
     pass
 
 
-class NVMLError_DriverNotLoaded(NVMLError):  # noqa: N801
+class NVMLError_DriverNotLoaded(NVMLError):
     pass
 
 

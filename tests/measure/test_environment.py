@@ -16,7 +16,16 @@ def test_environment_info_keys_and_json() -> None:
     ]
     info = environment_info(statuses)
     json.loads(json.dumps(info))
-    for key in ("python", "edgetrain", "torch", "cuda", "cpu", "memory_total_bytes", "os", "hostname"):
+    for key in (
+        "python",
+        "edgetrain",
+        "torch",
+        "cuda",
+        "cpu",
+        "memory_total_bytes",
+        "os",
+        "hostname",
+    ):
         assert key in info, key
     assert info["torch"]["version"]
     assert isinstance(info["cuda"]["available"], bool)
@@ -31,7 +40,9 @@ def test_environment_info_keys_and_json() -> None:
     assert set(info["extras"]) == {"gpu", "sweep", "xlsx"}
     for extra, entry in info["extras"].items():
         assert isinstance(entry["installed"], bool)
-        assert entry["install"] == (None if entry["installed"] else f'pip install "edgetrain[{extra}]"')
+        assert entry["install"] == (
+            None if entry["installed"] else f'pip install "edgetrain[{extra}]"'
+        )
 
     console = Console(record=True, width=160)
     console.print(render_environment(info))

@@ -23,7 +23,9 @@ def _label(sensors: list) -> str:
 
 
 def test_laptop_without_counters(tmp_path: Path, fakes: SimpleNamespace) -> None:
-    sensors, statuses = discover_sensors(sysfs_root=tmp_path, nvml_module=fakes.StubNvml(driver=False))
+    sensors, statuses = discover_sensors(
+        sysfs_root=tmp_path, nvml_module=fakes.StubNvml(driver=False)
+    )
     assert _names(sensors) == ["psutil", "cpu-tdp"]
     assert [s.name for s in statuses] == ["nvml", "jetson", "rapl", "psutil", "cpu-tdp"]
     assert _label(sensors) == "estimated:cpu-tdp"
@@ -37,7 +39,9 @@ def test_gpu_server_without_rapl_access(
     powercap = fakes.make_rapl(root / "class/powercap", {0: 1})
     (powercap / "intel-rapl:0/energy_uj").unlink()
     (powercap / "intel-rapl:0/energy_uj").mkdir()  # unreadable
-    sensors, statuses = discover_sensors(sysfs_root=root, nvml_module=fakes.StubNvml(), cpu_tdp_w=28)
+    sensors, statuses = discover_sensors(
+        sysfs_root=root, nvml_module=fakes.StubNvml(), cpu_tdp_w=28
+    )
     assert _names(sensors) == ["nvml", "psutil", "cpu-tdp"]
     rapl = next(s for s in statuses if s.name == "rapl")
     assert "grant read access" in rapl.reason
@@ -71,7 +75,9 @@ def test_null_sensor_when_nothing_works(
 
     monkeypatch.setattr("edgetrain.measure.factory.PsutilSensor", broken)
     monkeypatch.setattr("edgetrain.measure.factory.CpuTdpEstimate", broken)
-    sensors, statuses = discover_sensors(sysfs_root=tmp_path, nvml_module=fakes.StubNvml(driver=False))
+    sensors, statuses = discover_sensors(
+        sysfs_root=tmp_path, nvml_module=fakes.StubNvml(driver=False)
+    )
     assert len(sensors) == 1 and isinstance(sensors[0], NullSensor)
     assert "failed to start: no /proc" in next(s for s in statuses if s.name == "psutil").reason
     with Monitor(sensors=sensors) as monitor, monitor.window("w") as w:

@@ -13,7 +13,9 @@ def test_rows_are_flushed_one_at_a_time(tmp_path: Path) -> None:
     columns = resources_columns(["t_s", "cpu_pct", "proc_rss_bytes", "energy_j"])
     assert columns == ["t_s", "epoch", "cpu_pct", "proc_rss_bytes", "energy_j"]
     writer = ResourcesCsv(path, columns)
-    writer.write({"t_s": 0.1234567891, "cpu_pct": 50.0, "proc_rss_bytes": 1048576.0, "other_w": 1.0})
+    writer.write(
+        {"t_s": 0.1234567891, "cpu_pct": 50.0, "proc_rss_bytes": 1048576.0, "other_w": 1.0}
+    )
     # readable while still open (a run killed now leaves a valid file)
     assert path.read_text().splitlines() == [
         "t_s,epoch,cpu_pct,proc_rss_bytes,energy_j",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from types import SimpleNamespace
@@ -16,7 +17,9 @@ from edgetrain.measure import EnergyChannel, Monitor, WindowResult
 POWER = EnergyChannel("fake", "board", True, power_key="board_power_w")
 
 
-def trace_monitor(fakes: SimpleNamespace, trace: dict[float, float], **kwargs: Any) -> tuple[Monitor, Any]:
+def trace_monitor(
+    fakes: SimpleNamespace, trace: dict[float, float], **kwargs: Any
+) -> tuple[Monitor, Any]:
     """A monitor over a sensor whose power follows ``trace`` {clock offset: watts}."""
     clock = fakes.FakeClock(start=0.0)
     sensor = fakes.ScriptedSensor(
@@ -239,3 +242,23 @@ def test_real_sensors_catch_this_process_allocating() -> None:
     assert w.result.energy_source in ("estimated:cpu-tdp", "measured:rapl")
     statuses = {s.name: s for s in monitor.sensor_statuses}
     assert {"nvml", "jetson", "rapl", "psutil", "cpu-tdp"} <= set(statuses)
+
+
+def test_windows_synchronise_cuda_when_in_use(
+    fakes: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    syncs: list[str] = []
+    cuda = SimpleNamespace(
+        is_available=lambda: True,
+        is_initialized=lambda: True,
+        synchronize=lambda: syncs.append("sync"),
+    )
+    monkeypatch.setitem(sys.modules, "torch", SimpleNamespace(cuda=cuda))
+    monitor = Monitor(
+        sensors=[fakes.ScriptedSensor(lambda: {"x_pct": 1.0})], clock=fakes.FakeClock()
+    )
+    with monitor.window("epoch"):
+        assert syncs == ["sync"]
+    assert syncs == ["sync", "sync"]
+    monitor.sample_now()  # plain samples do not synchronise
+    assert len(syncs) == 2

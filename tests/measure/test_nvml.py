@@ -32,7 +32,9 @@ def test_two_gpus_values(stub_nvml: Any) -> None:
     assert stub_nvml.shutdowns == 1
 
 
-def test_counter_for_gpu0_and_integrated_power_for_gpu1(stub_nvml: Any, fakes: SimpleNamespace) -> None:
+def test_counter_for_gpu0_and_integrated_power_for_gpu1(
+    stub_nvml: Any, fakes: SimpleNamespace
+) -> None:
     clock = fakes.FakeClock()
     monitor = Monitor(sensors=[NvmlSensor(stub_nvml)], clock=clock)
     with monitor.window("w") as w:

@@ -6,6 +6,7 @@ import csv
 import json
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -189,15 +190,16 @@ def write_run(
     }  # fmt: skip
     (path / "env.json").write_text(json.dumps(env, indent=2), encoding="utf-8")
     if status is not None:
-        val = [m[5] for m in metrics]
+        done = epochs - 1 if cut_last else epochs  # the cut row is the unfinished epoch
+        val = [m[5] for m in metrics[:done]]
         summary = {
             "status": status,
-            "epochs_completed": epochs,
+            "epochs_completed": done,
             "total_time_s": SETUP_S + sum(times),
             "total_energy_j": power_w * sum(times),
             "energy_source": source,
             "best": {"epoch": val.index(max(val)) + 1, "val_acc": max(val)},
-            "final": {"val_acc": val[-1], "train_loss": metrics[-1][2]},
+            "final": {"val_acc": val[-1], "train_loss": metrics[done - 1][2]},
             "test": {"acc": 0.8},
         }
         (path / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
@@ -214,19 +216,39 @@ def make_run(tmp_path: Path) -> Callable[..., Path]:
     return factory
 
 
-@pytest.fixture
-def full_run(make_run: Callable[..., Path]) -> Path:
+# Session-wide runs are shared by many tests: read them, never modify them.
+@pytest.fixture(scope="session")
+def runs_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding the shared runs."""
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="session")
+def full_run(runs_root: Path) -> Path:
     """A finished run with GPU sensors and controller decisions."""
-    return make_run("full")
+    return write_run(runs_root / "full")
 
 
-@pytest.fixture
-def plain_run(make_run: Callable[..., Path]) -> Path:
+@pytest.fixture(scope="session")
+def plain_run(runs_root: Path) -> Path:
     """A CPU-only run without adaptation: optional columns empty, energy estimated."""
-    return make_run("plain", gpu=False, adapt=False)
+    return write_run(runs_root / "plain", gpu=False, adapt=False)
 
 
-@pytest.fixture
-def interrupted_run(make_run: Callable[..., Path]) -> Path:
+@pytest.fixture(scope="session")
+def interrupted_run(runs_root: Path) -> Path:
     """A run killed in epoch 4: status interrupted, last CSV lines cut mid-row."""
-    return make_run("interrupted", epochs=4, status="interrupted", cut_last=True)
+    return write_run(runs_root / "interrupted", epochs=4, status="interrupted", cut_last=True)
+
+
+@pytest.fixture(scope="session")
+def known() -> SimpleNamespace:
+    """The numbers the synthetic runs are built from (for expected values in tests)."""
+    return SimpleNamespace(
+        epoch_times=EPOCH_TIMES,
+        setup_s=SETUP_S,
+        sample_s=SAMPLE_S,
+        gpu_power_w=GPU_POWER_W,
+        mib=MIB,
+        gib=GIB,
+    )

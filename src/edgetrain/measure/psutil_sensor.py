@@ -88,7 +88,8 @@ class PsutilSensor:
     ) -> None:
         self.pid = os.getpid() if pid is None else pid
         self._cpu = CpuUtilisation()
-        self._uss = uss and proctree.uss_bytes(os.getpid()) is not None
+        # USS comes from /proc/<pid>/smaps_rollup (Linux) or the task API (macOS, Windows)
+        self._uss = uss and bool(psutil.LINUX or psutil.MACOS or psutil.WINDOWS)
         self._uss_min_interval_s = uss_min_interval_s
         self._uss_cpu_budget = uss_cpu_budget
         self._clock = clock

@@ -140,7 +140,7 @@ def pack_bitmap(
     itemsize = value_dtype.itemsize if value_dtype is not None else flat.element_size()
     if max_bytes is not None and (n + 7) // 8 >= max_bytes:
         return None
-    bits = bit_view(flat) if n else flat.view(torch.uint8)[:0]
+    bits = bit_view(flat)
     mask, nnz = nonzero_mask(bits, backend)
     if max_bytes is not None and (n + 7) // 8 + nnz * itemsize >= max_bytes:
         return None

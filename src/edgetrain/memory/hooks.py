@@ -268,21 +268,29 @@ class CompressionContext:
             return storage.nbytes() > 0 and (str(t.device), storage.data_ptr()) in self._params
         return False
 
-    def _generator(self, device: torch.device) -> torch.Generator | None:
+    def _generator(self, device: torch.device) -> torch.Generator:
+        """A private generator per device, so the global RNG (dropout, shuffling) is untouched."""
         key = str(device)
         gen = self._generators.get(key)
-        if gen is None and (self._seed is not None or self._generators):
+        if gen is None:
             gen = torch.Generator(device=device)
-            first = next(iter(self._generators.values()), None)
-            seed = self._seed if self._seed is not None else first.initial_seed()  # type: ignore[union-attr]
-            gen.manual_seed(seed)
+            if self._seed is not None:
+                gen.manual_seed(self._seed)
+            elif self._generators:  # derive from the generator the caller gave
+                gen.manual_seed(next(iter(self._generators.values())).initial_seed())
+            else:
+                gen.seed()
             self._generators[key] = gen
         return gen
 
     def _pack(self, t: torch.Tensor) -> _Saved | _Alias:
+        if t.layout != torch.strided or t.is_meta or type(t) not in (torch.Tensor, nn.Parameter):
+            # sparse, meta or subclass tensors (no plain storage): keep them, count nothing
+            self.ledger.count("other", 0, 0)
+            return _Alias(t, None, None)
         if self._is_param(t):
             self.ledger.count("param", 0, 0)
-            return _Alias(t, None, None)
+            return _Alias(t.detach(), None, None)
         active = self.tracker.current()
         entry = self.ledger.entry(t, active.name if active else self.tracker.current_name())
         nbytes = t.numel() * t.element_size()
@@ -300,7 +308,11 @@ class CompressionContext:
         payload, unpack_fn = packed
         self.ledger.count(payload.codec, nbytes, payload.nbytes)
         span = _Span(payload, unpack_fn, self.ledger, entry)
-        self._spans[key] = (entry, t._version, weakref.ref(span, functools.partial(self._forget, key)))
+        self._spans[key] = (
+            entry,
+            t._version,
+            weakref.ref(span, functools.partial(self._forget, key)),
+        )
         return _Saved(span, None, ())
 
     def _forget(self, key: tuple[Any, ...], ref: weakref.ref) -> None:

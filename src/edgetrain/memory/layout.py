@@ -224,7 +224,7 @@ def expand(
             m = np.unpackbits(
                 mask_np[start // 8 : (stop + 7) // 8], count=stop - start, bitorder="little"
             )
-            where = np.flatnonzero(m)
+            where = np.flatnonzero(m.view(np.bool_))  # as bool: 10x faster than on uint8
             chunk = out_np[start:stop]
             chunk.fill(0)
             chunk[where] = vals_np[taken : taken + where.size]

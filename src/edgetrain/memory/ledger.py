@@ -12,9 +12,9 @@ import logging
 import threading
 import weakref
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 import torch
 
@@ -60,7 +60,8 @@ class CompressionStats:
         peak_raw_bytes: peak of ``current_raw_bytes``.
         peak_stored_bytes: peak of ``current_stored_bytes``.
         codec_counts: tensors packed per codec ("raw" = passed through,
-            "param" = a parameter or other leaf, not counted in bytes).
+            "param" = a parameter or other leaf, "other" = sparse or subclass
+            tensors; neither is counted in bytes).
         codec_raw_bytes: tensor bytes given to each codec.
         codec_stored_bytes: bytes each codec produced.
     """

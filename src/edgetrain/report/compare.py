@@ -13,7 +13,7 @@ from edgetrain.errors import EdgeTrainError
 from edgetrain.report import figures as fig
 from edgetrain.report import tables as tab
 from edgetrain.report.pdf import save_pdf, save_png
-from edgetrain.report.rundir import Run, load_run, require_directory
+from edgetrain.report.rundir import Run, is_run_directory, load_run, require_directory
 from edgetrain.report.textpages import (
     LANDSCAPE,
     PORTRAIT,
@@ -60,12 +60,7 @@ def run_labels(paths: Sequence[Path]) -> list[str]:
 def run_children(path: Path | str) -> list[Path]:
     """The run directories directly inside ``path``, sorted by name."""
     path = require_directory(path)
-    return [
-        child
-        for child in sorted(path.iterdir())
-        if child.is_dir()
-        and ((child / "metrics.csv").is_file() or (child / "summary.json").is_file())
-    ]
+    return [child for child in sorted(path.iterdir()) if child.is_dir() and is_run_directory(child)]
 
 
 def compare_curves(runs: Sequence[Run], labels: Sequence[str]) -> pd.DataFrame:
@@ -115,8 +110,13 @@ def _totals_by_quantity(totals: pd.DataFrame) -> pd.DataFrame:
         if key not in totals.columns or totals[key].isna().all():
             continue
         row = {"quantity": label}
-        for run, value in zip(totals["run"], totals[key], strict=True):
-            row[str(run)] = tab.total_text(key, value) if pd.notna(value) else "-"
+        for run, value, source in zip(
+            totals["run"], totals[key], totals["energy_source"], strict=True
+        ):
+            text = tab.total_text(key, value) if pd.notna(value) else "-"
+            if pd.notna(value) and key in tab.ENERGY_KEYS and str(source).startswith("estimated"):
+                text += " (est.)"
+            row[str(run)] = text
         rows.append(row)
     return pd.DataFrame(rows, columns=["quantity", *totals["run"].astype(str)])
 
@@ -140,6 +140,15 @@ def compare_runs(paths: Sequence[Path | str], out: Path | str | None = None) -> 
     runs = [load_run(p) for p in paths]
     labels = run_labels(paths)
     out = Path(out) if out is not None else paths[0].resolve().parent / "comparison"
+    try:
+        _write_comparison(runs, labels, out)
+    except OSError as exc:
+        raise EdgeTrainError(f"cannot write the comparison into {out}: {exc}") from exc
+    return out
+
+
+def _write_comparison(runs: list[Run], labels: list[str], out: Path) -> None:
+    """Write the comparison's PNGs, PDF and workbook into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
 
     curves = compare_curves(runs, labels)
@@ -194,4 +203,3 @@ def compare_runs(paths: Sequence[Path | str], out: Path | str | None = None) -> 
     write_xlsx(
         {"totals": totals, "curves": curves, "config_differences": differences}, out / "report.xlsx"
     )
-    return out

@@ -92,8 +92,13 @@ def _set_unit_ylim(ax: Axes, values: np.ndarray) -> None:
 
 
 def _epoch_axis(ax: Axes) -> None:
+    """Label the x axis 'epoch' with whole-number ticks (every epoch when there are few)."""
     ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    low, high = ax.get_xlim()
+    if high - low <= 21:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=21, steps=[1, 2, 5, 10]))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, alpha=0.3)
 
 
@@ -340,22 +345,28 @@ def controller_figure(
         if "changes" in controller.columns
         else pd.Series(0, index=controller.index)
     )
-    for level, (_, row) in enumerate(controller[changes > 0].iterrows()):
+    legend = []
+    for number, (_, row) in enumerate(controller[changes > 0].iterrows(), start=1):
         for ax in axes:
             ax.axvline(row["epoch"], color=_DECISION_COLOR, ls="--", lw=1, alpha=0.7)
-        # Labels sit above the top panel, on three staggered rows so neighbours do not collide.
         axes[0].annotate(
-            f"epoch {int(row['epoch'])}: {row.get('decisions', '')}",
+            str(number),
             xy=(row["epoch"], 1.0),
             xycoords=("data", "axes fraction"),
-            xytext=(2, 3 + 11 * (level % 3)),
+            xytext=(3, -3),
             textcoords="offset points",
-            va="bottom",
+            va="top",
             ha="left",
-            fontsize=8,
+            fontsize=9,
+            fontweight="bold",
             color=_DECISION_COLOR,
-            annotation_clip=False,
         )
+        legend.append(f"{number}: epoch {int(row['epoch'])} {row.get('decisions', '')}")
+    if legend:
+        shown = legend[:6] + (
+            [f"… {len(legend) - 6} more in the tables"] if len(legend) > 6 else []
+        )
+        _note(figure, "changes (red lines):  " + "   ".join(shown))
     _epoch_axis(axes[-1])
     return figure
 
@@ -372,7 +383,7 @@ def correlation_figure(corr: pd.DataFrame, title: str) -> Figure | None:
     fontsize = 9 if size <= 12 else 7 if size <= 20 else 5
     ax.set_xticks(range(size), labels=names, rotation=40, ha="right", fontsize=fontsize)
     ax.set_yticks(range(size), labels=names, fontsize=fontsize)
-    if size <= 20:
+    if size <= 12:  # beyond that the numbers get too small to read; the colours remain
         for (i, j), value in np.ndenumerate(corr.to_numpy(dtype=float)):
             if np.isfinite(value):
                 color = "white" if abs(value) > 0.6 else "black"
@@ -423,10 +434,7 @@ def pairs_figure(
             f"{pretty_name(row.performance)} vs {pretty_name(row.cost)}: r = {row.r:+.2f}",
             fontsize=10,
         )
-        if "acc" in row.performance:
-            _set_unit_ylim(ax, y)
-        else:
-            _set_ylim(ax, y)
+        _set_ylim(ax, y)  # zoomed on the data: the point here is the relation, not the level
         if x.size:
             span = float(np.ptp(x))
             pad = 0.08 * span if span > 0 else max(abs(float(x.max())) * 0.1, 0.05)
@@ -435,7 +443,8 @@ def pairs_figure(
     for ax in axes[len(shown) :]:
         ax.set_visible(False)
     if points is not None:
-        figure.colorbar(points, ax=list(axes[: len(shown)]), label="epoch", shrink=0.6)
+        bar = figure.colorbar(points, ax=list(axes[: len(shown)]), label="epoch", shrink=0.6)
+        bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     return figure
 
 

@@ -162,8 +162,10 @@ def format_value(column: str, value: Any) -> str:
             return format_bytes(number)
         if number == int(number) and abs(number) < 1e15 and not column.endswith("_pct"):
             return f"{int(number)}"
-        if column.endswith(("_pct", "_w")) or column == "time_s" or column.endswith("_time_s"):
+        if column.endswith(("_pct", "_w")):
             return f"{number:.1f}"
+        if column.endswith("_s") and not column.endswith("_per_s"):
+            return f"{number:.3g}" if abs(number) < 10 else f"{number:,.1f}"
         if column.endswith("_j"):
             return f"{number:.4g}" if abs(number) < 10 else f"{number:,.1f}"
         return f"{number:.4g}"

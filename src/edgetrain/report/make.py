@@ -86,7 +86,9 @@ def run_figures(run: Run, tables: dict[str, pd.DataFrame]) -> dict[str, Figure]:
         "energy": fig.energy_figure(tables["energy"], name),
         "controller": fig.controller_figure(tables["controller"], tables["decisions"], name),
         "correlation": fig.correlation_figure(tables["correlation"], name),
-        "correlation_pairs": fig.pairs_figure(tables["per_epoch"], tables["strongest_pairs"], name),
+        "correlation_pairs": fig.pairs_figure(
+            tables["per_epoch"], tab.strongest_pairs(tables["correlation"], n=None), name
+        ),
         "activation": fig.activation_figure(tables["activation"], name),
     }
     skipped = [key for key, figure in drawn.items() if figure is None]
@@ -95,16 +97,20 @@ def run_figures(run: Run, tables: dict[str, pd.DataFrame]) -> dict[str, Figure]:
     return {key: figure for key, figure in drawn.items() if figure is not None}
 
 
+def _text(value: object) -> str:
+    """A cell as text; empty for None and NaN."""
+    return "" if value is None or (isinstance(value, float) and value != value) else str(value)
+
+
 def _sensor_pairs(sensors: pd.DataFrame) -> list[tuple[str, str]]:
     pairs = []
     for row in sensors.itertuples(index=False):
-        label = f" ({row.source_label})" if row.source_label else ""
-        if row.available:
+        label = f" ({row.source_label})" if _text(row.source_label) else ""
+        if row.available is True or str(row.available).lower() == "true":
             pairs.append((str(row.name), f"available{label}"))
         else:
-            pairs.append(
-                (str(row.name), f"not available{label}: {row.reason or 'no reason given'}")
-            )
+            reason = _text(row.reason) or "no reason given"
+            pairs.append((str(row.name), f"not available{label}: {reason}"))
     return pairs
 
 
@@ -253,7 +259,11 @@ def make_report(path: Path | str) -> Path:
     kind = detect_kind(path)
     if kind == "run":
         out = path / REPORT_DIR
-        write_run_report(load_run(path), out)
+        run = load_run(path)
+        try:
+            write_run_report(run, out)
+        except OSError as exc:
+            raise EdgeTrainError(f"cannot write the report into {out}: {exc}") from exc
         return out
     if kind == "compare":
         from edgetrain.report.compare import compare_runs, run_children
@@ -281,5 +291,8 @@ def plot_resources(path: Path | str) -> Path:
             f"{run.path} has no resource samples (resources.csv is missing or empty)"
         )
     out = run.path / REPORT_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    return save_png(figure, out / "resources.png")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return save_png(figure, out / "resources.png")
+    except OSError as exc:
+        raise EdgeTrainError(f"cannot write {out / 'resources.png'}: {exc}") from exc

@@ -18,10 +18,19 @@ logger = logging.getLogger(__name__)
 PNG_DPI = 110
 
 
-def save_png(figure: Figure, path: Path) -> Path:
-    """Write one figure as PNG (Agg renderer)."""
+def save_png(figure: Figure, path: Path, *, freeze_layout: bool = True) -> Path:
+    """Write one figure as PNG (Agg renderer).
+
+    Args:
+        figure: The figure.
+        path: The PNG file.
+        freeze_layout: Keep the layout computed for this drawing, so that saving the
+            figure again (into the PDF) does not solve the constrained layout twice.
+    """
     FigureCanvasAgg(figure)
     figure.savefig(path, dpi=PNG_DPI)
+    if freeze_layout:
+        figure.set_layout_engine("none")
     return path
 
 

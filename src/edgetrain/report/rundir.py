@@ -26,6 +26,7 @@ __all__ = [
     "RESOURCES_COLUMNS",
     "Run",
     "detect_kind",
+    "is_run_directory",
     "load_run",
     "read_csv_rows",
     "require_directory",
@@ -116,17 +117,18 @@ def require_directory(path: Path | str) -> Path:
 def detect_kind(path: Path | str) -> str:
     """Classify a directory: 'run', 'sweep', 'compare' (holds run directories) or 'unknown'."""
     path = require_directory(path)
-    if _looks_like_run(path):
+    if is_run_directory(path):
         return "run"
     if (path / "space.yaml").is_file() or (path / "trials").is_dir():
         return "sweep"
     children = [child for child in sorted(path.iterdir()) if child.is_dir()]
-    if sum(_looks_like_run(child) for child in children) >= 2:
+    if sum(is_run_directory(child) for child in children) >= 2:
         return "compare"
     return "unknown"
 
 
-def _looks_like_run(path: Path) -> bool:
+def is_run_directory(path: Path) -> bool:
+    """Whether ``path`` holds a run: metrics.csv, or summary.json with config.yaml."""
     return (path / "metrics.csv").is_file() or (
         (path / "summary.json").is_file() and (path / "config.yaml").is_file()
     )
@@ -139,7 +141,7 @@ def load_run(path: Path | str) -> Run:
         EdgeTrainError: if the directory does not exist or holds none of the run files.
     """
     path = require_directory(path)
-    if not _looks_like_run(path):
+    if not is_run_directory(path):
         raise EdgeTrainError(f"{path} is not a run directory (no metrics.csv)")
     problems: list[str] = []
     config = _read_mapping(path / "config.yaml", problems)

@@ -251,14 +251,14 @@ def correlation_matrix(run: Run, min_epochs: int = 3) -> pd.DataFrame:
     return table[keep].corr(min_periods=min_epochs)
 
 
-def strongest_pairs(corr: pd.DataFrame, n: int = 6) -> pd.DataFrame:
+def strongest_pairs(corr: pd.DataFrame, n: int | None = 10) -> pd.DataFrame:
     """The ``n`` strongest correlations between a cost column and a performance column.
 
     Performance columns are losses and accuracies; every other column (time, energy,
     memory, throughput, knobs) is a cost.
 
     Returns:
-        Columns ``cost, performance, r, abs_r``, strongest first.
+        Columns ``cost, performance, r, abs_r``, strongest first (all pairs if n is None).
     """
     columns = ["cost", "performance", "r", "abs_r"]
     if corr.empty:
@@ -272,7 +272,8 @@ def strongest_pairs(corr: pd.DataFrame, n: int = 6) -> pd.DataFrame:
         if pd.notna(corr.loc[cost, perf])
     ]
     pairs = pd.DataFrame(rows, columns=columns)
-    return pairs.sort_values("abs_r", ascending=False, kind="stable").head(n).reset_index(drop=True)
+    pairs = pairs.sort_values("abs_r", ascending=False, kind="stable")
+    return (pairs if n is None else pairs.head(n)).reset_index(drop=True)
 
 
 def resource_summary(run: Run) -> pd.DataFrame:
@@ -430,7 +431,7 @@ TOTAL_ROWS = (
 )
 
 
-_ENERGY_KEYS = frozenset({"total_energy_j", "avg_power_w", "energy_per_sample_j"})
+ENERGY_KEYS = frozenset({"total_energy_j", "avg_power_w", "energy_per_sample_j"})
 
 
 def total_text(key: str, value: Any) -> str:
@@ -456,7 +457,7 @@ def totals_table(run: Run) -> pd.DataFrame:
             "value": totals[key],
             "unit": unit,
             "text": total_text(key, totals[key])
-            + (" (estimated)" if estimated and key in _ENERGY_KEYS else ""),
+            + (" (estimated)" if estimated and key in ENERGY_KEYS else ""),
         }
         for key, label, unit in TOTAL_ROWS
         if totals.get(key) is not None

@@ -7,6 +7,7 @@ a table's header on each continuation page.
 
 from __future__ import annotations
 
+import math
 import textwrap
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,7 +33,8 @@ LANDSCAPE = (11.69, 8.27)
 FONT_SIZE = 8.0
 TABLE_FONT_SIZE = 7.5
 _MARGIN_IN = 0.6
-_TOP_IN = 0.85  # room for the page heading
+_BOTTOM_IN = 0.45  # the footer sits below this
+_TOP_IN = 0.85  # room for the page heading; the first page's larger title is counted apart
 _LINE = 1.45  # line height in font sizes
 _CHAR = 0.61  # DejaVu Sans Mono advance is 0.602 em
 _MAX_CELL = 42
@@ -54,7 +56,7 @@ def page_width_chars(size: tuple[float, float] = PORTRAIT, font_size: float = FO
 
 
 def _page_height_lines(size: tuple[float, float], font_size: float) -> int:
-    return int((size[1] - _TOP_IN - _MARGIN_IN) / (font_size * _LINE / 72))
+    return int((size[1] - _TOP_IN - _BOTTOM_IN) / (font_size * _LINE / 72))
 
 
 def key_value_lines(pairs: Iterable[tuple[str, str]], width: int, max_key: int = 38) -> list[str]:
@@ -193,8 +195,9 @@ def text_pages(
     intro = intro or []
     step = font_size * _LINE / 72 / size[1]  # one line, as a fraction of the page height
     capacity = _page_height_lines(size, font_size)
-    # The large title takes about three lines; intro lines are one point larger.
-    first = capacity - 3 - round(len(intro) * (font_size + 1) / font_size)
+    # The first page's title block is taller than a continuation heading (0.3 in).
+    extra_in = 0.1 - 0.3 + step * size[1] * (2 + len(intro) * (font_size + 1) / font_size)
+    first = capacity - math.ceil(extra_in / (step * size[1]))
     pages = _paginate(sections, capacity, first)
     figures = []
     for number, items in enumerate(pages):

@@ -1,0 +1,325 @@
+"""``analyze``: a study's tables, its Pareto front and what drives energy and accuracy.
+
+Writes ``DIR/analysis/`` (file names and columns are a contract; ``edgetrain.report``
+reads them):
+
+- ``trials.csv``: every trial (see :data:`edgetrain.sweep.study.TRIAL_COLUMNS`, then
+  ``param_<name>``).
+- ``top_accuracy.csv``, ``top_energy.csv``, ``top_efficiency.csv``: the best ``k``
+  completed trials by validation accuracy, by lowest energy, by accuracy per kJ
+  (:data:`TOP_COLUMNS`, then ``param_<name>``).
+- ``pareto.csv``: the non-dominated trials in (max accuracy, min energy), by energy,
+  with a ``knee`` column (same columns as the top tables plus ``knee``).
+- ``importance.csv``: one row per (target, parameter) (:data:`IMPORTANCE_COLUMNS`).
+- ``best_values.csv``: per parameter, its best value for each target.
+- ``summary.json`` and ``results.xlsx`` (one sheet per table).
+
+Energy, never power, ranks trials; average power is shown beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from edgetrain.errors import EdgeTrainError, MissingExtraError
+from edgetrain.sweep._optuna import quiet_optuna
+from edgetrain.sweep.relevance import (
+    TARGETS,
+    best_groups,
+    fanova_importances,
+    knee_index,
+    kruskal_effect,
+    pareto_front,
+)
+from edgetrain.sweep.space import SearchSpace
+from edgetrain.sweep.study import count_trials, load_study, trials_frame
+
+__all__ = [
+    "BEST_VALUE_COLUMNS",
+    "IMPORTANCE_COLUMNS",
+    "TOP_COLUMNS",
+    "Analysis",
+    "analyze",
+    "analyze_study",
+]
+
+log = logging.getLogger(__name__)
+
+TOP_COLUMNS = (
+    "rank",
+    "number",
+    "val_acc",
+    "energy_j",
+    "avg_power_w",
+    "efficiency_acc_per_kj",
+    "time_s",
+    "energy_source",
+    "quantized_val_acc",
+    "quantized_bytes",
+    "model_bytes",
+    "concurrent_trials",
+    "run_dir",
+)
+IMPORTANCE_COLUMNS = (
+    "target",
+    "parameter",
+    "rank",
+    "fanova_importance",
+    "kruskal_h",
+    "kruskal_p",
+    "epsilon_sq",
+    "eta_sq_h",
+    "n_groups",
+    "n_trials",
+    "best_value",
+    "best_group",
+    "best_group_mean",
+    "best_group_n",
+)
+BEST_VALUE_COLUMNS = ("parameter", "best_for_accuracy", "best_for_energy", "best_for_efficiency")
+SHEETS = (
+    "trials",
+    "top_accuracy",
+    "top_energy",
+    "top_efficiency",
+    "pareto",
+    "importance",
+    "best_values",
+)
+
+
+@dataclass
+class Analysis:
+    """Everything ``analyze`` computed; ``tables`` maps sheet name to table."""
+
+    study_name: str
+    space: SearchSpace
+    tables: dict[str, pd.DataFrame]
+    summary: dict[str, Any]
+    knee_number: int | None
+    out_dir: Path | None = None
+    files: list[Path] = field(default_factory=list)
+
+    def best_number(self, pick: str) -> int | None:
+        """The trial number chosen by ``pick``: knee, accuracy, energy or efficiency."""
+        if pick == "knee":
+            return self.knee_number
+        table = {"accuracy": "top_accuracy", "energy": "top_energy", "efficiency": "top_efficiency"}
+        top = self.tables[table[pick]]
+        return None if top.empty else int(top["number"].iloc[0])
+
+    def best_values(self, target: str) -> dict[str, Any]:
+        """Each parameter's best value for ``target`` (greenscreen's per-parameter pick)."""
+        table = self.tables["best_values"]
+        column = f"best_for_{target}"
+        return {
+            row["parameter"]: row[column]
+            for _, row in table.iterrows()
+            if row[column] is not None and not (isinstance(row[column], float) and math.isnan(row[column]))
+        }
+
+
+def _param_columns(space: SearchSpace) -> list[str]:
+    return [f"param_{n}" for n in space.params]
+
+
+def _top(done: pd.DataFrame, by: str, ascending: bool, k: int, space: SearchSpace) -> pd.DataFrame:
+    ok = done.dropna(subset=[by])
+    # ties are broken by the other objective: less energy, then more accuracy
+    keys = [by, "energy_j", "val_acc"] if by != "energy_j" else [by, "val_acc"]
+    order = [ascending, True, False] if by != "energy_j" else [True, False]
+    ranked = ok.sort_values(keys, ascending=order, na_position="last").head(k).copy()
+    ranked.insert(0, "rank", range(1, len(ranked) + 1))
+    return ranked[[*TOP_COLUMNS, *_param_columns(space)]].reset_index(drop=True)
+
+
+def _importance(
+    study: Any, done: pd.DataFrame, space: SearchSpace
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from optuna.trial import TrialState
+
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    trials = [by_number[n] for n in done["number"] if n in by_number]
+    done = done[done["number"].isin(by_number)]
+    dists = space.distributions()
+    rows: list[dict[str, Any]] = []
+    best: dict[str, dict[str, Any]] = {n: {"parameter": n} for n in space.params}
+    for target, (column, goal) in TARGETS.items():
+        values = done[column].astype(float) if column in done else pd.Series(dtype=float)
+        targets = [None if pd.isna(v) else float(v) for v in values]
+        with quiet_optuna():
+            fanova = fanova_importances(trials, dists, targets, seed=space.seed)
+        part = []
+        for name in space.params:
+            column_values = done[f"param_{name}"]
+            row: dict[str, Any] = {"target": target, "parameter": name}
+            row["fanova_importance"] = fanova.get(name, math.nan)
+            row.update(kruskal_effect(column_values, values))
+            group = best_groups(column_values, values, goal)
+            if group is not None:
+                row.update(
+                    best_value=group.value,
+                    best_group=group.label,
+                    best_group_mean=group.mean,
+                    best_group_n=group.n,
+                )
+                best[name][f"best_for_{target}"] = group.value
+            part.append(row)
+        part.sort(key=lambda r: (-_num(r["fanova_importance"]), -_num(r.get("epsilon_sq"))))
+        for i, row in enumerate(part, 1):
+            row["rank"] = i
+        rows += part
+    importance = pd.DataFrame(rows, columns=list(IMPORTANCE_COLUMNS))
+    best_values = pd.DataFrame(list(best.values()), columns=list(BEST_VALUE_COLUMNS))
+    return importance, best_values
+
+
+def _num(value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return -math.inf
+    return v if math.isfinite(v) else -math.inf
+
+
+def analyze_study(study: Any, space: SearchSpace, *, top_k: int = 10) -> Analysis:
+    """Compute every table of a study (nothing written).
+
+    Args:
+        study: the Optuna study.
+        space: its search space.
+        top_k: rows of the top tables.
+    """
+    if top_k < 1:
+        raise EdgeTrainError(f"--top must be >= 1, got {top_k}")
+    frame = trials_frame(study, space)
+    done = frame[frame["state"] == "complete"].copy()
+    for column in ("val_acc", "energy_j", "avg_power_w", "efficiency_acc_per_kj", "time_s"):
+        done[column] = pd.to_numeric(done[column], errors="coerce")
+    front = pareto_front(done)
+    knee = knee_index(front)
+    pareto = front.copy()
+    pareto.insert(0, "rank", range(1, len(pareto) + 1))
+    pareto["knee"] = pareto.index == knee if knee is not None else False
+    knee_number = int(front.loc[knee, "number"]) if knee is not None else None
+    pareto = pareto[[*TOP_COLUMNS, *_param_columns(space), "knee"]].reset_index(drop=True)
+    importance, best_values = _importance(study, done, space)
+    tables = {
+        "trials": frame,
+        "top_accuracy": _top(done, "val_acc", False, top_k, space),
+        "top_energy": _top(done, "energy_j", True, top_k, space),
+        "top_efficiency": _top(done, "efficiency_acc_per_kj", False, top_k, space),
+        "pareto": pareto,
+        "importance": importance,
+        "best_values": best_values,
+    }
+    counts = count_trials(study)
+    sources = sorted({str(s) for s in done["energy_source"].dropna()})
+    concurrent = pd.to_numeric(frame["concurrent_trials"], errors="coerce").max()
+    summary = {
+        "study": study.study_name,
+        "objectives": list(space.objectives),
+        "sampler": space.sampler,
+        "seed": space.seed,
+        "vary_data": space.vary_data,
+        "trials": {
+            "complete": counts.complete,
+            "failed": counts.failed,
+            "lost_or_interrupted": counts.not_counted,
+            "running": counts.running,
+        },
+        "energy_sources": sources,
+        "energy_estimated": any(s.startswith("estimated") for s in sources),
+        "max_concurrent_trials": None if pd.isna(concurrent) else int(concurrent),
+        "knee_trial": knee_number,
+        "best_accuracy_trial": _first(tables["top_accuracy"]),
+        "lowest_energy_trial": _first(tables["top_energy"]),
+        "best_efficiency_trial": _first(tables["top_efficiency"]),
+        "top_energy_driver": _top_param(importance, "energy"),
+        "top_accuracy_driver": _top_param(importance, "accuracy"),
+    }
+    return Analysis(study.study_name, space, tables, summary, knee_number)
+
+
+def _first(table: pd.DataFrame) -> int | None:
+    return None if table.empty else int(table["number"].iloc[0])
+
+
+def _top_param(importance: pd.DataFrame, target: str) -> str | None:
+    part = importance[(importance["target"] == target) & importance["fanova_importance"].notna()]
+    return None if part.empty else str(part.sort_values("rank")["parameter"].iloc[0])
+
+
+def write_analysis(analysis: Analysis, out_dir: Path) -> list[Path]:
+    """Write the CSV tables, summary.json and results.xlsx into ``out_dir``."""
+    from edgetrain.train.rundir import atomic_write_text
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+    for name in SHEETS:
+        path = out_dir / f"{name}.csv"
+        atomic_write_text(path, analysis.tables[name].to_csv(index=False))
+        files.append(path)
+    path = out_dir / "summary.json"
+    atomic_write_text(path, json.dumps(analysis.summary, indent=2, default=str) + "\n")
+    files.append(path)
+    files.append(_write_xlsx(analysis, out_dir / "results.xlsx"))
+    analysis.out_dir = out_dir
+    analysis.files = files
+    return files
+
+
+def _write_xlsx(analysis: Analysis, path: Path) -> Path:
+    try:
+        import openpyxl  # noqa: F401
+    except ImportError as exc:
+        raise MissingExtraError("openpyxl", "sweep", "results.xlsx") from exc
+    tmp = path.with_name(f".{path.name}.tmp")
+    with pd.ExcelWriter(tmp, engine="openpyxl") as writer:
+        for name in SHEETS:
+            analysis.tables[name].to_excel(writer, sheet_name=name, index=False)
+        summary = pd.DataFrame(
+            [(k, json.dumps(v) if isinstance(v, list | dict) else v) for k, v in analysis.summary.items()],
+            columns=["key", "value"],
+        )
+        summary.to_excel(writer, sheet_name="summary", index=False)
+    tmp.replace(path)
+    return path
+
+
+def analyze(
+    sweep_dir: str | Path | None,
+    *,
+    storage: str | None = None,
+    study_name: str | None = None,
+    top_k: int = 10,
+    out: str | Path | None = None,
+) -> Analysis:
+    """Analyse a sweep and write ``DIR/analysis/``.
+
+    Args:
+        sweep_dir: the sweep directory (None for a database study analysed elsewhere; then
+            ``out`` or ``./analysis-<study>`` receives the tables).
+        storage: database URL when the study is in a database.
+        study_name: the study (default from DIR/sweep.json).
+        top_k: rows of the top tables.
+        out: where the tables go (default ``DIR/analysis``).
+    """
+    directory = Path(sweep_dir) if sweep_dir is not None else None
+    study, space = load_study(directory, storage=storage, study_name=study_name)
+    analysis = analyze_study(study, space, top_k=top_k)
+    if out is not None:
+        target = Path(out)
+    elif directory is not None:
+        target = directory / "analysis"
+    else:
+        target = Path(f"analysis-{study.study_name}")
+    write_analysis(analysis, target)
+    return analysis

@@ -1,0 +1,190 @@
+"""Which parameters drive energy and accuracy: Pareto front, fANOVA, Kruskal-Wallis.
+
+Pure functions of a trials table (``trials_frame``), testable on synthetic studies.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "TARGETS",
+    "GroupStats",
+    "best_groups",
+    "fanova_importances",
+    "knee_index",
+    "kruskal_effect",
+    "pareto_front",
+]
+
+log = logging.getLogger(__name__)
+
+#: target -> (column, "max" or "min")
+TARGETS: dict[str, tuple[str, str]] = {
+    "accuracy": ("val_acc", "max"),
+    "energy": ("energy_j", "min"),
+    "efficiency": ("efficiency_acc_per_kj", "max"),
+}
+_MAX_BINS = 4  # a numeric parameter with more distinct values is cut into quantile bins
+
+
+def pareto_front(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of ``frame`` not dominated in (max ``val_acc``, min ``energy_j``), by energy."""
+    ok = frame.dropna(subset=["val_acc", "energy_j"])
+    acc = ok["val_acc"].to_numpy(float)
+    energy = ok["energy_j"].to_numpy(float)
+    keep = []
+    for i in range(len(ok)):
+        dominated = np.any(
+            (acc >= acc[i]) & (energy <= energy[i]) & ((acc > acc[i]) | (energy < energy[i]))
+        )
+        keep.append(not dominated)
+    front = ok[np.array(keep, dtype=bool)] if len(ok) else ok
+    return front.sort_values(["energy_j", "val_acc"], ascending=[True, False])
+
+
+def knee_index(front: pd.DataFrame) -> Any:
+    """The front's knee: closest to the ideal point (best accuracy at least energy).
+
+    Accuracy and log10 energy are each scaled to [0, 1] over the front, so a 10x energy
+    step weighs the same wherever it is.
+    """
+    if front.empty:
+        return None
+    acc = front["val_acc"].to_numpy(float)
+    log_e = np.log10(np.maximum(front["energy_j"].to_numpy(float), 1e-12))
+
+    def scale(x: np.ndarray) -> np.ndarray:
+        span = x.max() - x.min()
+        return (x - x.min()) / span if span > 0 else np.zeros_like(x)
+
+    dist = np.hypot(1.0 - scale(acc), scale(log_e))
+    return front.index[int(np.argmin(dist))]
+
+
+def _groups(values: pd.Series) -> tuple[pd.Series, dict[Any, str]]:
+    """Group labels for a parameter's values: each value, or quantile bins of numbers."""
+    numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+    if not numeric or values.nunique() <= _MAX_BINS:
+        labels = values.astype(str)
+        return labels, {lab: lab for lab in labels.unique()}
+    n_bins = min(_MAX_BINS, max(2, len(values) // 3))
+    codes = pd.qcut(values.rank(method="first"), n_bins, labels=False)
+    names = {}
+    for code in sorted(codes.unique()):
+        inside = values[codes == code]
+        names[code] = f"[{inside.min():.4g}, {inside.max():.4g}]"
+    return codes, names
+
+
+def kruskal_effect(values: pd.Series, target: pd.Series) -> dict[str, float]:
+    """Kruskal-Wallis H test of ``target`` across the groups of ``values``, with effect sizes.
+
+    Returns:
+        ``kruskal_h``, ``kruskal_p``, ``epsilon_sq`` (H / (n - 1), Tomczak & Tomczak 2014),
+        ``eta_sq_h`` ((H - k + 1) / (n - k)), ``n_groups`` and ``n_trials``.
+    """
+    from scipy.stats import kruskal
+
+    ok = target.notna() & values.notna()
+    values, target = values[ok], target[ok].astype(float)
+    out = {"kruskal_h": math.nan, "kruskal_p": math.nan, "epsilon_sq": math.nan,
+           "eta_sq_h": math.nan, "n_groups": 0, "n_trials": len(target)}
+    if len(target) < 3:
+        return out
+    codes, _ = _groups(values)
+    samples = [target[codes == c].to_numpy() for c in codes.unique()]
+    samples = [s for s in samples if len(s)]
+    k, n = len(samples), len(target)
+    out["n_groups"] = k
+    if k < 2 or np.ptp(target.to_numpy()) == 0:
+        return out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        h, p = kruskal(*samples)
+    out.update(kruskal_h=float(h), kruskal_p=float(p), epsilon_sq=float(h) / (n - 1))
+    if n > k:
+        out["eta_sq_h"] = (float(h) - k + 1) / (n - k)
+    return out
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """The best group of a parameter for one target."""
+
+    label: str
+    value: Any
+    mean: float
+    n: int
+
+
+def best_groups(values: pd.Series, target: pd.Series, goal: str) -> GroupStats | None:
+    """The parameter group with the best mean target (``goal``: max or min).
+
+    For a binned numeric parameter, ``value`` is the median value inside the best bin.
+    """
+    ok = target.notna() & values.notna()
+    values, target = values[ok], target[ok].astype(float)
+    if target.empty:
+        return None
+    codes, names = _groups(values)
+    means = target.groupby(codes).mean()
+    best = means.idxmax() if goal == "max" else means.idxmin()
+    inside = values[codes == best]
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        value: Any = float(inside.median())
+        if pd.api.types.is_integer_dtype(values) or all(float(v).is_integer() for v in inside):
+            value = int(round(value))
+    else:
+        value = inside.iloc[0]
+    return GroupStats(names[best], value, float(means[best]), int((codes == best).sum()))
+
+
+def fanova_importances(
+    trials: Sequence[Any],
+    distributions: Mapping[str, Any],
+    target: Sequence[float],
+    seed: int,
+) -> dict[str, float]:
+    """fANOVA importance (normalised to sum 1) of each parameter for one target.
+
+    Args:
+        trials: finished Optuna trials (their params), aligned with ``target``.
+        distributions: the space's distributions.
+        target: the value to explain for each trial.
+        seed: seed of the evaluator's random forest (pinned: results are reproducible).
+    """
+    import optuna
+
+    rows = [(t, y) for t, y in zip(trials, target, strict=True) if y is not None and math.isfinite(y)]
+    names = [n for n, d in distributions.items() if not d.single()]
+    if len(rows) < 2 or not names:
+        return {n: math.nan for n in distributions}
+    study = optuna.create_study(direction="minimize", storage=optuna.storages.InMemoryStorage())
+    study.add_trials(
+        optuna.trial.create_trial(
+            params={n: t.params[n] for n in names if n in t.params},
+            distributions={n: distributions[n] for n in names if n in t.params},
+            value=float(y),
+        )
+        for t, y in rows
+    )
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = optuna.importance.get_param_importances(
+                study, evaluator=evaluator, params=names, normalize=True
+            )
+    except (RuntimeError, ValueError) as exc:
+        log.warning("fANOVA importance could not be computed: %s", exc)
+        return {n: math.nan for n in distributions}
+    return {n: float(result.get(n, 0.0 if n in names else math.nan)) for n in distributions}

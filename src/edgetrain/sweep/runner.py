@@ -1,0 +1,431 @@
+"""``run_sweep``: workers that ask Optuna for trials, run each in its own process, and tell.
+
+One call runs ``workers`` worker threads in this process; each runs one trial process at a
+time. More processes, on this machine or others, may join the same study at any time
+(``edgetrain sweep run`` with the same space and storage): the study's trial count is the
+shared target.
+
+``trials`` is the number of finished trials the study should have, counting completed
+and failed ones (a configuration that fails is an answer too) but not trials that were
+interrupted or lost with their worker (those are re-queued once with the same
+parameters). Running the same command again therefore resumes a sweep, and a larger
+``trials`` extends it. Workers that start at the same moment on several machines may
+overshoot the target by at most one trial each.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgetrain.errors import EdgeTrainError
+from edgetrain.sweep._optuna import optuna
+from edgetrain.sweep.heartbeat import (
+    FAIL_REASON_ATTR,
+    OWNER_ATTR,
+    Heartbeat,
+    StaleTrialReaper,
+    owner_record,
+    requeue,
+)
+from edgetrain.sweep.launch import TrialOutcome, run_trial_process
+from edgetrain.sweep.objectives import objective_values
+from edgetrain.sweep.space import SearchSpace, load_space
+from edgetrain.sweep.storage import is_database_url, storage_label
+from edgetrain.sweep.study import TrialCounts, count_trials, default_study_name, open_study
+
+__all__ = ["SweepResult", "TrialRecord", "run_sweep"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HEARTBEAT_S = 10.0
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial run by this call."""
+
+    number: int
+    state: str
+    values: tuple[float, ...] | None
+    metrics: dict[str, Any]
+    error: str | None
+    wall_s: float
+    storage_s: float
+
+
+@dataclass
+class SweepResult:
+    """What one ``run_sweep`` call did, and where the study stands."""
+
+    sweep_dir: Path
+    study_name: str
+    storage: str
+    target: int
+    counts: TrialCounts
+    wall_s: float
+    records: list[TrialRecord] = field(default_factory=list)
+    lost: list[int] = field(default_factory=list)
+
+
+class _Shared:
+    """State the worker threads share (guarded by ``lock``)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # ask: count, reap, ask and sample as one step
+        self.records: list[TrialRecord] = []
+        self.lost: list[int] = []
+        self.running: set[int] = set()
+        self.max_concurrent: dict[int, int] = {}
+        self.errors: list[BaseException] = []
+
+    def started(self, number: int) -> None:
+        with self.lock:
+            self.running.add(number)
+            for n in self.running:
+                self.max_concurrent[n] = max(self.max_concurrent.get(n, 0), len(self.running))
+
+    def finished(self, number: int) -> int:
+        with self.lock:
+            self.running.discard(number)
+            return self.max_concurrent.pop(number, 1)
+
+
+def _trial_attrs(outcome: TrialOutcome, run_dir: str, host: str, concurrent: int) -> dict[str, Any]:
+    attrs: dict[str, Any] = {k: v for k, v in outcome.metrics.items() if v is not None}
+    attrs.update(
+        wall_s=outcome.wall_s,
+        startup_s=outcome.timing.get("startup_s"),
+        run_dir=run_dir,
+        host=host,
+        concurrent_trials=concurrent,
+    )
+    if outcome.error:
+        attrs["error"] = outcome.error
+    return {k: v for k, v in attrs.items() if v is not None}
+
+
+class _Worker:
+    def __init__(
+        self,
+        index: int,
+        study: Any,
+        space: SearchSpace,
+        sweep_dir: Path,
+        target: int,
+        heartbeat: Heartbeat,
+        reaper: StaleTrialReaper,
+        shared: _Shared,
+        stop: threading.Event,
+        threads: int | None,
+        timeout_s: float | None,
+        on_event: Any,
+    ) -> None:
+        self.index = index
+        self.study = study
+        self.space = space
+        self.sweep_dir = sweep_dir
+        self.target = target
+        self.heartbeat = heartbeat
+        self.reaper = reaper
+        self.shared = shared
+        self.stop = stop
+        self.threads = threads
+        self.timeout_s = timeout_s
+        self.on_event = on_event
+        self.dists = space.distributions()
+        self.owner = owner_record(index)
+
+    def _next_trial(self) -> Any | None:
+        with self.shared.lock:
+            lost = self.reaper.reap(self.study)
+            self.shared.lost.extend(lost)
+            counts = count_trials(self.study)
+            if counts.done + counts.running >= self.target:
+                return None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                trial = self.study.ask(fixed_distributions=self.dists)
+            self.study._storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, self.owner)
+            self.heartbeat.add(trial._trial_id)
+            return trial
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                trial = self._next_trial()
+                if trial is None:
+                    return
+                self._run_one(trial)
+        except BaseException as exc:  # surfaced by run_sweep in the main thread
+            self.shared.errors.append(exc)
+            self.stop.set()
+
+    def _run_one(self, trial: Any) -> None:
+        number = trial.number
+        config, quantize = self.space.trial_config(trial.params)
+        rel = f"trials/{number}"
+        self.shared.started(number)
+        self.on_event("start", number)
+        try:
+            outcome = run_trial_process(
+                self.sweep_dir / rel,
+                config,
+                quantize=quantize,
+                threads=self.threads,
+                timeout_s=self.timeout_s,
+                stop=self.stop,
+            )
+        finally:
+            concurrent = self.shared.finished(number)
+        t_tell = time.perf_counter()
+        values = None
+        if outcome.state == "complete":
+            try:
+                values = objective_values(outcome.metrics, self.space.objectives)
+            except EdgeTrainError as exc:
+                outcome.state, outcome.fail_reason, outcome.error = "failed", "error", str(exc)
+        self._record(trial, outcome, values, rel, concurrent)
+        self.heartbeat.remove(trial._trial_id)
+        storage_s = time.perf_counter() - t_tell
+        record = TrialRecord(
+            number,
+            outcome.state,
+            tuple(values) if values else None,
+            outcome.metrics,
+            outcome.error,
+            outcome.wall_s,
+            storage_s,
+        )
+        with self.shared.lock:
+            self.shared.records.append(record)
+        self.on_event("end", number, record)
+
+    def _record(
+        self, trial: Any, outcome: TrialOutcome, values: list[float] | None, rel: str, concurrent: int
+    ) -> None:
+        from optuna.trial import TrialState
+
+        attrs = _trial_attrs(outcome, rel, self.owner["host"], concurrent)
+        storage = self.study._storage
+        try:
+            for key, value in attrs.items():
+                storage.set_trial_user_attr(trial._trial_id, key, value)
+            if values is not None:
+                self.study.tell(trial, values, skip_if_finished=True)
+                return
+            reason = outcome.fail_reason or "interrupted"
+            storage.set_trial_system_attr(trial._trial_id, FAIL_REASON_ATTR, reason)
+            self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            log.warning(
+                "trial %d was marked failed by another worker while it ran (heartbeat lost?); "
+                "its run directory %s is kept",
+                trial.number,
+                rel,
+            )
+            return
+        if outcome.state == "interrupted":
+            requeue(self.study, self.study._storage.get_trial(trial._trial_id))
+
+
+def _default_threads(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+def run_sweep(
+    space: SearchSpace | str | Path,
+    trials: int,
+    *,
+    workers: int = 1,
+    out: str | Path | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    threads: int | None = None,
+    trial_timeout_s: float | None = None,
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+    grace_s: float | None = None,
+    progress: bool = True,
+    console: Any = None,
+) -> SweepResult:
+    """Run (or resume, or join) a sweep until the study has ``trials`` finished trials.
+
+    Args:
+        space: a :class:`SearchSpace` or a space file.
+        trials: finished trials wanted in the study (completed + failed; see module doc).
+        workers: trials run at the same time by this process.
+        out: the sweep directory (default ``sweeps/<space file stem>``).
+        storage: database URL or journal path (default ``DIR/study.journal``).
+        study_name: study name (default: DIR's study, else the space file's stem).
+        threads: torch threads per trial (default: CPU cores // workers).
+        trial_timeout_s: stop a trial after this many seconds; it fails with ``timeout``.
+        heartbeat_s: seconds between heartbeats of running trials.
+        grace_s: a trial whose heartbeat is unchanged this long is ``lost`` (default
+            max(60 s, 6 heartbeats)).
+        progress: show a progress bar.
+        console: a rich Console for the progress bar.
+
+    Raises:
+        EdgeTrainError: a bad space, argument or storage.
+        KeyboardInterrupt: after stopping the running trials (they are re-queued).
+    """
+    if isinstance(space, str | Path):
+        space = load_space(space)
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise EdgeTrainError(f"--trials must be an integer >= 1, got {trials!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise EdgeTrainError(f"--workers must be an integer >= 1, got {workers!r}")
+    if trial_timeout_s is not None and not trial_timeout_s > 0:
+        raise EdgeTrainError(f"trial timeout must be > 0 seconds, got {trial_timeout_s}")
+    if not heartbeat_s > 0:
+        raise EdgeTrainError(f"heartbeat interval must be > 0 seconds, got {heartbeat_s}")
+    if storage and is_database_url(storage) and storage.startswith("sqlite") and workers > 1:
+        raise EdgeTrainError(
+            "SQLite does not take parallel writers ('database is locked'); use the default "
+            "journal storage or PostgreSQL for --workers > 1"
+        )
+    sweep_dir = Path(out) if out is not None else Path("sweeps") / default_study_name(space.source)
+    study = open_study(space, sweep_dir, storage=storage, study_name=study_name)
+    (sweep_dir / "trials").mkdir(parents=True, exist_ok=True)
+    grace = grace_s if grace_s is not None else max(60.0, 6 * heartbeat_s)
+    threads = threads if threads is not None else _default_threads(workers)
+    if workers > 1 and any(o in ("energy", "efficiency") for o in space.objectives):
+        log.warning(
+            "%d trials at a time on one machine: energy sensors and the CPU estimate see the "
+            "whole device, so each trial's energy includes the others' (trials record "
+            "concurrent_trials); for comparable energy run one worker per device",
+            workers,
+        )
+    heartbeat = Heartbeat(study._storage, heartbeat_s).start()
+    reaper = StaleTrialReaper(grace, own=heartbeat.active)
+    shared = _Shared()
+    stop = threading.Event()
+    label = storage_label(storage, sweep_dir) if storage else str(sweep_dir / "study.journal")
+    display = _Display(study, trials, progress, console)
+    workers_ = [
+        _Worker(
+            i, study, space, sweep_dir, trials, heartbeat, reaper, shared, stop, threads,
+            trial_timeout_s, display.event,
+        )
+        for i in range(workers)
+    ]
+    t0 = time.perf_counter()
+    pool = [threading.Thread(target=w.run, name=f"edgetrain-sweep-worker-{w.index}") for w in workers_]
+    display.start()
+    try:
+        for t in pool:
+            t.start()
+        while any(t.is_alive() for t in pool):
+            for t in pool:
+                t.join(timeout=0.5)
+            display.refresh()
+    except KeyboardInterrupt:
+        stop.set()  # workers stop their trials (re-queued) and end
+        for t in pool:
+            t.join()
+        raise
+    finally:
+        heartbeat.stop()
+        display.stop()
+    if shared.errors:
+        raise shared.errors[0]
+    return SweepResult(
+        sweep_dir=sweep_dir,
+        study_name=study.study_name,
+        storage=label,
+        target=trials,
+        counts=count_trials(study),
+        wall_s=time.perf_counter() - t0,
+        records=sorted(shared.records, key=lambda r: r.number),
+        lost=shared.lost,
+    )
+
+
+class _Display:
+    """The rich progress bar: trials done of the target, failed, running, best so far."""
+
+    def __init__(self, study: Any, target: int, enabled: bool, console: Any) -> None:
+        self.study = study
+        self.target = target
+        self.enabled = enabled
+        self.console = console
+        self._progress: Any = None
+        self._task: Any = None
+        self._last = 0.0
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        if not self.enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("[bold]sweep[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=self.console,
+        )
+        self._task = self._progress.add_task("sweep", total=self.target, status="")
+        self._progress.start()
+        self.refresh(force=True)
+
+    def event(self, kind: str, number: int, record: TrialRecord | None = None) -> None:
+        if record is not None and record.state != "complete":
+            log.info("trial %d %s: %s", number, record.state, record.error)
+        self.refresh(force=True)
+
+    def refresh(self, force: bool = False) -> None:
+        if self._progress is None:
+            return
+        with self._lock:
+            now = time.monotonic()
+            if not force and now - self._last < 2.0:
+                return
+            self._last = now
+            try:
+                counts = count_trials(self.study)
+                status = self._status(counts)
+            except Exception as exc:  # a display must never end a sweep
+                log.debug("progress refresh failed: %s", exc)
+                return
+            self._progress.update(self._task, completed=min(counts.done, self.target), status=status)
+
+    def _status(self, counts: TrialCounts) -> str:
+        from optuna.trial import TrialState
+
+        done = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        parts = [f"failed {counts.failed}", f"running {counts.running}"]
+        accs = [t.user_attrs.get("val_acc") for t in done if t.user_attrs.get("val_acc") is not None]
+        energies = [t.user_attrs.get("energy_j") for t in done if t.user_attrs.get("energy_j") is not None]
+        effs = [
+            t.user_attrs.get("efficiency_acc_per_kj")
+            for t in done
+            if t.user_attrs.get("efficiency_acc_per_kj") is not None
+        ]
+        if accs:
+            parts.append(f"best val_acc {max(accs):.4f}")
+        if energies:
+            parts.append(f"min energy {min(energies):.1f} J")
+        if effs:
+            parts.append(f"best {max(effs):.3f} acc/kJ")
+        return " | ".join(parts)
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self.refresh(force=True)
+            self._progress.stop()
+            self._progress = None

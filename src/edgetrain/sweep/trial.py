@@ -1,0 +1,185 @@
+"""One trial, in its own process: ``python -m edgetrain.sweep.trial SPEC.json``.
+
+The process trains the trial's config into its run directory, optionally quantises the
+model, and writes ``RUN/trial.json`` with the metrics the sweep reads (validation
+accuracy, energy, average power, times, model sizes). A crash or a kill ends only this
+process; the worker that started it records the trial as failed and goes on.
+
+Exit codes: 0 completed, 1 failed (``trial.json`` says why), 130 interrupted.
+Test metrics are never put into ``trial.json``: test data is for the final report only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TRIAL_FILE", "main", "read_trial_file", "run_trial", "trial_metrics"]
+
+TRIAL_FILE = "trial.json"
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+def _process_start_time() -> float | None:
+    try:
+        import psutil
+
+        return float(psutil.Process().create_time())
+    except Exception:  # pragma: no cover - psutil is a dependency; be safe anyway
+        return None
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM when the worker that started us dies (no orphaned trainings)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - best effort
+        return
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # train() leaves the run directory readable and "interrupted"
+
+
+def trial_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    """The sweep's metrics from a run's summary.json (final epoch; never test metrics)."""
+    from edgetrain.sweep.objectives import efficiency_acc_per_kj
+
+    final = summary.get("final") or {}
+    val_acc = final.get("val_acc")
+    energy_j = summary.get("total_energy_j")
+    return {
+        "val_acc": val_acc,
+        "val_acc_float": val_acc,
+        "val_loss": final.get("val_loss"),
+        "best_val_acc": (summary.get("best") or {}).get("val_acc"),
+        "energy_j": energy_j,
+        "energy_source": summary.get("energy_source"),
+        "avg_power_w": summary.get("avg_power_w"),
+        "time_s": summary.get("total_time_s"),
+        "epochs_completed": summary.get("epochs_completed"),
+        "peak_rss_bytes": summary.get("peak_rss_bytes"),
+        "peak_device_mem_bytes": summary.get("peak_device_mem_bytes"),
+        "samples_per_s": final.get("samples_per_s"),
+        "efficiency_acc_per_kj": efficiency_acc_per_kj(val_acc, energy_j),
+    }
+
+
+def _write(run_dir: Path, data: dict[str, Any]) -> None:
+    from edgetrain.train.rundir import atomic_write_text
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / TRIAL_FILE, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def run_trial(spec: dict[str, Any], started_at: float | None = None) -> int:
+    """Run the trial described by ``spec``; returns the exit code.
+
+    Args:
+        spec: ``{"run_dir", "config", "quantize", "threads"}`` as written by the worker.
+        started_at: when the process was created (for the start-up time).
+    """
+    t_enter = time.time()
+    run_dir = Path(spec["run_dir"])
+    result: dict[str, Any] = {"status": "failed", "error": None, "metrics": {}, "timing": {}}
+    timing = result["timing"]
+    if started_at is not None:
+        timing["interpreter_s"] = t_enter - started_at
+    code = EXIT_FAILED
+    try:
+        import torch
+
+        from edgetrain.train import train
+
+        if spec.get("threads"):
+            torch.set_num_threads(int(spec["threads"]))
+        t_imported = time.time()
+        timing["startup_s"] = t_imported - (started_at if started_at is not None else t_enter)
+        config = dict(spec["config"])
+        config["out"] = str(run_dir)
+        fit = train(config, progress=False)
+        timing["train_call_s"] = time.time() - t_imported
+        metrics = trial_metrics(fit.summary)
+        metrics["model_bytes"] = _state_bytes(fit.model)
+        if spec.get("quantize"):
+            t_q = time.time()
+            from edgetrain.sweep.quantize import quantize_run
+
+            q = quantize_run(run_dir, split="val")
+            metrics.update(
+                val_acc=q.quantized_acc,
+                quantized_val_acc=q.quantized_acc,
+                quantized_bytes=q.quantized_bytes,
+                quantized_layers=q.quantized_layers,
+            )
+            from edgetrain.sweep.objectives import efficiency_acc_per_kj
+
+            metrics["efficiency_acc_per_kj"] = efficiency_acc_per_kj(
+                q.quantized_acc, metrics.get("energy_j")
+            )
+            timing["quantize_s"] = time.time() - t_q
+        result.update(status="completed", metrics=metrics)
+        code = 0
+    except KeyboardInterrupt:
+        result.update(status="interrupted", error="interrupted")
+        code = EXIT_INTERRUPTED
+    except Exception as exc:
+        from edgetrain.errors import EdgeTrainError
+
+        message = str(exc) if isinstance(exc, EdgeTrainError) else f"{type(exc).__name__}: {exc}"
+        result.update(status="failed", error=message.strip().splitlines()[0] if message else "")
+        if not isinstance(exc, EdgeTrainError):
+            import traceback
+
+            traceback.print_exc()  # into the trial's log
+        code = EXIT_FAILED
+    timing["process_s"] = time.time() - (started_at if started_at is not None else t_enter)
+    _write(run_dir, result)
+    return code
+
+
+def _state_bytes(model: Any) -> int:
+    from edgetrain.sweep.quantize import model_bytes
+
+    return model_bytes(model)
+
+
+def read_trial_file(run_dir: str | Path) -> dict[str, Any] | None:
+    """A trial's ``trial.json`` or None when the process left none (killed)."""
+    path = Path(run_dir) / TRIAL_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: ``python -m edgetrain.sweep.trial SPEC.json``."""
+    started_at = _process_start_time()
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m edgetrain.sweep.trial SPEC.json", file=sys.stderr)
+        return 2
+    _die_with_parent()
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    if os.getppid() == 1:  # the worker died before we got here
+        return EXIT_INTERRUPTED
+    spec = json.loads(Path(args[0]).read_text())
+    return run_trial(spec, started_at)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
