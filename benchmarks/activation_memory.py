@@ -202,7 +202,10 @@ def child(spec: dict[str, Any]) -> None:
 
 def peak_rss(spec: dict[str, Any]) -> int | None:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    # a fixed mmap threshold makes glibc return freed blocks >= 128 KiB to the OS, so
+    # RSS follows live memory instead of keeping the heap's high-water mark
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         print(f"  peak RSS child failed for {spec['case']}/{spec['mode']}: {done.stderr[-300:]}")
         return None

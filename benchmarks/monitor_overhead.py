@@ -28,7 +28,13 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from edgetrain.measure import DEFAULT_INTERVAL_S, Monitor, environment_info
+from edgetrain.measure import (
+    DEFAULT_INTERVAL_S,
+    Monitor,
+    PsutilSensor,
+    discover_sensors,
+    environment_info,
+)
 
 
 def make_model() -> nn.Module:
@@ -60,6 +66,15 @@ def run_block(step: Any, steps: int) -> tuple[list[float], float]:
     return times, time.process_time() - cpu_start
 
 
+def thread_cpu_s(native_id: int | None) -> float | None:
+    """On-CPU seconds of one thread of this process (Linux schedstat, nanoseconds)."""
+    try:
+        with open(f"/proc/self/task/{native_id}/schedstat") as f:
+            return int(f.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _pair_ratios(blocks: list[dict[str, Any]], key: str) -> list[float]:
     """on/off ratio of ``key`` within each adjacent pair of blocks (one off, one on)."""
     ratios = []
@@ -81,6 +96,7 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
     )
+    parser.add_argument("--no-uss", action="store_true", help="do not read USS (smaps_rollup)")
     parser.add_argument("--json", type=Path, default=None, help="write the numbers here")
     args = parser.parse_args()
     blocks = max(2, args.blocks + args.blocks % 2)
@@ -99,7 +115,11 @@ def main() -> None:
         loss_fn(model(x), y).backward()
         optimizer.step()
 
-    monitor = Monitor(interval_s=args.interval)
+    sensors = None
+    if args.no_uss:  # the default sensors, with psutil's USS reads switched off
+        sensors, _ = discover_sensors()
+        sensors = [PsutilSensor(uss=False) if isinstance(s, PsutilSensor) else s for s in sensors]
+    monitor = Monitor(interval_s=args.interval, sensors=sensors)
     stamps: list[float] = []  # t_s of every sample, from the sampler thread
     monitor.add_listener(lambda sample: stamps.append(sample["t_s"]))
     run_block(step, args.warmup)
@@ -108,13 +128,19 @@ def main() -> None:
     order = (["off", "on", "on", "off"] * (blocks // 4 + 1))[:blocks]
     results: list[dict[str, Any]] = []
     block_rates_hz: list[float] = []
+    sampler_cpu_s, on_wall_s = 0.0, 0.0
     for kind in order:
         if kind == "on":
             first = len(stamps)
+            wall_start = time.perf_counter()
             monitor.start()
+            thread = monitor._thread
         times, cpu_s = run_block(step, args.steps)
         if kind == "on":
+            used = thread_cpu_s(thread.native_id if thread else None)  # before the thread ends
             monitor.stop()
+            on_wall_s += time.perf_counter() - wall_start
+            sampler_cpu_s = sampler_cpu_s + used if used is not None else float("nan")
             block = stamps[first:]
             if len(block) >= 2 and block[-1] > block[0]:
                 block_rates_hz.append((len(block) - 1) / (block[-1] - block[0]))
@@ -144,6 +170,7 @@ def main() -> None:
     cpu_pairs = _pair_ratios(results, "cpu_per_step_s")
     result = {
         "interval_s": args.interval,
+        "uss": not args.no_uss,
         "blocks": blocks,
         "steps_per_block": args.steps,
         "batch": args.batch,
@@ -158,6 +185,7 @@ def main() -> None:
         "sample_rate_hz": rate_hz,
         "sample_cost_s": sample_cost_s,
         "sampler_cpu_share_of_one_core": sample_cost_s * rate_hz,
+        "sampler_thread_cpu_share_of_one_core": sampler_cpu_s / on_wall_s,
         "energy_source": monitor.energy_source,
         "cpu_model": env["cpu"]["model"],
         "cores_physical": env["cpu"]["cores_physical"],
@@ -182,7 +210,11 @@ def main() -> None:
     table.add_row("sample rate achieved", f"{rate_hz:.2f} Hz")
     table.add_row("one sample (median)", f"{1e6 * sample_cost_s:.0f} us")
     table.add_row(
-        "sampler CPU share (one core)", f"{100 * result['sampler_cpu_share_of_one_core']:.3f}%"
+        "one sample x rate", f"{100 * result['sampler_cpu_share_of_one_core']:.3f}% of one core"
+    )
+    table.add_row(
+        "sampler thread CPU, measured (schedstat)",
+        f"{100 * result['sampler_thread_cpu_share_of_one_core']:.3f}% of one core",
     )
     table.add_row("energy source", result["energy_source"])
     table.add_row(

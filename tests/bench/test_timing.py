@@ -99,3 +99,64 @@ def test_timer_turns_on_sync_timing_and_numbers_from_one(slow_module):
     assert seen == [True, True]
     assert [(r.epoch, r.batch) for r in rows] == [(1, 1), (1, 2), (2, 1), (2, 2)]
     assert [e.epoch for e in timer.epochs] == [1, 2]
+
+
+def test_rows_are_handed_on_at_epoch_end_and_on_interrupt(slow_module):
+    delivered = []
+
+    class Stop(BatchTimer):
+        def on_batch_end(self, state):
+            super().on_batch_end(state)
+            delivered.append(("batch", len(rows)))
+            if state.epoch == 1 and state.batch_in_epoch == 1:
+                raise KeyboardInterrupt
+
+    rows = []
+    timer = Stop(on_batch=rows.append)
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            {
+                "model": f"{slow_module}:net",
+                "data": f"{slow_module}:make",
+                "data_args": {"n": 8},
+                "epochs": 2,
+                "batch_size": 4,
+                "split": [1.0, 0.0, 0.0],
+                "preprocessing": "none",
+                "monitor": {"enabled": False},
+                "out": "run",
+            },
+            callbacks=[timer],
+            overwrite=True,
+            progress=False,
+        )
+    # nothing is written inside the loop; epoch 1's rows at its end; epoch 2's on interrupt
+    assert delivered == [("batch", 0), ("batch", 0), ("batch", 2)]
+    assert [(r.epoch, r.batch) for r in rows] == [(1, 1), (1, 2), (2, 1)]
+
+
+def test_live_hands_each_record_on_at_once(slow_module):
+    rows = []
+    timer = BatchTimer(on_batch=rows.append, live=True)
+
+    class Probe(BatchTimer):
+        def on_batch_end(self, state):
+            assert len(rows) == len(timer.batches)
+
+    train(
+        {
+            "model": f"{slow_module}:net",
+            "data": f"{slow_module}:make",
+            "data_args": {"n": 8},
+            "epochs": 1,
+            "batch_size": 4,
+            "split": [1.0, 0.0, 0.0],
+            "preprocessing": "none",
+            "monitor": {"enabled": False},
+            "out": "run",
+        },
+        callbacks=[timer, Probe()],
+        overwrite=True,
+        progress=False,
+    )
+    assert len(rows) == 2

@@ -80,7 +80,10 @@ def test_config_needs_a_budget_for_random_and_static():
     cfg = load_config(overrides=["sparse_update.scheme=velocity", "sparse_update.budget=300MiB"])
     assert cfg.sparse_update.budget_kind == "bytes"
     assert cfg.sparse_update.first_epoch_scheme == "static"
-    assert load_config({"sparse_update": {"scheme": "velocity"}}).sparse_update.first_epoch_scheme == "full"
+    assert (
+        load_config({"sparse_update": {"scheme": "velocity"}}).sparse_update.first_epoch_scheme
+        == "full"
+    )
 
 
 def test_optimizer_state_slots(tiny_net):

@@ -71,7 +71,7 @@ class BenchResult:
         epochs: epochs.csv as a DataFrame.
         grid_keys: the keys the grid varies.
         device: what device.json holds.
-        plot: the breakdown PNG, or None when no configuration completed.
+        plot: the breakdown PNG.
         notes: things the user should know (data exported, combinations skipped).
     """
 
@@ -80,7 +80,7 @@ class BenchResult:
     epochs: pd.DataFrame
     grid_keys: list[str]
     device: dict[str, Any]
-    plot: Path | None
+    plot: Path
     notes: list[str] = field(default_factory=list)
 
 
@@ -178,7 +178,10 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
         )
     for name in present:
         target = out / name
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -256,6 +259,112 @@ def _done_line(k: int, total: int, label: str, summary: dict[str, Any], took_s: 
     )
 
 
+@dataclass(frozen=True)
+class _Options:
+    """The benchmark's own settings, resolved (argument, then bench: section, then default)."""
+
+    epochs: int
+    warmup_epochs: int
+    drop_cache: bool
+    cache_method: str
+    export: bool
+    drop_caches_path: Path | None
+
+
+def _options(section: Mapping[str, Any], given: Mapping[str, Any]) -> _Options:
+    def pick(name: str, default: Any) -> Any:
+        return given[name] if given.get(name) is not None else section.get(name, default)
+
+    epochs = _int_setting("epochs", pick("epochs", DEFAULT_EPOCHS), 1)
+    warmup_epochs = _int_setting("warmup_epochs", pick("warmup_epochs", DEFAULT_WARMUP_EPOCHS), 0)
+    if warmup_epochs >= epochs:
+        raise EdgeTrainError(
+            f"warmup_epochs must be < epochs so that at least one epoch is measured, "
+            f"got warmup_epochs={warmup_epochs} with epochs={epochs}"
+        )
+    method = pick("cache_method", "auto")
+    if method not in METHODS:
+        raise EdgeTrainError(
+            f"cache_method must be one of {', '.join(METHODS)}, got {method!r}"
+            f"{suggest(str(method), METHODS)}"
+        )
+    drop_path = given.get("drop_caches_path")
+    return _Options(
+        epochs=epochs,
+        warmup_epochs=warmup_epochs,
+        drop_cache=bool(pick("drop_cache", False)),
+        cache_method=method,
+        export=bool(pick("export", True)),
+        drop_caches_path=Path(drop_path) if drop_path else None,
+    )
+
+
+def _default_out(config: Any) -> Path:
+    name = Path(str(config)).stem if isinstance(config, str | Path) else "bench"
+    return Path("bench") / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _plan_all(
+    points: Sequence[tuple[GridPoint, TrainConfig]], out: Path, export: bool, overwrite: bool
+) -> dict[str, _DataPlan]:
+    """One data plan per distinct data set of the grid (exports numbered data, data-2, ...)."""
+    plans: dict[str, _DataPlan] = {}
+    for _, cfg in points:
+        key = _data_key(cfg)
+        if key not in plans:
+            exported = sum(1 for p in plans.values() if p.settings)
+            plans[key] = _plan_data(cfg, out, export, overwrite, exported)
+    return plans
+
+
+def _device_record(
+    config: Any, axes: Sequence[GridAxis], opts: _Options, paths: Iterable[str], notes: list[str]
+) -> dict[str, Any]:
+    device = device_settings(sorted(set(paths)))
+    device["bench"] = {
+        "config": str(config) if isinstance(config, str | Path) else None,
+        "grid": {axis.key: list(axis.values) for axis in axes},
+        "epochs": opts.epochs,
+        "warmup_epochs": opts.warmup_epochs,
+        "drop_cache": opts.drop_cache,
+        "cache_method": opts.cache_method,
+        "export": opts.export,
+        "notes": notes,
+        "started": datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    return device
+
+
+class _Logs:
+    """batches.csv, epochs.csv and summary.csv, each row flushed as it is written."""
+
+    def __init__(self, out: Path, grid_keys: Sequence[str]) -> None:
+        self.epoch_columns = [
+            "config",
+            *grid_keys,
+            "warmup",
+            *EPOCH_TIMING_COLUMNS,
+            *EPOCH_COST_COLUMNS,
+        ]
+        self.batches = CsvLog(out / "batches.csv", ["config", *BATCH_COLUMNS])
+        self.epochs = CsvLog(out / "epochs.csv", self.epoch_columns)
+        self.summary = CsvLog(out / "summary.csv", summary_columns(grid_keys))
+        self.epoch_rows: list[dict[str, Any]] = []
+        self.summary_rows: list[dict[str, Any]] = []
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        self.epochs.append(row)
+        self.epoch_rows.append(row)
+
+    def add_summary(self, row: dict[str, Any]) -> None:
+        self.summary.append(row)
+        self.summary_rows.append(row)
+
+    def close(self) -> None:
+        for csv_log in (self.batches, self.epochs, self.summary):
+            csv_log.close()
+
+
 def run_bench(
     config: TrainConfig | Mapping[str, Any] | str | Path,
     grid: Sequence[str] | Mapping[str, Any] = (),
@@ -296,108 +405,50 @@ def run_bench(
     """
     say = progress or (lambda line: log.info("%s", line))
     base, section = load_bench_config(config, overrides)
-    epochs = _int_setting(
-        "epochs", epochs if epochs is not None else section.get("epochs", DEFAULT_EPOCHS), 1
-    )
-    warmup_epochs = _int_setting(
-        "warmup_epochs",
-        warmup_epochs
-        if warmup_epochs is not None
-        else section.get("warmup_epochs", DEFAULT_WARMUP_EPOCHS),
-        0,
-    )
-    if warmup_epochs >= epochs:
-        raise EdgeTrainError(
-            f"warmup_epochs must be < epochs so that at least one epoch is measured, "
-            f"got warmup_epochs={warmup_epochs} with epochs={epochs}"
-        )
-    drop_cache = bool(section.get("drop_cache", False) if drop_cache is None else drop_cache)
-    cache_method = cache_method or section.get("cache_method", "auto")
-    if cache_method not in METHODS:
-        raise EdgeTrainError(
-            f"cache_method must be one of {', '.join(METHODS)}, got {cache_method!r}"
-            f"{suggest(str(cache_method), METHODS)}"
-        )
-    export = bool(section.get("export", True) if export is None else export)
-    specs, table = _grid_table(grid)
-    axes: list[GridAxis] = parse_grid(specs, {**(section.get("grid") or {}), **table})
-    base = validate_config(apply_settings(config_to_dict(base), {"epochs": epochs}))
-    points, skipped = expand_grid(base, axes)
-    if not points:
-        raise EdgeTrainError(f"no valid configuration in the grid; first problem: {skipped[0][1]}")
-    grid_keys = [axis.key for axis in axes]
-
-    if out is None:
-        name = Path(str(config)).stem if isinstance(config, str | Path) else "bench"
-        out = Path("bench") / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    out = Path(out)
-    _prepare_out(out, overwrite)
-
-    notes = [f"configuration {GridPoint(p.settings).label()} skipped: {why}" for p, why in skipped]
-    plans: dict[str, _DataPlan] = {}
-    for _, cfg in points:
-        key = _data_key(cfg)
-        if key not in plans:
-            exported = sum(1 for p in plans.values() if p.settings)
-            plans[key] = _plan_data(cfg, out, export, overwrite, exported)
-            if plans[key].note:
-                notes.append(plans[key].note)
-    for note in notes:
-        say(note)
-
-    data_paths = sorted({str(p.data_path) for p in plans.values() if p.data_path is not None})
-    device = device_settings(data_paths)
-    device["bench"] = {
-        "config": str(config) if isinstance(config, str | Path) else None,
-        "grid": {axis.key: list(axis.values) for axis in axes},
+    given = {
         "epochs": epochs,
         "warmup_epochs": warmup_epochs,
         "drop_cache": drop_cache,
         "cache_method": cache_method,
         "export": export,
-        "notes": notes,
-        "started": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "drop_caches_path": drop_caches_path,
     }
+    opts = _options(section, given)
+    specs, table = _grid_table(grid)
+    axes = parse_grid(specs, {**(section.get("grid") or {}), **table})
+    base = validate_config(apply_settings(config_to_dict(base), {"epochs": opts.epochs}))
+    points, skipped = expand_grid(base, axes)
+    if not points:
+        raise EdgeTrainError(f"no valid configuration in the grid; first problem: {skipped[0][1]}")
+    grid_keys = [axis.key for axis in axes]
+    out = Path(out) if out is not None else _default_out(config)
+    _prepare_out(out, overwrite)
+
+    plans = _plan_all(points, out, opts.export, overwrite)
+    notes = [f"configuration {GridPoint(p.settings).label()} skipped: {why}" for p, why in skipped]
+    notes += [plan.note for plan in plans.values() if plan.note]
+    for note in notes:
+        say(note)
+    paths = [str(p.data_path) for p in plans.values() if p.data_path is not None]
+    device = _device_record(config, axes, opts, paths, notes)
     atomic_write_text(out / "device.json", json.dumps(device, indent=2, default=str) + "\n")
 
-    batches_log = CsvLog(out / "batches.csv", ["config", *BATCH_COLUMNS])
-    epoch_columns = ["config", *grid_keys, "warmup", *EPOCH_TIMING_COLUMNS, *EPOCH_COST_COLUMNS]
-    epochs_log = CsvLog(out / "epochs.csv", epoch_columns)
-    summary_log = CsvLog(out / "summary.csv", summary_columns(grid_keys))
-    summaries: list[dict[str, Any]] = []
-    epoch_rows: list[dict[str, Any]] = []
+    logs = _Logs(out, grid_keys)
     try:
         for k, (point, cfg) in enumerate(points):
-            plan = plans[_data_key(cfg)]
-            label = point.label()
             extra = f" ({'; '.join(point.notes)})" if point.notes else ""
-            say(f"[{k + 1}/{len(points)}] {label}: training {epochs} epochs{extra}")
+            say(f"[{k + 1}/{len(points)}] {point.label()}: training {opts.epochs} epochs{extra}")
             started = time.perf_counter()
-            summary = _run_one(
-                k,
-                point,
-                cfg,
-                plan,
-                out,
-                warmup_epochs=warmup_epochs,
-                drop=drop_cache,
-                method=cache_method,
-                drop_path=Path(drop_caches_path) if drop_caches_path else None,
-                batches_log=batches_log,
-                on_epoch_row=lambda row: (epochs_log.append(row), epoch_rows.append(row)),
-            )
-            summary_log.append(summary)
-            summaries.append(summary)
-            say(_done_line(k, len(points), label, summary, time.perf_counter() - started))
+            summary = _run_one(k, point, cfg, plans[_data_key(cfg)], out, opts, logs)
+            logs.add_summary(summary)
+            took_s = time.perf_counter() - started
+            say(_done_line(k, len(points), point.label(), summary, took_s))
         for point, why in skipped:
-            row = {"config": None, "status": "skipped", "note": why, **point.settings}
-            summary_log.append(row)
-            summaries.append(row)
+            logs.add_summary({"status": "skipped", "note": why, **point.settings})
     finally:
-        for csv_log in (batches_log, epochs_log, summary_log):
-            csv_log.close()
+        logs.close()
 
-    summary_frame = pd.DataFrame(summaries, columns=summary_columns(grid_keys))
+    summary_frame = pd.DataFrame(logs.summary_rows, columns=summary_columns(grid_keys))
     if not (summary_frame["status"] == "completed").any():
         raise EdgeTrainError(
             f"every configuration failed; first problem: {summary_frame['note'].iloc[0]}"
@@ -406,7 +457,7 @@ def run_bench(
     return BenchResult(
         out=out,
         summary=summary_frame,
-        epochs=pd.DataFrame(epoch_rows, columns=epoch_columns),
+        epochs=pd.DataFrame(logs.epoch_rows, columns=logs.epoch_columns),
         grid_keys=grid_keys,
         device=device,
         plot=plot,
@@ -420,13 +471,8 @@ def _run_one(
     cfg: TrainConfig,
     plan: _DataPlan,
     out: Path,
-    *,
-    warmup_epochs: int,
-    drop: bool,
-    method: str,
-    drop_path: Path | None,
-    batches_log: CsvLog,
-    on_epoch_row: Callable[[dict[str, Any]], Any],
+    opts: _Options,
+    logs: _Logs,
 ) -> dict[str, Any]:
     """Train configuration ``k``; returns its summary row."""
     from edgetrain.train import train
@@ -434,16 +480,16 @@ def _run_one(
     run_dir = out / "runs" / str(k)
     settings = {**plan.settings, "out": str(run_dir)}
     cfg = validate_config(apply_settings(config_to_dict(cfg), settings))
-    cache = _PageCache(plan.files, drop, method, drop_path)
+    cache = _PageCache(plan.files, opts.drop_cache, opts.cache_method, opts.drop_caches_path)
     rows: list[dict[str, Any]] = []
 
     def epoch_done(timing: EpochTiming, metrics: dict[str, Any]) -> None:
-        row = _epoch_row(k, point, warmup_epochs, timing, metrics)
+        row = _epoch_row(k, point, opts.warmup_epochs, timing, metrics)
         rows.append(row)
-        on_epoch_row(row)
+        logs.epoch(row)
 
     timer = BatchTimer(
-        on_batch=lambda record: batches_log.append({"config": k, **record.row()}),
+        on_batch=lambda record: logs.batches.append({"config": k, **record.row()}),
         on_epoch=epoch_done,
     )
     base = {
@@ -465,7 +511,7 @@ def _run_one(
         }
     if cache.eviction is not None and cache.eviction.note:
         notes.append(cache.eviction.note)
-    summary = summarize_epochs(pd.DataFrame(rows), warmup_epochs)
+    summary = summarize_epochs(pd.DataFrame(rows), opts.warmup_epochs)
     return {
         **base,
         "status": "completed",

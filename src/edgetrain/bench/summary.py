@@ -131,7 +131,13 @@ def _pct(value: float | None) -> str:
 
 
 def summary_table(summary: pd.DataFrame, grid_keys: Sequence[str], title: str = "") -> Table:
-    """A rich table: per configuration, seconds per measured epoch (mean ± std) and more."""
+    """A rich table: per configuration, seconds per measured epoch (mean ± std) and more.
+
+    Columns: stall, copy and compute seconds per epoch; stall as a share of the three;
+    ``start s``: building the DataLoader and starting its workers, per epoch (before the
+    first batch is asked for; not in any batch's stall); samples/s; energy; the warm-up
+    epoch's training time; page-cache method and residency before -> after eviction.
+    """
     sources = sorted({str(s) for s in summary.get("energy_source", pd.Series()).dropna() if s})
     caption = f"energy: {', '.join(sources)}" if sources else "energy: not measured"
     if any(s.startswith("estimated") for s in sources):
@@ -142,6 +148,7 @@ def summary_table(summary: pd.DataFrame, grid_keys: Sequence[str], title: str = 
     for name in ("stall s", "copy s", "compute s"):
         table.add_column(name, justify="right")
     table.add_column("stall", justify="right")
+    table.add_column("start s", justify="right")
     table.add_column("samples/s", justify="right")
     table.add_column("energy J", justify="right")
     table.add_column("warm-up s", justify="right")
@@ -159,6 +166,7 @@ def summary_table(summary: pd.DataFrame, grid_keys: Sequence[str], title: str = 
         if before is not None or after is not None:
             cache += f" {_pct(before)}→{_pct(after)}"
         warm = _value(row, "warmup_train_wall_s")
+        start = _value(row, "loader_start_s_mean")
         table.add_row(
             str(row.get("config")),
             settings,
@@ -166,6 +174,7 @@ def summary_table(summary: pd.DataFrame, grid_keys: Sequence[str], title: str = 
             _mean_std(row, "copy_s", ".3f"),
             _mean_std(row, "compute_s", ".2f"),
             _pct(_value(row, "stall_frac")),
+            "-" if start is None else f"{start:.2f}",
             _mean_std(row, "samples_per_s", ".1f"),
             _mean_std(row, "energy_j", ".1f"),
             "-" if warm is None else f"{warm:.2f}",

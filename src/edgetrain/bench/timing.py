@@ -13,6 +13,11 @@ the measured wait *is* the stall (``stall_s == wait_s``, never negative). The Je
 study's formula ``max(fetch + pre-process - compute, 0)`` estimates the same quantity
 from the fetch time inside the workers; here it is measured where it is paid.
 
+Batch records are handed on (``on_batch``) at the end of each epoch, not inside the
+loop: writing a CSV row per batch costs a system call that a loaded machine can stretch to
+milliseconds, and it would compete with the data loading being measured for the storage.
+``live=True`` hands each record on at once instead.
+
 Per epoch, ``train_wall_s`` runs from the first batch request to the end of the last
 step; ``wait_s + copy_s + compute_s`` of its batches add up to it up to the loop's own
 bookkeeping (``accounted_frac``). Building the DataLoader and starting its workers
@@ -104,9 +109,11 @@ class BatchTimer(Callback):
     """Collects a :class:`BatchRecord` per batch and an :class:`EpochTiming` per epoch.
 
     Args:
-        on_batch: called with each batch record as it is made (e.g. to append a CSV row).
+        on_batch: called with each batch record (e.g. to append a CSV row): at the end of
+            its epoch (or of training, if interrupted), or at once with ``live=True``.
         on_epoch: called at the end of each epoch with its timing and the loop's metrics
             row (time_s, samples_per_s and the monitor's energy and memory columns).
+        live: hand batch records on inside the loop, as they are made.
 
     Attributes:
         batches: every batch record so far.
@@ -119,9 +126,12 @@ class BatchTimer(Callback):
         self,
         on_batch: Callable[[BatchRecord], None] | None = None,
         on_epoch: Callable[[EpochTiming, dict[str, Any]], None] | None = None,
+        live: bool = False,
     ) -> None:
         self.on_batch = on_batch
         self.on_epoch = on_epoch
+        self.live = live
+        self._delivered = 0
         self.batches: list[BatchRecord] = []
         self.epochs: list[EpochTiming] = []
         self._reset(0.0)
@@ -159,8 +169,15 @@ class BatchTimer(Callback):
         self._samples += timing.samples
         record = BatchRecord.from_timing(state.epoch + 1, state.batch_in_epoch, timing)
         self.batches.append(record)
+        if self.live:
+            self._deliver()
+
+    def _deliver(self) -> None:
+        """Hand on the batch records not handed on yet."""
+        pending, self._delivered = self.batches[self._delivered :], len(self.batches)
         if self.on_batch is not None:
-            self.on_batch(record)
+            for record in pending:
+                self.on_batch(record)
 
     def on_epoch_end(self, state: TrainState) -> None:
         first = self._t_first_request if self._t_first_request is not None else self._t_last_end
@@ -179,5 +196,9 @@ class BatchTimer(Callback):
             accounted_frac=(wait_s + copy_s + compute_s) / wall_s if wall_s > 0 else None,
         )
         self.epochs.append(timing)
+        self._deliver()  # after the loop took the epoch's training time: not counted in it
         if self.on_epoch is not None:
             self.on_epoch(timing, dict(state.epoch_row))
+
+    def on_fit_end(self, state: TrainState) -> None:
+        self._deliver()  # an interrupted epoch keeps its batch rows

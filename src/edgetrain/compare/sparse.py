@@ -259,13 +259,19 @@ def _float(value: Any) -> float | None:
 def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean and standard deviation over seeds per (scheme, budget); order kept."""
     rows = []
-    keys = runs[["scheme", "budget"]].astype(str).agg("|".join, axis=1)
+    keys = pd.Series(
+        [
+            f"{s}|{'' if pd.isna(b) else b}"
+            for s, b in zip(runs["scheme"], runs["budget"], strict=True)
+        ],
+        index=runs.index,
+    )
     for key in dict.fromkeys(keys):
         group = runs[keys == key]
         first = group.iloc[0]
         row: dict[str, Any] = {
             "scheme": first["scheme"],
-            "budget": first["budget"],
+            "budget": None if pd.isna(first["budget"]) else first["budget"],
             "seeds": len(group),
         }
         for metric in RESULT_METRICS:

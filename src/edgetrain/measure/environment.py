@@ -9,7 +9,7 @@ import os
 import platform
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psutil
@@ -83,12 +83,14 @@ def _extras() -> dict[str, dict[str, Any]]:
     return out
 
 
-def environment_info(sensor_statuses: Sequence[SensorStatus] | None = None) -> dict[str, Any]:
+def environment_info(
+    sensor_statuses: Sequence[SensorStatus | Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Describe this machine as a JSON-serialisable dict (for env.json and ``edgetrain env``).
 
     Args:
-        sensor_statuses: Statuses to record (a monitor's ``sensor_statuses``); default:
-            discover the sensors now (and release them).
+        sensor_statuses: Statuses to record (a monitor's ``sensor_statuses``, or their
+            ``to_dict()`` forms); default: discover the sensors now (and release them).
 
     Returns:
         Keys ``python``, ``edgetrain``, ``torch`` (``version``, ``threads``), ``cuda``
@@ -124,7 +126,9 @@ def environment_info(sensor_statuses: Sequence[SensorStatus] | None = None) -> d
             "platform": platform.platform(),
         },
         "hostname": socket.gethostname(),
-        "sensors": [s.to_dict() for s in sensor_statuses],
+        "sensors": [
+            s.to_dict() if isinstance(s, SensorStatus) else dict(s) for s in sensor_statuses
+        ],
         "extras": _extras(),
     }
 

@@ -21,12 +21,13 @@ __all__ = ["DEFAULT_HISTORY", "DEFAULT_INTERVAL_S", "Listener", "Monitor", "Samp
 
 logger = logging.getLogger(__name__)
 
-#: Default sampling interval, seconds. One sample costs about 0.3 ms of CPU on the 2-core dev
-#: VM (psutil process tree, /proc reads, no GPU) and a few NVML calls more with a GPU, so
-#: 5 Hz is about 0.15% of one core, far inside the 1% overhead budget even with the GIL
-#: shared with the training loop. Faster buys little: NVML power is itself a 1-second
-#: average and energy comes from counters where they exist. Slower would miss more RSS
-#: peaks and leave short epochs with few samples (windows add a sample at each end anyway).
+#: Default sampling interval, seconds. One sample costs about 0.13 ms of CPU on the 2-core
+#: dev VM (process tree from /proc, psutil, no GPU; benchmarks/monitor_overhead.py), a few
+#: NVML calls more with a GPU, so 5 Hz is about 0.07% of one core, plus the rare USS read
+#: (at most 0.2%), far inside the 1% budget even with the GIL shared with the training loop.
+#: Faster buys little: NVML power is itself a 1-second average, and energy comes from counter
+#: differences where counters exist. Slower would miss more RSS peaks and leave short epochs
+#: with few samples (a window adds a sample at each end regardless).
 DEFAULT_INTERVAL_S = 0.2
 
 #: Samples kept in memory (a ring buffer; windows and totals are accumulated incrementally

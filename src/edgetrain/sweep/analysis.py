@@ -132,10 +132,10 @@ def _param_columns(space: SearchSpace) -> list[str]:
 
 def _top(done: pd.DataFrame, by: str, ascending: bool, k: int, space: SearchSpace) -> pd.DataFrame:
     ok = done.dropna(subset=[by])
-    # ties are broken by the other objective: less energy, then more accuracy
-    keys = [by, "energy_j", "val_acc"] if by != "energy_j" else [by, "val_acc"]
-    order = [ascending, True, False] if by != "energy_j" else [True, False]
-    ranked = ok.sort_values(keys, ascending=order, na_position="last").head(k).copy()
+    # ties are broken by energy (less is better), or by accuracy when ranking by energy
+    tie, tie_ascending = ("val_acc", False) if by == "energy_j" else ("energy_j", True)
+    ranked = ok.sort_values([by, tie], ascending=[ascending, tie_ascending], na_position="last")
+    ranked = ranked.head(k).copy()
     ranked.insert(0, "rank", range(1, len(ranked) + 1))
     return ranked[[*TOP_COLUMNS, *_param_columns(space)]].reset_index(drop=True)
 
@@ -161,8 +161,9 @@ def _importance(
             column_values = done[f"param_{name}"]
             row: dict[str, Any] = {"target": target, "parameter": name}
             row["fanova_importance"] = fanova.get(name, math.nan)
-            row.update(kruskal_effect(column_values, values))
-            group = best_groups(column_values, values, goal)
+            kind = space.params[name].kind
+            row.update(kruskal_effect(column_values, values, kind))
+            group = best_groups(column_values, values, goal, kind)
             if group is not None:
                 row.update(
                     best_value=group.value,

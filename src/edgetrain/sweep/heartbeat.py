@@ -188,7 +188,7 @@ class StaleTrialReaper:
                 if now - prev[1] < self.grace_s:
                     continue
                 who = f"{owner.get('host')} pid {owner.get('pid')}" if isinstance(owner, dict) else "an unknown worker"
-                why = f"no heartbeat from its worker ({who}) for {now - prev[1]:.0f} s"
+                why = f"no heartbeat from its worker ({who}) for {now - prev[1]:.1f} s"
             if fail_trial(study._storage, tid, "lost", f"worker lost: {why}"):
                 log.warning("trial %d marked failed: %s", trial.number, why)
                 lost.append(trial.number)

@@ -67,16 +67,27 @@ def knee_index(front: pd.DataFrame) -> Any:
         return (x - x.min()) / span if span > 0 else np.zeros_like(x)
 
     dist = np.hypot(1.0 - scale(acc), scale(log_e))
-    return front.index[int(np.argmin(dist))]
+    # ties (a two-point front) go to the more accurate trial
+    order = np.lexsort((-acc, np.round(dist, 12)))
+    return front.index[int(order[0])]
 
 
-def _groups(values: pd.Series) -> tuple[pd.Series, dict[Any, str]]:
-    """Group labels for a parameter's values: each value, or quantile bins of numbers."""
-    numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
-    if not numeric or values.nunique() <= _MAX_BINS:
+def _binned(values: pd.Series, kind: str) -> bool:
+    """Whether a parameter's values are cut into bins: ranges with many distinct values."""
+    if kind == "categorical" or not pd.api.types.is_numeric_dtype(values):
+        return False
+    return kind == "float" or values.nunique() > _MAX_BINS
+
+
+def _groups(values: pd.Series, kind: str) -> tuple[pd.Series, dict[Any, str]]:
+    """Group labels for a parameter's values: each value, or quantile bins of a range."""
+    n_bins = min(_MAX_BINS, len(values) // 3, values.nunique())
+    if not _binned(values, kind) or n_bins < 2:
+        if _binned(values, kind):  # too few trials to bin a range: one group, no test
+            labels = pd.Series("all", index=values.index)
+            return labels, {"all": "all"}
         labels = values.astype(str)
         return labels, {lab: lab for lab in labels.unique()}
-    n_bins = min(_MAX_BINS, max(2, len(values) // 3))
     codes = pd.qcut(values.rank(method="first"), n_bins, labels=False)
     names = {}
     for code in sorted(codes.unique()):
@@ -85,8 +96,11 @@ def _groups(values: pd.Series) -> tuple[pd.Series, dict[Any, str]]:
     return codes, names
 
 
-def kruskal_effect(values: pd.Series, target: pd.Series) -> dict[str, float]:
+def kruskal_effect(values: pd.Series, target: pd.Series, kind: str = "categorical") -> dict[str, float]:
     """Kruskal-Wallis H test of ``target`` across the groups of ``values``, with effect sizes.
+
+    Groups are the parameter's values; a numeric range (``kind`` int or float) with more
+    than four distinct values is cut into up to four quantile bins.
 
     Returns:
         ``kruskal_h``, ``kruskal_p``, ``epsilon_sq`` (H / (n - 1), Tomczak & Tomczak 2014),
@@ -100,7 +114,7 @@ def kruskal_effect(values: pd.Series, target: pd.Series) -> dict[str, float]:
            "eta_sq_h": math.nan, "n_groups": 0, "n_trials": len(target)}
     if len(target) < 3:
         return out
-    codes, _ = _groups(values)
+    codes, _ = _groups(values, kind)
     samples = [target[codes == c].to_numpy() for c in codes.unique()]
     samples = [s for s in samples if len(s)]
     k, n = len(samples), len(target)
@@ -126,7 +140,9 @@ class GroupStats:
     n: int
 
 
-def best_groups(values: pd.Series, target: pd.Series, goal: str) -> GroupStats | None:
+def best_groups(
+    values: pd.Series, target: pd.Series, goal: str, kind: str = "categorical"
+) -> GroupStats | None:
     """The parameter group with the best mean target (``goal``: max or min).
 
     For a binned numeric parameter, ``value`` is the median value inside the best bin.
@@ -135,16 +151,17 @@ def best_groups(values: pd.Series, target: pd.Series, goal: str) -> GroupStats |
     values, target = values[ok], target[ok].astype(float)
     if target.empty:
         return None
-    codes, names = _groups(values)
+    codes, names = _groups(values, kind)
     means = target.groupby(codes).mean()
     best = means.idxmax() if goal == "max" else means.idxmin()
     inside = values[codes == best]
-    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+    if _binned(values, kind):
         value: Any = float(inside.median())
-        if pd.api.types.is_integer_dtype(values) or all(float(v).is_integer() for v in inside):
+        if kind == "int":
             value = int(round(value))
     else:
         value = inside.iloc[0]
+        value = value.item() if hasattr(value, "item") else value  # numpy scalar -> Python
     return GroupStats(names[best], value, float(means[best]), int((codes == best).sum()))
 
 

@@ -34,7 +34,7 @@ from edgetrain.sweep.heartbeat import (
     owner_record,
     requeue,
 )
-from edgetrain.sweep.launch import TrialOutcome, run_trial_process
+from edgetrain.sweep.launch import TrialOutcome, choose_launcher, make_launcher, run_trial_process
 from edgetrain.sweep.objectives import objective_values
 from edgetrain.sweep.space import SearchSpace, load_space
 from edgetrain.sweep.storage import is_database_url, storage_label
@@ -126,6 +126,7 @@ class _Worker:
         threads: int | None,
         timeout_s: float | None,
         on_event: Any,
+        launcher: str,
     ) -> None:
         self.index = index
         self.study = study
@@ -141,6 +142,7 @@ class _Worker:
         self.on_event = on_event
         self.dists = space.distributions()
         self.owner = owner_record(index)
+        self.launcher = make_launcher(launcher, threads)
 
     def _next_trial(self) -> Any | None:
         with self.shared.lock:
@@ -166,6 +168,8 @@ class _Worker:
         except BaseException as exc:  # surfaced by run_sweep in the main thread
             self.shared.errors.append(exc)
             self.stop.set()
+        finally:
+            self.launcher.close()
 
     def _run_one(self, trial: Any) -> None:
         number = trial.number
@@ -181,6 +185,7 @@ class _Worker:
                 threads=self.threads,
                 timeout_s=self.timeout_s,
                 stop=self.stop,
+                launcher=self.launcher,
             )
         finally:
             concurrent = self.shared.finished(number)
@@ -251,6 +256,7 @@ def run_sweep(
     trial_timeout_s: float | None = None,
     heartbeat_s: float = DEFAULT_HEARTBEAT_S,
     grace_s: float | None = None,
+    launcher: str = "auto",
     progress: bool = True,
     console: Any = None,
 ) -> SweepResult:
@@ -268,6 +274,9 @@ def run_sweep(
         heartbeat_s: seconds between heartbeats of running trials.
         grace_s: a trial whose heartbeat is unchanged this long is ``lost`` (default
             max(60 s, 6 heartbeats)).
+        launcher: how trial processes start: ``zygote`` (forked from a pre-loaded
+            process: no import cost per trial), ``subprocess`` (a fresh Python each), or
+            ``auto`` (zygote where safe, see :func:`edgetrain.sweep.launch.choose_launcher`).
         progress: show a progress bar.
         console: a rich Console for the progress bar.
 
@@ -302,6 +311,13 @@ def run_sweep(
             "concurrent_trials); for comparable energy run one worker per device",
             workers,
         )
+    device = "auto" if "device" in space.params else str(space.base.get("device", "auto"))
+    launcher = choose_launcher(launcher, device)
+    if space.data_params():
+        log.warning(
+            "the space sweeps data keys (%s): trials are validated on different samples",
+            ", ".join(space.data_params()),
+        )
     heartbeat = Heartbeat(study._storage, heartbeat_s).start()
     reaper = StaleTrialReaper(grace, own=heartbeat.active)
     shared = _Shared()
@@ -311,7 +327,7 @@ def run_sweep(
     workers_ = [
         _Worker(
             i, study, space, sweep_dir, trials, heartbeat, reaper, shared, stop, threads,
-            trial_timeout_s, display.event,
+            trial_timeout_s, display.event, launcher,
         )
         for i in range(workers)
     ]

@@ -144,6 +144,10 @@ class SearchSpace:
     vary_data: bool = False
     source: str | None = field(default=None, compare=False)
 
+    def data_params(self) -> list[str]:
+        """Swept parameters that change which samples are validation and test data."""
+        return [n for n in self.params if n.split(".")[0] in DATA_KEYS]
+
     def distributions(self) -> dict[str, Any]:
         """Optuna distributions for ``study.ask(fixed_distributions=...)``."""
         return {name: spec.distribution() for name, spec in self.params.items()}
@@ -423,11 +427,6 @@ def space_from_dict(
         head = f"invalid search space{f' {source}' if source else ''}: "
         raise EdgeTrainError(head + "; ".join(dict.fromkeys(problems)))
     assert base is not None
-    if vary_data and any(n.split(".")[0] in DATA_KEYS for n in params):
-        log.warning(
-            "the space sweeps data keys (%s): trials are validated on different samples",
-            ", ".join(n for n in params if n.split(".")[0] in DATA_KEYS),
-        )
     return SearchSpace(
         base=base,
         params=params,
@@ -458,6 +457,8 @@ def load_space(
         raw, root, label = dict(source), None, None
     else:
         path = Path(source)
+        if not path.is_file():
+            raise EdgeTrainError(f"search space file not found: {path}")
         raw, root, label = read_yaml(path), path.parent, str(path)
     if objectives is not None:
         raw["objectives"] = list(objectives)

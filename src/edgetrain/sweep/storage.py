@@ -17,7 +17,7 @@ import logging
 import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from edgetrain.errors import EdgeTrainError, MissingExtraError
 
@@ -51,19 +51,20 @@ def mask_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return re.sub(r"//[^@/]*@", f"//{_MASK}@", url)
+    out = url
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, host = netloc.rsplit("@", 1)
         if ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":" + _MASK
-        netloc = f"{userinfo}@{host}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode(
-            [(k, _MASK if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs], safe="*"
-        )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+            out = out.replace(netloc, userinfo.split(":", 1)[0] + ":" + _MASK + "@" + host, 1)
+    if parts.query:
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        if any(k.lower() in _SECRET_QUERY_KEYS for k, _ in pairs):
+            query = urlencode(
+                [(k, _MASK if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs], safe="*"
+            )
+            out = out.replace(parts.query, query, 1)
+    return out
 
 
 def has_secret(url: str | None) -> bool:
@@ -78,7 +79,7 @@ def _secrets(url: str) -> list[str]:
     except ValueError:
         return found
     if parts.password:
-        found.append(parts.password)
+        found += [parts.password, unquote(parts.password)]
     for k, v in parse_qsl(parts.query, keep_blank_values=True):
         if k.lower() in _SECRET_QUERY_KEYS and v:
             found.append(v)

@@ -79,6 +79,9 @@ TRIAL_COLUMNS = (
 )
 
 
+_STATE_NAMES = {"COMPLETE": "complete", "FAIL": "failed", "RUNNING": "running", "PRUNED": "pruned"}
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -296,7 +299,7 @@ def trials_frame(study: Any, space: SearchSpace) -> pd.DataFrame:
         row: dict[str, Any] = {c: ua.get(c) for c in TRIAL_COLUMNS}
         row.update(
             number=t.number,
-            state=t.state.name.lower(),
+            state=_STATE_NAMES.get(t.state.name, t.state.name.lower()),
             fail_reason=fail_reason(t),
             host=ua.get("host") or (owner.get("host") if isinstance(owner, dict) else None),
         )
