@@ -419,3 +419,51 @@ def test_sparse_saved_tensor_passes_through() -> None:
     out.sum().backward()
     assert ctx.stats.codec_counts.get("other", 0) >= 1
     assert torch.equal(w.grad, (w > 0).float())
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4", "int2"])
+def test_int_modes_keep_relu_backward_mask_exact(mode) -> None:
+    torch.manual_seed(0)
+    x = (torch.randn(64, 512) + 0.25).requires_grad_()  # about 40% zeros after the ReLU
+    w = torch.randn(64, 512, requires_grad=True)
+    h = torch.relu(x)
+    (h * w).sum().backward()
+    ref = x.grad.clone()
+    x.grad = None
+    ctx = compress_activations(None, mode, min_bytes=0, seed=0)
+    with ctx:
+        loss = (torch.relu(x) * w).sum()
+    loss.backward()
+    assert ctx.stats.codec_counts["quant"] >= 1
+    # x.grad = w * (relu output > 0): exact only if no zero turned non-zero and no
+    # positive value rounded to zero
+    assert torch.equal(x.grad, ref)
+
+
+def test_int_modes_store_threshold_activation_inputs_in_bf16() -> None:
+    torch.manual_seed(0)
+    act = nn.ReLU6()
+    x = (torch.rand(64, 512) * 9 - 3).requires_grad_()  # in [-3, 6)
+    x.data[(x.data - 6).abs() < 0.05] = 5.0  # keep clear of bf16 rounding at the bound
+    w = torch.randn(64, 512, requires_grad=True)  # a leaf: kept as it is
+    (act(x * 1.0) * w).sum().backward()
+    ref = x.grad.clone()
+    x.grad = None
+    ctx = compress_activations(act, "int2", min_bytes=0, seed=0)
+    with ctx:
+        loss = (act(x * 1.0) * w).sum()
+    loss.backward()
+    assert "cast" in ctx.stats.codec_counts or "bitmap" in ctx.stats.codec_counts
+    assert torch.equal(x.grad, ref)
+
+
+def test_fp16_mode_keeps_values_beyond_its_range_exact() -> None:
+    x = (torch.randn(4096) * 1e5).requires_grad_()
+    (x * 1.0).pow(2).sum().backward()  # pow saves x * 1.0: up to ~4e5, beyond fp16's 65504
+    ref = x.grad.clone()
+    x.grad = None
+    with compress_activations(None, "fp16", min_bytes=0) as ctx:
+        loss = (x * 1.0).pow(2).sum()
+    loss.backward()
+    assert ctx.stats.codec_counts == {"raw": 1}
+    assert torch.equal(x.grad, ref)

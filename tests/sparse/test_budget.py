@@ -69,13 +69,13 @@ def test_resolve_budget(value, kind, limit):
     ],
 )
 def test_config_rejects_bad_budgets(budget, fragment):
-    with pytest.raises(EdgeTrainError, match="sparse_update.budget") as info:
+    with pytest.raises(EdgeTrainError, match=r"sparse_update\.budget") as info:
         load_config({"sparse_update": {"scheme": "velocity", "budget": budget}})
     assert fragment in str(info.value)
 
 
 def test_config_needs_a_budget_for_random_and_static():
-    with pytest.raises(EdgeTrainError, match="needs sparse_update.budget"):
+    with pytest.raises(EdgeTrainError, match=r"needs sparse_update\.budget"):
         load_config({"sparse_update": {"scheme": "static"}})
     cfg = load_config(overrides=["sparse_update.scheme=velocity", "sparse_update.budget=300MiB"])
     assert cfg.sparse_update.budget_kind == "bytes"

@@ -65,7 +65,7 @@ def test_adam_memory_budget_run(tiny_net, blobs, tmp_path):
     model, data = tiny_net(), blobs(n=64)
     sparse = {"scheme": "velocity", "budget": "60KiB", "first_epoch": "random"}
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
-    _, cb = _fit(model, data, sparse, tmp_path / "run", optimizer="adam", lr=0.01)
+    _fit(model, data, sparse, tmp_path / "run", optimizer="adam", lr=0.01)
     log = pd.read_csv(tmp_path / "run" / "sparse_update.csv")
     assert (log["budget_kind"] == "bytes").all()
     assert (log["cost"] <= 60 * 1024).all()

@@ -81,7 +81,7 @@ def test_full_budget_selects_everything(setup):
 def test_budget_below_the_always_trainable_part_is_an_error(setup):
     _, units, _ = setup
     fixed = fixed_rows(units, head=True, norm=False)
-    with pytest.raises(EdgeTrainError, match="smaller than what is always trainable"):
+    with pytest.raises(EdgeTrainError, match="smaller than the least any selection costs"):
         select_static(units, ParamCost(units), 5, {}, fixed)
 
 

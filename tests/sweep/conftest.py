@@ -20,7 +20,7 @@ TINY_BASE: dict[str, Any] = {
     "monitor": {"interval_s": 0.1},
 }
 
-HELPERS = '''
+HELPERS = """
 import os
 import signal
 import time
@@ -39,7 +39,7 @@ def die(num_classes, in_channels, input_size, **options):
 def sleepy(num_classes, in_channels, input_size, **options):
     time.sleep(120)
     return torch.nn.Flatten()
-'''
+"""
 
 
 def _tiny_space(**extra: Any) -> dict[str, Any]:

@@ -53,7 +53,9 @@ def _add_synthetic_trials(study, space, n=40, seed=0):
             "batch_size": int(rng.choice([16, 32, 64])),
             "augmentation": str(rng.choice(["none", "flip"])),
         }
-        energy = (400.0 if params["precision"] == "bf16" else 100.0) * (1 + 0.05 * rng.standard_normal())
+        energy = (400.0 if params["precision"] == "bf16" else 100.0) * (
+            1 + 0.05 * rng.standard_normal()
+        )
         acc = 0.5 + 0.2 * (math.log10(params["lr"]) + 3) + 0.01 * rng.standard_normal()
         time_s = energy / 15.0
         attrs = {
@@ -65,7 +67,9 @@ def _add_synthetic_trials(study, space, n=40, seed=0):
             "energy_source": "estimated:cpu-tdp",
             "concurrent_trials": 1,
         }
-        study.add_trial(create_trial(params=params, distributions=dists, values=[acc, energy], user_attrs=attrs))
+        study.add_trial(
+            create_trial(params=params, distributions=dists, values=[acc, energy], user_attrs=attrs)
+        )
     study.add_trial(
         create_trial(
             state=TrialState.FAIL,
@@ -120,9 +124,16 @@ def test_tables_rank_by_energy_not_power(tiny_base):
     # slow and low-power: 10 W for 100 s = 1000 J; fast and high-power: 50 W for 10 s = 500 J
     for acc, power, time_s in ((0.9, 10.0, 100.0), (0.9, 50.0, 10.0)):
         energy = power * time_s
-        attrs = {"val_acc": acc, "energy_j": energy, "avg_power_w": power, "time_s": time_s,
-                 "efficiency_acc_per_kj": efficiency_acc_per_kj(acc, energy)}
-        study.add_trial(create_trial(params=params, distributions=dists, values=[acc, energy], user_attrs=attrs))
+        attrs = {
+            "val_acc": acc,
+            "energy_j": energy,
+            "avg_power_w": power,
+            "time_s": time_s,
+            "efficiency_acc_per_kj": efficiency_acc_per_kj(acc, energy),
+        }
+        study.add_trial(
+            create_trial(params=params, distributions=dists, values=[acc, energy], user_attrs=attrs)
+        )
     t = analyze_study(study, space).tables
     assert t["top_energy"]["number"].tolist() == [1, 0]
     assert t["top_efficiency"]["number"].tolist() == [1, 0]
@@ -147,18 +158,29 @@ def test_top_tables_pareto_and_trials_table(tiny_base):
     done = t["trials"][t["trials"]["state"] == "complete"]
     front = set(t["pareto"]["number"])
     for _, r in done.iterrows():
-        dominated = ((done["val_acc"] >= r["val_acc"]) & (done["energy_j"] <= r["energy_j"])
-                     & ((done["val_acc"] > r["val_acc"]) | (done["energy_j"] < r["energy_j"]))).any()
+        dominated = (
+            (done["val_acc"] >= r["val_acc"])
+            & (done["energy_j"] <= r["energy_j"])
+            & ((done["val_acc"] > r["val_acc"]) | (done["energy_j"] < r["energy_j"]))
+        ).any()
         assert dominated == (r["number"] not in front)
     assert t["pareto"]["knee"].sum() == 1
     assert analysis.knee_number in front
-    assert analysis.summary["trials"] == {"complete": 40, "failed": 1, "lost_or_interrupted": 0, "running": 0}
+    assert analysis.summary["trials"] == {
+        "complete": 40,
+        "failed": 1,
+        "lost_or_interrupted": 0,
+        "running": 0,
+    }
 
 
 def test_pareto_front_and_knee_by_hand():
     frame = pd.DataFrame(
-        {"number": [0, 1, 2, 3, 4], "val_acc": [0.9, 0.8, 0.85, 0.8, 0.5],
-         "energy_j": [100.0, 50.0, 120.0, 60.0, 10.0]}
+        {
+            "number": [0, 1, 2, 3, 4],
+            "val_acc": [0.9, 0.8, 0.85, 0.8, 0.5],
+            "energy_j": [100.0, 50.0, 120.0, 60.0, 10.0],
+        }
     )
     front = pareto_front(frame)
     assert front["number"].tolist() == [4, 1, 0]
@@ -185,8 +207,19 @@ def test_analyze_writes_tables_csv_and_xlsx(tmp_path: Path, tiny_base):
     _add_synthetic_trials(study, space, n=12)
     analysis = analyze(tmp_path / "sw", top_k=3)
     out = tmp_path / "sw" / "analysis"
-    names = {"trials", "top_accuracy", "top_energy", "top_efficiency", "pareto", "importance", "best_values"}
-    assert {p.name for p in out.iterdir()} == {f"{n}.csv" for n in names} | {"summary.json", "results.xlsx"}
+    names = {
+        "trials",
+        "top_accuracy",
+        "top_energy",
+        "top_efficiency",
+        "pareto",
+        "importance",
+        "best_values",
+    }
+    assert {p.name for p in out.iterdir()} == {f"{n}.csv" for n in names} | {
+        "summary.json",
+        "results.xlsx",
+    }
     assert len(pd.read_csv(out / "top_energy.csv")) == 3
     from openpyxl import load_workbook
 

@@ -38,10 +38,16 @@ def one_line_error(code, err, *fragments):
 @pytest.mark.keep
 def test_run_resume_analyze_final_end_to_end(tmp_path, capsys, make_space):
     space = tmp_path / "space.yaml"
-    space.write_text(yaml.safe_dump(make_space(params={
-        "lr": {"low": 0.001, "high": 0.1, "log": True},
-        "internal": {"choices": ["none", "quantize"]},
-    })))
+    space.write_text(
+        yaml.safe_dump(
+            make_space(
+                params={
+                    "lr": {"low": 0.001, "high": 0.1, "log": True},
+                    "internal": {"choices": ["none", "quantize"]},
+                }
+            )
+        )
+    )
     sw = tmp_path / "sw"
     out = cli_ok(capsys, "sweep", "run", str(space), "--trials", "2", "--out", str(sw), "--quiet")
     assert "completed" in out and "next: edgetrain sweep analyze" in out
@@ -60,7 +66,9 @@ def test_run_resume_analyze_final_end_to_end(tmp_path, capsys, make_space):
     assert len(trials) == 3 and set(trials["state"]) == {"complete"}
     assert (sw / "analysis" / "results.xlsx").exists()
 
-    out = cli_ok(capsys, "sweep", "final", str(sw), "--epochs", "1", "--pick", "efficiency", "--quiet")
+    out = cli_ok(
+        capsys, "sweep", "final", str(sw), "--epochs", "1", "--pick", "efficiency", "--quiet"
+    )
     assert "test accuracy" in out
     report = json.loads((sw / "final" / "final.json").read_text())
     best = trials.sort_values("efficiency_acc_per_kj", ascending=False).iloc[0]
@@ -83,7 +91,9 @@ def test_bad_space_is_one_line_naming_the_parameter(tmp_path, capsys, make_space
     one_line_error(code, err, "--trials must be an integer >= 1, got 0")
     code, _, err = run_cli(capsys, "sweep", "run", str(space), "--trials", "1", "--sampler", "grid")
     one_line_error(code, err, "sampler must be one of")
-    code, _, err = run_cli(capsys, "sweep", "run", str(space), "--trials", "1", "--launcher", "fork")
+    code, _, err = run_cli(
+        capsys, "sweep", "run", str(space), "--trials", "1", "--launcher", "fork"
+    )
     one_line_error(code, err, "launcher must be one of")
 
 

@@ -38,5 +38,5 @@ def test_quantize_run_reports_val_accuracy_and_sizes(tmp_path, tiny_base):
     assert metrics["val_acc"] == fit.summary["final"]["val_acc"]
     assert metrics["energy_j"] == fit.summary["total_energy_j"]
     assert "test_acc" not in metrics  # trials never report test metrics
-    with pytest.raises(EdgeTrainError, match="no model.pt"):
+    with pytest.raises(EdgeTrainError, match=r"no model\.pt"):
         quantize_run(tmp_path, split="val")

@@ -32,7 +32,13 @@ def _trials(sweep_dir: Path):
 
 
 def test_a_trial_that_raises_or_is_killed_fails_alone(tmp_path, make_space, helpers_on_path):
-    space = load_space(make_space(params={"model": {"choices": ["mlp", f"{helpers_on_path}:boom", f"{helpers_on_path}:die"]}}))
+    space = load_space(
+        make_space(
+            params={
+                "model": {"choices": ["mlp", f"{helpers_on_path}:boom", f"{helpers_on_path}:die"]}
+            }
+        )
+    )
     study = open_study(space, tmp_path / "sw")
     for model in ("mlp", f"{helpers_on_path}:boom", f"{helpers_on_path}:die"):
         study.enqueue_trial({"model": model})
@@ -60,7 +66,10 @@ def test_a_different_space_or_study_is_refused(tmp_path, make_space):
     space = load_space(make_space())
     open_study(space, tmp_path / "sw")
     other = load_space(make_space(params={"lr": {"low": 0.001, "high": 0.2, "log": True}}))
-    with pytest.raises(EdgeTrainError, match=r"different search space \(differs in: params\.batch_size, params\.lr\)"):
+    with pytest.raises(
+        EdgeTrainError,
+        match=r"different search space \(differs in: params\.batch_size, params\.lr\)",
+    ):
         run_sweep(other, 1, out=tmp_path / "sw", progress=False)
     with pytest.raises(EdgeTrainError, match="belongs to study 'sweep', not 'x'"):
         run_sweep(space, 1, out=tmp_path / "sw", study_name="x", progress=False)
@@ -103,7 +112,11 @@ def _check_two_workers(study, out_dirs, expected):
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert len({t.system_attrs[OWNER_ATTR]["pid"] for t in trials}) == 2
     for t in trials:  # no lost results: each trial's run directory agrees with the study
-        run = next(d / "trials" / str(t.number) for d in out_dirs if (d / "trials" / str(t.number)).exists())
+        run = next(
+            d / "trials" / str(t.number)
+            for d in out_dirs
+            if (d / "trials" / str(t.number)).exists()
+        )
         report = json.loads((run / "trial.json").read_text())
         assert report["metrics"]["energy_j"] == t.user_attrs["energy_j"] == t.values[1]
 
@@ -137,7 +150,9 @@ def test_two_workers_on_postgresql(tmp_path, make_space, pg_url):
                 if f.is_file():
                     assert password not in f.read_text(errors="replace"), f
         assert all(password not in o for o in outputs)
-    optuna.delete_study(study_name=name, storage=pg_url)
+    from edgetrain.sweep.storage import open_storage
+
+    optuna.delete_study(study_name=name, storage=open_storage(pg_url, None))
 
 
 def test_a_killed_worker_leaves_a_lost_trial_that_is_retried(tmp_path, make_space, helpers_on_path):
@@ -166,7 +181,10 @@ def test_a_killed_worker_leaves_a_lost_trial_that_is_retried(tmp_path, make_spac
     assert result.lost == [0]
     trials = study.get_trials(deepcopy=False)
     lost, retry = trials[0], trials[1]
-    assert fail_reason(lost) == "lost" and "worker lost: its worker process" in lost.user_attrs["error"]
+    assert (
+        fail_reason(lost) == "lost"
+        and "worker lost: its worker process" in lost.user_attrs["error"]
+    )
     assert retry.user_attrs["retry_of"] == 0 and retry.params == lost.params
     assert fail_reason(retry) == "timeout" and "time limit of 2 s" in retry.user_attrs["error"]
     assert result.counts.done == 1 and result.counts.not_counted == 1

@@ -38,9 +38,16 @@ def test_trial_k_gets_the_same_parameters_in_every_run(make_space, name):
 def test_samplers_are_pinned(make_space):
     space = load_space(make_space())
     tpe = make_sampler("tpe", 0, space.objectives).inner
-    assert isinstance(tpe, optuna.samplers.TPESampler) and tpe._n_startup_trials == TPE_STARTUP_TRIALS
+    assert (
+        isinstance(tpe, optuna.samplers.TPESampler) and tpe._n_startup_trials == TPE_STARTUP_TRIALS
+    )
     nsga = make_sampler("nsga2", 0, space.objectives).inner
-    assert isinstance(nsga, optuna.samplers.NSGAIISampler) and nsga._population_size == NSGA2_POPULATION
-    assert isinstance(make_sampler("random", 0, space.objectives).inner, optuna.samplers.RandomSampler)
+    assert (
+        isinstance(nsga, optuna.samplers.NSGAIISampler)
+        and nsga._population_size == NSGA2_POPULATION
+    )
+    assert isinstance(
+        make_sampler("random", 0, space.objectives).inner, optuna.samplers.RandomSampler
+    )
     with pytest.raises(EdgeTrainError, match="sampler must be one of"):
         make_sampler("grid", 0, space.objectives)

@@ -13,8 +13,14 @@ from edgetrain.sweep.storage import has_secret, mask_text, mask_url, open_storag
     ("url", "masked"),
     [
         ("postgresql://me:s3cret@db.local:5432/sweeps", "postgresql://me:***@db.local:5432/sweeps"),
-        ("postgresql+psycopg2://me:p%40ss@db/x?sslmode=require", "postgresql+psycopg2://me:***@db/x?sslmode=require"),
-        ("postgresql://me@db/x?password=s3cret&sslmode=require", "postgresql://me@db/x?password=***&sslmode=require"),
+        (
+            "postgresql+psycopg2://me:p%40ss@db/x?sslmode=require",
+            "postgresql+psycopg2://me:***@db/x?sslmode=require",
+        ),
+        (
+            "postgresql://me@db/x?password=s3cret&sslmode=require",
+            "postgresql://me@db/x?password=***&sslmode=require",
+        ),
         ("postgresql://db/x", "postgresql://db/x"),
         ("sqlite:///sweep.db", "sqlite:///sweep.db"),
         ("runs/study.journal", "runs/study.journal"),
@@ -51,7 +57,9 @@ def test_unreachable_database_error_is_one_masked_line():
 def test_objectives():
     assert check_objectives(["energy", "accuracy"]) == ("accuracy", "energy")
     assert check_objectives("efficiency") == ("efficiency",)
-    with pytest.raises(EdgeTrainError, match="unknown objective 'acuracy'.*\\(did you mean 'accuracy'\\?\\)"):
+    with pytest.raises(
+        EdgeTrainError, match=r"unknown objective 'acuracy'.*\(did you mean 'accuracy'\?\)"
+    ):
         check_objectives(["acuracy"])
     with pytest.raises(EdgeTrainError, match="objectives must be one of"):
         check_objectives(["efficiency", "energy"])
@@ -59,6 +67,8 @@ def test_objectives():
     assert efficiency_acc_per_kj(0.9, None) is None
     metrics = {"val_acc": 0.9, "energy_j": 450.0, "efficiency_acc_per_kj": 2.0}
     assert objective_values(metrics, ("accuracy", "energy")) == [0.9, 450.0]
-    with pytest.raises(EdgeTrainError, match="needs the training energy, but the run recorded none"):
+    with pytest.raises(
+        EdgeTrainError, match="needs the training energy, but the run recorded none"
+    ):
         objective_values({"val_acc": 0.9, "energy_j": None}, ("accuracy", "energy"))
     assert objective_values({"val_acc": 0.9, "energy_j": None}, ("accuracy",)) == [0.9]

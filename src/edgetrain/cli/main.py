@@ -122,7 +122,8 @@ def monitor(
         kwargs["cpu_tdp_w"] = cpu_tdp_w
     result = run_monitored(cmd, **kwargs)
     err.print(render_summary(result))
-    raise typer.Exit(result.exit_code)
+    code = result.exit_code
+    raise typer.Exit(128 - code if code < 0 else code)  # killed by signal n: exit 128+n, as shells do
 
 
 @app.command()

@@ -73,7 +73,8 @@ def _run(
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Sampler seed.")] = None,
     threads: Annotated[
-        int | None, typer.Option("--threads", help="Torch threads per trial (default cores/workers).")
+        int | None,
+        typer.Option("--threads", help="Torch threads per trial (default cores/workers)."),
     ] = None,
     trial_timeout: Annotated[
         float | None,

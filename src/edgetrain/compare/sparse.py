@@ -9,8 +9,10 @@ Besides the run directory, each run is measured by two callbacks added here:
   when there is no validation split). ``summary.json`` only has the final test accuracy.
 - training memory per step is accounted: parameters + gradients + optimizer state +
   saved-for-backward activations (saved-tensor hooks, each storage once); its peak over
-  the run is ``peak_train_bytes``. ``step_time_s`` is the median compute time of a
-  training step (forward, backward, optimizer step), the first step excluded.
+  the run is ``peak_train_bytes``. ``step_time_s`` is the median wall time of a training
+  step's compute (forward, backward, optimizer step), the first step excluded;
+  ``step_cpu_s`` its median process CPU time (all threads: less disturbed by other
+  processes on a shared machine).
 
 ``OUT/runs.csv`` has one row per run; ``OUT/results.csv`` and ``OUT/results.xlsx``
 (sheets ``results`` and ``runs``) the mean and standard deviation over seeds.
@@ -56,6 +58,7 @@ RESULT_METRICS = (
     "trainable_frac",
     "peak_train_bytes",
     "step_time_s",
+    "step_cpu_s",
     "train_time_s",
 )
 
@@ -137,6 +140,8 @@ class StepCostCallback(Callback):
         self.peak_train_bytes = 0
         self.peak_saved_bytes = 0
         self.step_times_s: list[float] = []
+        self.step_cpu_s: list[float] = []  # process CPU time: less disturbed by other processes
+        self._cpu0 = 0.0
         self._saved: dict[int, int] = {}
         self._params: set[int] = set()
         self._ctx: Any = None
@@ -153,8 +158,10 @@ class StepCostCallback(Callback):
         self._saved = {}
         self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
         self._ctx.__enter__()
+        self._cpu0 = time.process_time()
 
     def on_batch_end(self, state: TrainState) -> None:
+        self.step_cpu_s.append(time.process_time() - self._cpu0)
         if self._ctx is not None:
             self._ctx.__exit__(None, None, None)
             self._ctx = None
@@ -180,7 +187,14 @@ class StepCostCallback(Callback):
 
     @property
     def step_time_s(self) -> float | None:
+        """Median wall time of a step's compute, the first step excluded."""
         times = self.step_times_s[1:] or self.step_times_s
+        return statistics.median(times) if times else None
+
+    @property
+    def step_cpu_time_s(self) -> float | None:
+        """Median process CPU time of a step (all threads), the first step excluded."""
+        times = self.step_cpu_s[1:] or self.step_cpu_s
         return statistics.median(times) if times else None
 
 
@@ -243,6 +257,7 @@ def run_one(
         "peak_train_bytes": meter.peak_train_bytes or None,
         "peak_saved_bytes": meter.peak_saved_bytes or None,
         "step_time_s": meter.step_time_s,
+        "step_cpu_s": meter.step_cpu_time_s,
         "train_time_s": float(pd.to_numeric(history["time_s"], errors="coerce").sum()),
         "wall_s": wall_s,
     }
@@ -275,7 +290,8 @@ def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:
             "seeds": len(group),
         }
         for metric in RESULT_METRICS:
-            values = pd.to_numeric(group[metric], errors="coerce").dropna()
+            column = group[metric] if metric in group else pd.Series(dtype=float)
+            values = pd.to_numeric(column, errors="coerce").dropna()
             row[f"{metric}_mean"] = float(values.mean()) if len(values) else None
             row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else None
         rows.append(row)

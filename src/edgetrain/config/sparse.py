@@ -31,8 +31,8 @@ class SparseUpdateConfig(Section):
     probe_size: int = Field(10, ge=1)
     mu: float = Field(0.5, ge=0, lt=1)  # velocity momentum: v_t = dphi_t - mu * v_{t-1}
     epsilon: float = Field(1e-3, ge=0)  # NEq equilibrium threshold (used when budget is None)
-    # selection during the first epoch, before any velocity exists; None = static with a
-    # budget, full without one
+    # the velocity scheme's selection during the first epoch, before any velocity exists;
+    # None = static with a budget, full without one
     first_epoch: Literal["full", "random", "static"] | None = None
     always_train_bn: bool = False  # trainable norm layers force backward through the network
     always_train_head: bool = True
@@ -81,7 +81,15 @@ class SparseUpdateConfig(Section):
                 f"sparse_update.scheme '{self.scheme}' needs sparse_update.budget "
                 "(parameters, a fraction such as 0.1, or a size such as '300MiB')"
             )
-        if self.budget is None and self.first_epoch in ("random", "static"):
+        if (
+            self.scheme == "velocity"
+            and self.budget is None
+            and self.first_epoch
+            in (
+                "random",
+                "static",
+            )
+        ):
             raise ValueError(
                 f"sparse_update.first_epoch '{self.first_epoch}' needs sparse_update.budget; "
                 "set a budget or first_epoch: full"

@@ -15,6 +15,17 @@ the ``with`` block: the hooks travel with the graph). Rules the pack hook follow
   transposed, reshaped views) are compressed and rebuilt with the same shape,
   strides and address alignment. Views with gaps or overlaps, non-float tensors
   (except max-pool indices), and tensors under ``min_bytes`` pass through.
+- Codecs per mode, for float tensors: "lossless" a bitmap of non-zeros plus the
+  values when that is smaller (above 3.1% zeros in fp32), else the tensor as is;
+  "bf16"/"fp16" the bitmap with 16-bit values, or every value at 16 bits (fp16
+  falls back to exact where it would overflow); "int8"/"int4"/"int2" per-group
+  stochastic quantisation, with a bitmap of exact zeros for tensors with 5% zeros
+  or more (ReLU outputs: the ReLU's backward mask stays exact), except inputs of
+  threshold activations (ReLU6/Hardtanh, LeakyReLU, Hardswish, Hardsigmoid), whose
+  gradient depends on which side of a threshold each value is: those use bf16.
+  Max-pool indices (int64) are stored as the offset from their window's origin
+  (needs ``model``), in one byte for inputs up to 126 pixels wide with 3x3 windows
+  (253 with 2x2), else two, in every mode but "none".
 - In-place changes after saving: a tensor passed through is an alias, so its
   version is checked at unpack and a change raises the same RuntimeError
   PyTorch raises without hooks. A compressed tensor is a copy of the values at
@@ -36,7 +47,7 @@ from edgetrain.errors import EdgeTrainError, suggest
 from edgetrain.memory import codecs
 from edgetrain.memory.layout import bit_view, is_dense
 from edgetrain.memory.ledger import CompressionStats, Ledger, StorageEntry
-from edgetrain.memory.modules import ModuleTracker, param_storages
+from edgetrain.memory.modules import ActiveModule, ModuleTracker, param_storages
 
 __all__ = [
     "DEFAULT_MIN_BYTES",
@@ -58,6 +69,10 @@ DEFAULT_MIN_BYTES = 64 * 1024
 _HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _QUANT = {"int8": 8, "int4": 4, "int2": 2}
 _MAXPOOL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+# Activations whose gradient depends on which side of a threshold the saved input is.
+_THRESHOLD_GRAD = (nn.Hardtanh, nn.LeakyReLU, nn.Hardswish, nn.Hardsigmoid)
+# Int modes keep a zero bitmap for tensors with at least this fraction of exact zeros.
+_ZERO_MASK_MIN = 0.05
 # Strided sample used to skip clearly dense tensors before a full pass (about 60x cheaper).
 _SAMPLE_STEP = 61
 _SAMPLE_MIN_NUMEL = 1 << 14
@@ -292,7 +307,7 @@ class CompressionContext:
             self.ledger.count("param", 0, 0)
             return _Alias(t.detach(), None, None)
         active = self.tracker.current()
-        entry = self.ledger.entry(t, active.name if active else self.tracker.current_name())
+        entry = self.ledger.entry(t, self.tracker.current_name())
         nbytes = t.numel() * t.element_size()
         if self.mode == "none" or nbytes < self.min_bytes or t.numel() == 0 or not is_dense(t):
             return self._alias(t, entry, nbytes)
@@ -302,7 +317,7 @@ class CompressionContext:
             span = hit[2]()
             if span is not None:
                 return self._saved(span, t)
-        packed = self._compress(t, active.module if active else None, active)
+        packed = self._compress(t, active)
         if packed is None:
             return self._alias(t, entry, nbytes)
         payload, unpack_fn = packed
@@ -330,39 +345,56 @@ class CompressionContext:
         return _Saved(span, tuple(t.shape), tuple(t.stride()))
 
     def _compress(
-        self, t: torch.Tensor, module: nn.Module | None, active: Any
+        self, t: torch.Tensor, active: ActiveModule | None
     ) -> tuple[Any, Callable[[Any], torch.Tensor]] | None:
         """Choose a codec for ``t`` and pack it; None to pass it through."""
+        module = active.module if active is not None else None
         if t.dtype == torch.int64 and isinstance(module, _MAXPOOL):
-            return self._pack_pool_indices(t, module, active.input_shape)
+            return self._pack_pool_indices(t, module, active.input_shape)  # type: ignore[union-attr]
         if not t.is_floating_point():
             return None
-        nbytes = t.numel() * t.element_size()
         sampled = t.numel() >= _SAMPLE_MIN_NUMEL
         zeros = _zero_fraction_estimate(t) if sampled else 1.0
-        if self.mode == "lossless" or (self.mode in _HALF and t.element_size() <= 2):
+        mode = self.mode
+        if mode in _QUANT and isinstance(module, _THRESHOLD_GRAD):
+            # backward needs which side of a threshold each input lies on: quantisation
+            # noise flips it (int8 on MobileNetV2: 36% gradient error, 1% with bf16)
+            mode = "bf16"
+        if mode == "lossless" or (mode in _HALF and t.element_size() <= 2):
             if zeros < codecs.bitmap_break_even(t.element_size()) / 2:
                 return None  # clearly dense: skip the full pass
-            payload = codecs.pack_bitmap(t, max_bytes=nbytes)
+            payload = codecs.pack_bitmap(t, max_bytes=t.numel() * t.element_size())
             return None if payload is None else (payload, codecs.unpack_bitmap)
-        if self.mode in _HALF:
-            half = _HALF[self.mode]
-            if zeros >= codecs.bitmap_break_even(half.itemsize) / 2:
-                dense_bytes = t.numel() * half.itemsize
-                payload = codecs.pack_bitmap(t, value_dtype=half, max_bytes=dense_bytes)
-                if payload is not None:
-                    return payload, codecs.unpack_bitmap
-            return codecs.pack_cast(t, half), codecs.unpack_cast
-        bits = _QUANT[self.mode]
-        mask = None if zeros >= 0.5 / bits else False
+        if mode in _HALF:
+            return self._pack_half(t, _HALF[mode], zeros)
+        # exact zeros (ReLU outputs) keep a bitmap, so that no zero becomes non-zero and
+        # no positive value rounds to zero: ReLU's backward mask stays exact
+        mask = True if zeros >= _ZERO_MASK_MIN else None
         quant = codecs.pack_quant(
             t,
-            bits=bits,
+            bits=_QUANT[mode],
             group_size=self.group_size,
             generator=self._generator(t.device),
             zero_mask=mask,
         )
         return None if quant is None else (quant, codecs.unpack_quant)
+
+    @staticmethod
+    def _pack_half(
+        t: torch.Tensor, half: torch.dtype, zeros: float
+    ) -> tuple[Any, Callable[[Any], torch.Tensor]] | None:
+        if zeros >= codecs.bitmap_break_even(half.itemsize) / 2:
+            dense_bytes = t.numel() * half.itemsize
+            payload = codecs.pack_bitmap(t, value_dtype=half, max_bytes=dense_bytes)
+            if payload is not None:
+                values = payload.values
+                if half != torch.float16 or bool(torch.isfinite(values).all()):
+                    return payload, codecs.unpack_bitmap
+                return None
+        cast = codecs.pack_cast(t, half)
+        if half == torch.float16 and not bool(torch.isfinite(cast.data).all()):
+            return None  # beyond fp16's range (or not finite to begin with): keep it exact
+        return cast, codecs.unpack_cast
 
     def _pack_pool_indices(
         self, t: torch.Tensor, module: nn.Module, input_shape: tuple[int, ...] | None

@@ -185,6 +185,14 @@ class CostModel:
         """Cost of a selection given as boolean row masks per parameter name."""
         raise NotImplementedError
 
+    def describe(self, value: int) -> str:
+        """A cost in words: '1200 parameters', '3.5 MiB'."""
+        return f"{value} parameters"
+
+    def minimum(self) -> str:
+        """What every selection pays, in words (for error messages)."""
+        return "the always-trainable head and/or norm layers"
+
     def neuron_cost(self, layer: NeuronLayer) -> int:
         raise NotImplementedError
 
@@ -260,6 +268,15 @@ class MemoryCost(CostModel):
 
     def of_rows(self, rows: Mapping[str, torch.Tensor]) -> int:
         return self.total(trainable_names(rows))
+
+    def describe(self, value: int) -> str:
+        return format_bytes(value)
+
+    def minimum(self) -> str:
+        return (
+            f"the weights ({format_bytes(self.weights_bytes())}) plus gradients, optimizer "
+            "state and activations of the always-trainable head and/or norm layers"
+        )
 
     def neuron_cost(self, layer: NeuronLayer) -> int:
         return 0  # the whole weight gradient is paid when the layer opens

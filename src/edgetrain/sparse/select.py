@@ -138,9 +138,10 @@ class _Filler:
         self.current = cost.of_rows(self.fixed)
         if limit is not None and self.current > limit:
             raise EdgeTrainError(
-                f"sparse_update.budget ({limit}) is smaller than what is always trainable "
-                f"(the head and/or norm layers: {self.current}); raise the budget or set "
-                "sparse_update.always_train_head / always_train_bn to false"
+                f"sparse_update.budget ({cost.describe(limit)}) is smaller than the least any "
+                f"selection costs here ({cost.describe(self.current)}: {cost.minimum()}); "
+                "raise the budget or set sparse_update.always_train_head / always_train_bn "
+                "to false"
             )
         self.masks = {
             la.name: torch.zeros(la.neurons, dtype=torch.bool) for la in self.candidates()

@@ -122,7 +122,8 @@ class Analysis:
         return {
             row["parameter"]: row[column]
             for _, row in table.iterrows()
-            if row[column] is not None and not (isinstance(row[column], float) and math.isnan(row[column]))
+            if row[column] is not None
+            and not (isinstance(row[column], float) and math.isnan(row[column]))
         }
 
 
@@ -145,7 +146,9 @@ def _importance(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     from optuna.trial import TrialState
 
-    by_number = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    by_number = {
+        t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    }
     trials = [by_number[n] for n in done["number"] if n in by_number]
     done = done[done["number"].isin(by_number)]
     dists = space.distributions()
@@ -287,7 +290,10 @@ def _write_xlsx(analysis: Analysis, path: Path) -> Path:
         for name in SHEETS:
             analysis.tables[name].to_excel(writer, sheet_name=name, index=False)
         summary = pd.DataFrame(
-            [(k, json.dumps(v) if isinstance(v, list | dict) else v) for k, v in analysis.summary.items()],
+            [
+                (k, json.dumps(v) if isinstance(v, list | dict) else v)
+                for k, v in analysis.summary.items()
+            ],
             columns=["key", "value"],
         )
         summary.to_excel(writer, sheet_name="summary", index=False)

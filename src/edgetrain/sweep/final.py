@@ -54,7 +54,9 @@ def choose(analysis: Analysis, study: Any, pick: str) -> tuple[int | None, dict[
         EdgeTrainError: an unknown pick, or no completed trial to choose from.
     """
     if pick not in PICKS:
-        raise EdgeTrainError(f"--pick must be one of {list(PICKS)}, got {pick!r}{suggest(pick, PICKS)}")
+        raise EdgeTrainError(
+            f"--pick must be one of {list(PICKS)}, got {pick!r}{suggest(pick, PICKS)}"
+        )
     space = analysis.space
     if pick == "per-parameter":
         target = space.objectives[0] if len(space.objectives) == 1 else "efficiency"
@@ -103,7 +105,9 @@ def final_training(
     from edgetrain.sweep.quantize import quantize_run
     from edgetrain.train import train
 
-    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+    if epochs is not None and (
+        isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1
+    ):
         raise EdgeTrainError(f"--epochs must be an integer >= 1, got {epochs!r}")
     directory = Path(sweep_dir) if sweep_dir is not None else None
     study, space = load_study(directory, storage=storage, study_name=study_name)
@@ -113,8 +117,10 @@ def final_training(
     config, quantize = space.trial_config(params)
     if epochs is not None:
         config["epochs"] = epochs
-    run_dir = Path(out) if out is not None else (
-        directory / "final" if directory is not None else Path(f"final-{study.study_name}")
+    run_dir = (
+        Path(out)
+        if out is not None
+        else (directory / "final" if directory is not None else Path(f"final-{study.study_name}"))
     )
     if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
         raise EdgeTrainError(f"final run {run_dir} already exists; pass --overwrite to replace it")

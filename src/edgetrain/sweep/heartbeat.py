@@ -56,7 +56,12 @@ def _process_start(pid: int) -> float | None:
 def owner_record(worker: int = 0) -> dict[str, Any]:
     """Who runs a trial: host, worker process (pid and its start time) and worker thread."""
     pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "pid_start": _process_start(pid), "worker": worker}
+    return {
+        "host": socket.gethostname(),
+        "pid": pid,
+        "pid_start": _process_start(pid),
+        "worker": worker,
+    }
 
 
 def _owner_dead(owner: Any) -> bool:
@@ -187,7 +192,11 @@ class StaleTrialReaper:
                     continue
                 if now - prev[1] < self.grace_s:
                     continue
-                who = f"{owner.get('host')} pid {owner.get('pid')}" if isinstance(owner, dict) else "an unknown worker"
+                who = (
+                    f"{owner.get('host')} pid {owner.get('pid')}"
+                    if isinstance(owner, dict)
+                    else "an unknown worker"
+                )
                 why = f"no heartbeat from its worker ({who}) for {now - prev[1]:.1f} s"
             if fail_trial(study._storage, tid, "lost", f"worker lost: {why}"):
                 log.warning("trial %d marked failed: %s", trial.number, why)

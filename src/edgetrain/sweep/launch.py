@@ -8,6 +8,7 @@ limit), the worker gets a :class:`TrialOutcome` and the sweep goes on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -94,10 +95,8 @@ class _Handle:
     def send(self, sig: int) -> None:
         """Send a signal to the trial process."""
         if self.pid is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
 
 
 class _PopenHandle(_Handle):
@@ -134,6 +133,9 @@ class SubprocessLauncher:
                 env=self.env,
             )
         return _PopenHandle(proc)
+
+    def prepare(self) -> None:
+        """Nothing to prepare."""
 
     def close(self) -> None:
         """Nothing to release."""
@@ -209,17 +211,27 @@ class ZygoteLauncher:
             self.close()
             raise RuntimeError(f"the trial zygote did not start (said {line!r})")
 
-    def launch(self, spec_path: Path, log_path: Path) -> _Handle:
+    def prepare(self) -> None:
+        """Start the zygote if it is not running (falls back to fresh processes if it fails)."""
         if self._fallback is not None:
-            return self._fallback.launch(spec_path, log_path)
+            return
         try:
             self._ensure()
         except (OSError, RuntimeError) as exc:
             log.warning("%s; trials of this worker start as fresh processes instead", exc)
             self._fallback = SubprocessLauncher(None)
             self._fallback.env = self.env
+
+    def launch(self, spec_path: Path, log_path: Path) -> _Handle:
+        self.prepare()
+        if self._fallback is not None:
             return self._fallback.launch(spec_path, log_path)
-        request = {"spec": str(spec_path), "log": str(log_path), "cwd": os.getcwd(), "env": self.env}
+        request = {
+            "spec": str(spec_path),
+            "log": str(log_path),
+            "cwd": os.getcwd(),
+            "env": self.env,
+        }
         self.proc.stdin.write((json.dumps(request) + "\n").encode())
         self.proc.stdin.flush()
         line = self.reader.readline(60.0)
@@ -259,7 +271,10 @@ LAUNCHERS = ("auto", "zygote", "subprocess")
 
 
 def _gpu_device_nodes() -> bool:
-    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/nvhost-ctrl-gpu", "/dev/kfd"))
+    return any(
+        os.path.exists(p)
+        for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/nvhost-ctrl-gpu", "/dev/kfd")
+    )
 
 
 def choose_launcher(kind: str, device: str) -> str:
@@ -348,12 +363,14 @@ def run_trial_process(
     # empty) and are moved into it afterwards
     spec_path = run_dir.with_name(f"{run_dir.name}.spec.json")
     log_path = run_dir.with_name(f"{run_dir.name}.log")
-    spec = {"run_dir": str(run_dir), "config": config, "quantize": quantize, "threads": threads}
-    spec_path.write_text(json.dumps(spec, indent=2, default=str))
-    log_path.write_bytes(b"")
     stop = stop or threading.Event()
     own = launcher is None
     launcher = launcher or SubprocessLauncher(threads)
+    launcher.prepare()  # a zygote's one-time start is not part of this trial's start-up
+    spec = {"run_dir": str(run_dir), "config": config, "quantize": quantize, "threads": threads}
+    spec["launched_at"] = time.time()
+    spec_path.write_text(json.dumps(spec, indent=2, default=str))
+    log_path.write_bytes(b"")
     timed_out = False
     try:
         handle = launcher.launch(spec_path, log_path)
@@ -396,7 +413,11 @@ def run_trial_process(
         outcome.error = "interrupted: the sweep was stopped while the trial ran"
     elif rc < 0:
         outcome.fail_reason = "killed"
-        hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if rc == -signal.SIGKILL else ""
+        hint = (
+            " (out of memory? the kernel's OOM killer sends SIGKILL)"
+            if rc == -signal.SIGKILL
+            else ""
+        )
         outcome.error = f"trial process killed by {_signal_name(rc)}{hint}"
     elif rc == EXIT_INTERRUPTED:
         outcome.fail_reason = "killed"

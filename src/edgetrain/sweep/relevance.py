@@ -96,7 +96,9 @@ def _groups(values: pd.Series, kind: str) -> tuple[pd.Series, dict[Any, str]]:
     return codes, names
 
 
-def kruskal_effect(values: pd.Series, target: pd.Series, kind: str = "categorical") -> dict[str, float]:
+def kruskal_effect(
+    values: pd.Series, target: pd.Series, kind: str = "categorical"
+) -> dict[str, float]:
     """Kruskal-Wallis H test of ``target`` across the groups of ``values``, with effect sizes.
 
     Groups are the parameter's values; a numeric range (``kind`` int or float) with more
@@ -110,8 +112,14 @@ def kruskal_effect(values: pd.Series, target: pd.Series, kind: str = "categorica
 
     ok = target.notna() & values.notna()
     values, target = values[ok], target[ok].astype(float)
-    out = {"kruskal_h": math.nan, "kruskal_p": math.nan, "epsilon_sq": math.nan,
-           "eta_sq_h": math.nan, "n_groups": 0, "n_trials": len(target)}
+    out = {
+        "kruskal_h": math.nan,
+        "kruskal_p": math.nan,
+        "epsilon_sq": math.nan,
+        "eta_sq_h": math.nan,
+        "n_groups": 0,
+        "n_trials": len(target),
+    }
     if len(target) < 3:
         return out
     codes, _ = _groups(values, kind)
@@ -158,7 +166,7 @@ def best_groups(
     if _binned(values, kind):
         value: Any = float(inside.median())
         if kind == "int":
-            value = int(round(value))
+            value = round(value)
     else:
         value = inside.iloc[0]
         value = value.item() if hasattr(value, "item") else value  # numpy scalar -> Python
@@ -181,7 +189,9 @@ def fanova_importances(
     """
     import optuna
 
-    rows = [(t, y) for t, y in zip(trials, target, strict=True) if y is not None and math.isfinite(y)]
+    rows = [
+        (t, y) for t, y in zip(trials, target, strict=True) if y is not None and math.isfinite(y)
+    ]
     names = [n for n, d in distributions.items() if not d.single()]
     if len(rows) < 2 or not names:
         return {n: math.nan for n in distributions}

@@ -126,7 +126,9 @@ def render_final(result: FinalResult) -> Table:
     """The final run's test accuracy and cost."""
     r = result.report
     table = Table(title=f"final training (pick: {result.pick})", show_header=False, box=None)
-    table.add_row("trial", "per-parameter best values" if result.trial is None else str(result.trial))
+    table.add_row(
+        "trial", "per-parameter best values" if result.trial is None else str(result.trial)
+    )
     for k, v in result.params.items():
         table.add_row(f"  {k}", _fmt(v))
     table.add_row("epochs", _fmt(r.get("epochs")))

@@ -31,6 +31,7 @@ from edgetrain.sweep.heartbeat import (
     OWNER_ATTR,
     Heartbeat,
     StaleTrialReaper,
+    fail_trial,
     owner_record,
     requeue,
 )
@@ -38,7 +39,13 @@ from edgetrain.sweep.launch import TrialOutcome, choose_launcher, make_launcher,
 from edgetrain.sweep.objectives import objective_values
 from edgetrain.sweep.space import SearchSpace, load_space
 from edgetrain.sweep.storage import is_database_url, storage_label
-from edgetrain.sweep.study import TrialCounts, count_trials, default_study_name, open_study
+from edgetrain.sweep.study import (
+    TrialCounts,
+    count_trials,
+    default_study_name,
+    open_study,
+    read_sweep_info,
+)
 
 __all__ = ["SweepResult", "TrialRecord", "run_sweep"]
 
@@ -187,6 +194,10 @@ class _Worker:
                 stop=self.stop,
                 launcher=self.launcher,
             )
+        except Exception as exc:  # the harness itself failed: record it, then stop
+            fail_trial(self.study._storage, trial._trial_id, "error", f"sweep worker error: {exc}")
+            self.heartbeat.remove(trial._trial_id)
+            raise
         finally:
             concurrent = self.shared.finished(number)
         t_tell = time.perf_counter()
@@ -213,7 +224,12 @@ class _Worker:
         self.on_event("end", number, record)
 
     def _record(
-        self, trial: Any, outcome: TrialOutcome, values: list[float] | None, rel: str, concurrent: int
+        self,
+        trial: Any,
+        outcome: TrialOutcome,
+        values: list[float] | None,
+        rel: str,
+        concurrent: int,
     ) -> None:
         from optuna.trial import TrialState
 
@@ -322,17 +338,30 @@ def run_sweep(
     reaper = StaleTrialReaper(grace, own=heartbeat.active)
     shared = _Shared()
     stop = threading.Event()
-    label = storage_label(storage, sweep_dir) if storage else str(sweep_dir / "study.journal")
+    label = read_sweep_info(sweep_dir).get("storage") or storage_label(storage, sweep_dir)
     display = _Display(study, trials, progress, console)
     workers_ = [
         _Worker(
-            i, study, space, sweep_dir, trials, heartbeat, reaper, shared, stop, threads,
-            trial_timeout_s, display.event, launcher,
+            i,
+            study,
+            space,
+            sweep_dir,
+            trials,
+            heartbeat,
+            reaper,
+            shared,
+            stop,
+            threads,
+            trial_timeout_s,
+            display.event,
+            launcher,
         )
         for i in range(workers)
     ]
     t0 = time.perf_counter()
-    pool = [threading.Thread(target=w.run, name=f"edgetrain-sweep-worker-{w.index}") for w in workers_]
+    pool = [
+        threading.Thread(target=w.run, name=f"edgetrain-sweep-worker-{w.index}") for w in workers_
+    ]
     display.start()
     try:
         for t in pool:
@@ -418,15 +447,21 @@ class _Display:
             except Exception as exc:  # a display must never end a sweep
                 log.debug("progress refresh failed: %s", exc)
                 return
-            self._progress.update(self._task, completed=min(counts.done, self.target), status=status)
+            self._progress.update(
+                self._task, completed=min(counts.done, self.target), status=status
+            )
 
     def _status(self, counts: TrialCounts) -> str:
         from optuna.trial import TrialState
 
         done = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         parts = [f"failed {counts.failed}", f"running {counts.running}"]
-        accs = [t.user_attrs.get("val_acc") for t in done if t.user_attrs.get("val_acc") is not None]
-        energies = [t.user_attrs.get("energy_j") for t in done if t.user_attrs.get("energy_j") is not None]
+        accs = [
+            t.user_attrs.get("val_acc") for t in done if t.user_attrs.get("val_acc") is not None
+        ]
+        energies = [
+            t.user_attrs.get("energy_j") for t in done if t.user_attrs.get("energy_j") is not None
+        ]
         effs = [
             t.user_attrs.get("efficiency_acc_per_kj")
             for t in done

@@ -282,7 +282,10 @@ def _parse_spec(name: str, raw: Any) -> tuple[ParamSpec | None, list[str]]:
         return (None if problems else ParamSpec(name, "categorical", tuple(choices))), problems
     if "low" not in raw or "high" not in raw:
         missing = "low" if "low" not in raw else "high"
-        return None, [*problems, f"{where} needs 'choices' or both 'low' and 'high' ({missing} missing)"]
+        return None, [
+            *problems,
+            f"{where} needs 'choices' or both 'low' and 'high' ({missing} missing)",
+        ]
     low, high, log_scale, step = raw["low"], raw["high"], raw.get("log", False), raw.get("step")
     kind = raw.get("type")
     for key, value in (("low", low), ("high", high)):
@@ -299,7 +302,9 @@ def _parse_spec(name: str, raw: Any) -> tuple[ParamSpec | None, list[str]]:
     if problems:
         return None, problems
     if kind is None:
-        kind = "int" if _is_int(low) and _is_int(high) and (step is None or _is_int(step)) else "float"
+        kind = (
+            "int" if _is_int(low) and _is_int(high) and (step is None or _is_int(step)) else "float"
+        )
     if kind == "int" and not (_is_int(low) and _is_int(high)):
         problems.append(f"{where}: type int needs integer bounds, got low={low!r}, high={high!r}")
     if not low < high:
@@ -313,9 +318,7 @@ def _parse_spec(name: str, raw: Any) -> tuple[ParamSpec | None, list[str]]:
     return ParamSpec(name, kind, (), low, high, log_scale, step), []
 
 
-def _check_against_config(
-    base: dict[str, Any], spec: ParamSpec, vary_data: bool
-) -> list[str]:
+def _check_against_config(base: dict[str, Any], spec: ParamSpec, vary_data: bool) -> list[str]:
     """Build the config at every choice or bound of ``spec``; report what fails."""
     where = f"params.{spec.name}"
     top = spec.name.split(".")[0]
@@ -336,7 +339,9 @@ def _check_against_config(
         try:
             validate_config(data)
         except EdgeTrainError as exc:
-            label = "choice" if spec.kind == "categorical" else ("low" if value == spec.low else "high")
+            label = (
+                "choice" if spec.kind == "categorical" else ("low" if value == spec.low else "high")
+            )
             problems.append(f"{where}: {label} {value!r} is invalid: {exc}")
     return problems
 
@@ -388,7 +393,9 @@ def space_from_dict(
         vary_data = False
     sampler = raw.get("sampler", "random")
     if sampler not in SAMPLERS:
-        problems.append(f"sampler must be one of {list(SAMPLERS)}, got {sampler!r}{suggest(str(sampler), SAMPLERS)}")
+        problems.append(
+            f"sampler must be one of {list(SAMPLERS)}, got {sampler!r}{suggest(str(sampler), SAMPLERS)}"
+        )
     seed = raw.get("seed", 0)
     if not _is_int(seed):
         problems.append(f"seed must be an integer, got {seed!r}")
@@ -400,7 +407,9 @@ def space_from_dict(
     params_raw = raw.get("params")
     params: dict[str, ParamSpec] = {}
     if not isinstance(params_raw, Mapping) or not params_raw:
-        problems.append(f"params must be a non-empty mapping of parameter names to specs, got {params_raw!r}")
+        problems.append(
+            f"params must be a non-empty mapping of parameter names to specs, got {params_raw!r}"
+        )
         params_raw = {}
     for name, spec_raw in params_raw.items():
         name = str(name)

@@ -112,6 +112,48 @@ def journal_path(storage: str | None, sweep_dir: Path | None) -> Path:
     return Path(sweep_dir) / JOURNAL_FILE
 
 
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _with_postgres_driver(url: str) -> str:
+    """``postgresql://`` with the driver that is installed (SQLAlchemy 2.1 defaults to psycopg 3).
+
+    Raises:
+        MissingExtraError: no PostgreSQL driver at all.
+    """
+    scheme, rest = url.split("://", 1)
+    if scheme.lower() not in ("postgresql", "postgres"):
+        return url
+    if _installed("psycopg"):
+        return f"postgresql+psycopg://{rest}"
+    if _installed("psycopg2"):
+        return f"postgresql+psycopg2://{rest}"
+    raise MissingExtraError("psycopg2-binary", "postgres", "a PostgreSQL study storage")
+
+
+def _rdb_storage(url: str, attempts: int = 6) -> Any:
+    """RDBStorage, retried when several workers create the tables of a new database at once."""
+    import random
+    import time
+
+    from edgetrain.sweep._optuna import optuna
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        except Exception as exc:
+            text = str(exc).lower()
+            racing = "already exists" in text or "duplicate key" in text
+            if not racing or attempt == attempts - 1:
+                raise
+            log.debug("another worker is creating the study tables; retrying")
+            time.sleep(0.2 + random.random() * 0.5)
+    raise AssertionError("unreachable")
+
+
 def open_storage(storage: str | None, sweep_dir: Path | None) -> Any:
     """Open (creating if needed) an Optuna storage.
 
@@ -134,22 +176,20 @@ def open_storage(storage: str | None, sweep_dir: Path | None) -> Any:
         # killed process is broken after the grace period
         lock = JournalFileOpenLock(str(path), grace_period=30)
         return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
-    url = str(storage)
-    scheme = url.split("://", 1)[0].lower()
-    if scheme.startswith("postgresql"):
-        try:
-            import psycopg2  # noqa: F401
-        except ImportError as exc:
-            raise MissingExtraError("psycopg2-binary", "postgres", "a PostgreSQL study storage") from exc
+    given = str(storage)
+    url = _with_postgres_driver(given)
+
+    def clean(text: str) -> str:
+        return mask_text(mask_text(text, url), given)
+
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        return _rdb_storage(url)
     except ImportError as exc:
         raise EdgeTrainError(
-            f"cannot open the study storage {mask_url(url)}: missing database driver "
-            f"({mask_text(str(exc), url)})"
+            f"cannot open the study storage {mask_url(given)}: missing database driver "
+            f"({clean(str(exc))})"
         ) from None
     except Exception as exc:  # sqlalchemy errors: bad URL, refused connection, auth
-        first = mask_text(str(exc), url).strip().splitlines()
-        raise EdgeTrainError(
-            f"cannot open the study storage {mask_url(url)}: {first[0] if first else type(exc).__name__}"
-        ) from None
+        lines = clean(str(exc)).strip().splitlines()
+        reason = lines[0] if lines else type(exc).__name__
+        raise EdgeTrainError(f"cannot open the study storage {mask_url(given)}: {reason}") from None

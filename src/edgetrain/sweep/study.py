@@ -107,7 +107,9 @@ def _write_sweep_files(sweep_dir: Path, info: dict[str, Any], space: SearchSpace
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(sweep_dir / SWEEP_FILE, json.dumps(info, indent=2) + "\n")
-    text = "# resolved search space of this sweep (base inlined)\n" + write_yaml_text(space.to_dict())
+    text = "# resolved search space of this sweep (base inlined)\n" + write_yaml_text(
+        space.to_dict()
+    )
     atomic_write_text(sweep_dir / SPACE_FILE, text)
 
 
@@ -116,9 +118,17 @@ def _canonical(data: Any) -> str:
 
 
 def _space_difference(stored: dict[str, Any], new: dict[str, Any]) -> str:
-    diffs = [k for k in sorted(set(stored) | set(new)) if k != "params" and _canonical(stored.get(k)) != _canonical(new.get(k))]
+    diffs = [
+        k
+        for k in sorted(set(stored) | set(new))
+        if k != "params" and _canonical(stored.get(k)) != _canonical(new.get(k))
+    ]
     sp, np_ = stored.get("params", {}), new.get("params", {})
-    diffs += [f"params.{k}" for k in sorted(set(sp) | set(np_)) if _canonical(sp.get(k)) != _canonical(np_.get(k))]
+    diffs += [
+        f"params.{k}"
+        for k in sorted(set(sp) | set(np_))
+        if _canonical(sp.get(k)) != _canonical(np_.get(k))
+    ]
     return ", ".join(diffs) or "?"
 
 
@@ -234,14 +244,18 @@ def load_study(
     try:
         study = optuna.load_study(study_name=study_name, storage=backend)
     except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(backend, include_best_trial=False)]
+        names = [
+            s.study_name for s in optuna.get_all_study_summaries(backend, include_best_trial=False)
+        ]
         raise EdgeTrainError(
             f"no study '{study_name}' in {storage_label(storage, sweep_dir)}; studies there: "
             f"{', '.join(names) or 'none'}"
         ) from None
     stored = study.user_attrs.get(SPACE_ATTR)
     if stored is None:
-        raise EdgeTrainError(f"study '{study_name}' was not made by edgetrain sweep (no space stored)")
+        raise EdgeTrainError(
+            f"study '{study_name}' was not made by edgetrain sweep (no space stored)"
+        )
     return study, space_from_dict(stored, source=f"study '{study_name}'")
 
 
@@ -306,7 +320,9 @@ def trials_frame(study: Any, space: SearchSpace) -> pd.DataFrame:
         for name in space.params:
             value = t.params.get(name)
             decoded = decode_choice(value)
-            row[f"param_{name}"] = json.dumps(decoded) if isinstance(decoded, list | dict) else decoded
+            row[f"param_{name}"] = (
+                json.dumps(decoded) if isinstance(decoded, list | dict) else decoded
+            )
         rows.append(row)
     columns = [*TRIAL_COLUMNS, *(f"param_{n}" for n in space.params)]
     frame = pd.DataFrame(rows, columns=columns)

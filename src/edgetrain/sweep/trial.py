@@ -178,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     if os.getppid() == 1:  # the worker died before we got here
         return EXIT_INTERRUPTED
     spec = json.loads(Path(args[0]).read_text())
-    return run_trial(spec, started_at)
+    # the worker's clock when it launched us is exact; the kernel's process start time
+    # (psutil) can be off by up to a second (boot time is kept in whole seconds)
+    return run_trial(spec, spec.get("launched_at") or started_at)
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ class MonitorCallback(Callback):
         if self._window is not None:
             self._window.__exit__(None, None, None)
             self._window = None
-        self.monitor.stop()
+        self.monitor.close()  # also shuts NVML down
         state.extras.setdefault("summary", {})["monitor"] = {
             "interval_s": self.config.interval_s,
             "sample_rate_hz": self.monitor.sample_rate_hz,
