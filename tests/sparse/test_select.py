@@ -188,3 +188,11 @@ def test_baselines(setup):
     bias = select_bias_only(units, fixed_rows(units, head=False, norm=False, biases=True))
     assert bias.trainable() == {"dw.bias", "pw.bias", "fc.bias", "head.bias", "bn1.bias"}
     assert select_full(units).updated_params(units) == units.total_params
+
+
+def test_nothing_left_to_choose(setup):
+    _, units, memory = setup
+    everything = select_full(units).rows
+    for cost in (ParamCost(units), memory):
+        sel = select_velocity(units, cost, cost.of_rows(everything), _velocity(units), everything)
+        assert sel.updated_params(units) == units.total_params

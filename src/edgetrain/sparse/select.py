@@ -261,6 +261,8 @@ def _fill_by_ratio(
     filler: _Filler, layers: list[NeuronLayer], scores: Mapping[str, torch.Tensor]
 ) -> None:
     """Additive costs: one global ranking by score per cost, skipping what does not fit."""
+    if not layers:
+        return
     costs = [filler.cost.neuron_cost(la) for la in layers]
     ratio = torch.cat([scores[la.name] / max(c, 1) for la, c in zip(layers, costs, strict=True)])
     owner = torch.cat([torch.full((la.neurons,), i) for i, la in enumerate(layers)]).tolist()

@@ -150,6 +150,7 @@ class _Worker:
         self.dists = space.distributions()
         self.owner = owner_record(index)
         self.launcher = make_launcher(launcher, threads)
+        self.done = threading.Event()
 
     def _next_trial(self) -> Any | None:
         with self.shared.lock:
@@ -177,6 +178,7 @@ class _Worker:
             self.stop.set()
         finally:
             self.launcher.close()
+            self.done.set()
 
     def _run_one(self, trial: Any) -> None:
         number = trial.number
@@ -363,17 +365,20 @@ def run_sweep(
         threading.Thread(target=w.run, name=f"edgetrain-sweep-worker-{w.index}") for w in workers_
     ]
     display.start()
+    # wait on events, not Thread.join: a Ctrl-C inside join() can leave a running thread
+    # marked as stopped (CPython < 3.13), and the process would then exit under it
     try:
         for t in pool:
             t.start()
-        while any(t.is_alive() for t in pool):
-            for t in pool:
-                t.join(timeout=0.5)
+        while not all(w.done.is_set() for w in workers_):
+            next(w for w in workers_ if not w.done.is_set()).done.wait(0.5)
             display.refresh()
     except KeyboardInterrupt:
-        stop.set()  # workers stop their trials (re-queued) and end
-        for t in pool:
-            t.join()
+        stop.set()  # workers stop their trials (marked interrupted, re-queued) and end
+        log.warning("stopping: waiting for the running trials to leave their files readable")
+        for w in workers_:
+            while not w.done.wait(0.5):
+                pass
         raise
     finally:
         heartbeat.stop()

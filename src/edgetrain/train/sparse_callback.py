@@ -71,7 +71,8 @@ class SparseUpdateCallback(Callback):
         seed: seed of the random scheme (default: ``config.seed``, else the run's seed).
 
     Only one instance acts on a run: a second one (the default callback plus one passed by
-    the caller) finds the first active and does nothing.
+    the caller) finds the first active and does nothing. The epoch's
+    :class:`~edgetrain.sparse.Selection` is in ``state.extras["sparse_selection"]``.
     """
 
     name = "sparse_update"
@@ -180,6 +181,7 @@ class SparseUpdateCallback(Callback):
         self.selection, self.scheme_used = self.planner.select(state.epoch, velocity)
         if self.freezer is not None:
             self.freezer.apply(self.selection.rows)
+        state.extras["sparse_selection"] = self.selection  # for other callbacks
         cost = self.planner.cost.of_rows(self.selection.rows)
         budgeted = self.budget is not None and self.scheme_used in BUDGETED_SCHEMES
         if budgeted and self.budget is not None and cost > self.budget.limit:
