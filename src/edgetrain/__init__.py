@@ -1,21 +1,21 @@
 """edgetrain: train PyTorch models where memory and energy are scarce, and know what it cost.
 
 Python entry points: :func:`fit` (your model and data) and :func:`train` (a config).
-Names are imported lazily, so ``edgetrain.report`` and ``edgetrain.measure`` work
-without loading torch.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from edgetrain.config import TrainConfig, load_config
 from edgetrain.errors import EdgeTrainError
 
-if TYPE_CHECKING:
-    from edgetrain.config import TrainConfig, load_config
-    from edgetrain.train import Callback, FitResult, TrainState, fit, train
+# `train` is both a subpackage and the entry point: the function is bound last, so
+# `edgetrain.train(...)` is the function; `from edgetrain.train import X` still finds the
+# subpackage through sys.modules.
+from edgetrain.train import Callback, FitResult, TrainState, fit, train
 
 __all__ = [
     "Callback",
@@ -23,21 +23,15 @@ __all__ = [
     "FitResult",
     "TrainConfig",
     "TrainState",
+    "dynamic_train",
     "fit",
     "load_config",
+    "log_usage_plot",
     "train",
 ]
 __version__ = "0.1.0"
 
-_LAZY = {
-    "TrainConfig": "edgetrain.config",
-    "load_config": "edgetrain.config",
-    "Callback": "edgetrain.train",
-    "FitResult": "edgetrain.train",
-    "TrainState": "edgetrain.train",
-    "fit": "edgetrain.train",
-    "train": "edgetrain.train",
-}
+_LAZY = {"dynamic_train": "edgetrain.compat", "log_usage_plot": "edgetrain.compat"}
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

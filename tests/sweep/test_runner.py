@@ -188,3 +188,31 @@ def test_a_killed_worker_leaves_a_lost_trial_that_is_retried(tmp_path, make_spac
     assert retry.user_attrs["retry_of"] == 0 and retry.params == lost.params
     assert fail_reason(retry) == "timeout" and "time limit of 2 s" in retry.user_attrs["error"]
     assert result.counts.done == 1 and result.counts.not_counted == 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_marks_the_running_trial_interrupted_and_requeues_it(
+    tmp_path, make_space, helpers_on_path
+):
+    space_dict = make_space(params={"model": {"choices": [f"{helpers_on_path}:sleepy"]}})
+    (tmp_path / "space.yaml").write_text(json.dumps(space_dict))
+    cmd = [sys.executable, "-m", "edgetrain", "sweep", "run", str(tmp_path / "space.yaml")]
+    cmd += ["--trials", "1", "--out", str(tmp_path / "sw"), "--quiet", "--launcher", "zygote"]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    deadline = time.monotonic() + 120
+    log = tmp_path / "sw" / "trials" / "0.log"  # exists from the moment the trial is forked
+    while not log.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(2.0)  # the trial is now in its (sleeping) model builder
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    proc.communicate(timeout=60)
+    study, _ = load_study(tmp_path / "sw")
+    trials = study.get_trials(deepcopy=False)
+    assert fail_reason(trials[0]) == "interrupted"
+    assert trials[1].state == TrialState.WAITING and trials[1].user_attrs["retry_of"] == 0
+    assert (
+        json.loads((tmp_path / "sw" / "trials" / "0" / "trial.json").read_text())["status"]
+        == "interrupted"
+    )

@@ -123,7 +123,9 @@ def monitor(
     result = run_monitored(cmd, **kwargs)
     err.print(render_summary(result))
     code = result.exit_code
-    raise typer.Exit(128 - code if code < 0 else code)  # killed by signal n: exit 128+n, as shells do
+    raise typer.Exit(
+        128 - code if code < 0 else code
+    )  # killed by signal n: exit 128+n, as shells do
 
 
 @app.command()

@@ -1,5 +1,6 @@
 """Validated configuration: one object per run, YAML files and ``--set`` overrides."""
 
+from edgetrain.config.adapt import AdaptConfig, BudgetConfig, PruneConfig
 from edgetrain.config.base import Section
 from edgetrain.config.loader import (
     config_to_dict,
@@ -13,7 +14,10 @@ from edgetrain.config.schema import MonitorConfig, TrainConfig
 from edgetrain.config.sparse import SparseUpdateConfig
 
 __all__ = [
+    "AdaptConfig",
+    "BudgetConfig",
     "MonitorConfig",
+    "PruneConfig",
     "Section",
     "SparseUpdateConfig",
     "TrainConfig",

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from edgetrain.config.adapt import AdaptConfig, BudgetConfig, PruneConfig
 from edgetrain.config.base import Section
 from edgetrain.config.sparse import SparseUpdateConfig
 
@@ -77,6 +78,16 @@ class TrainConfig(Section):
     init_from: Path | None = None  # a run directory whose model.pt initialises the model
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     sparse_update: SparseUpdateConfig = Field(default_factory=SparseUpdateConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    adapt: AdaptConfig = Field(default_factory=AdaptConfig)
+    prune: PruneConfig = Field(default_factory=PruneConfig)
+    # saved-activation handling: off (no hooks), none (measured, not compressed), or a codec
+    activations: Literal["off", "none", "lossless", "bf16", "fp16", "int8", "int4", "int2"] = "off"
+
+    @field_validator("activations", mode="before")
+    @classmethod
+    def _off_is_not_false(cls, value: object) -> object:
+        return "off" if value is False else value  # YAML reads a bare `off` as false
 
     @field_validator("split")
     @classmethod

@@ -187,7 +187,7 @@ def fanova_importances(
         target: the value to explain for each trial.
         seed: seed of the evaluator's random forest (pinned: results are reproducible).
     """
-    import optuna
+    from edgetrain.sweep._optuna import optuna
 
     rows = [
         (t, y) for t, y in zip(trials, target, strict=True) if y is not None and math.isfinite(y)

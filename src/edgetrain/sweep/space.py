@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,11 +102,11 @@ class ParamSpec:
 
     def distribution(self) -> Any:
         """The Optuna distribution of this parameter (choices encoded as scalars)."""
-        from optuna.distributions import (
-            CategoricalDistribution,
-            FloatDistribution,
-            IntDistribution,
-        )
+        from edgetrain.sweep._optuna import optuna
+
+        CategoricalDistribution = optuna.distributions.CategoricalDistribution
+        FloatDistribution = optuna.distributions.FloatDistribution
+        IntDistribution = optuna.distributions.IntDistribution
 
         if self.kind == "categorical":
             return CategoricalDistribution([encode_choice(c) for c in self.choices])
@@ -476,8 +475,3 @@ def load_space(
     if seed is not None:
         raw["seed"] = seed
     return space_from_dict(raw, root=root, source=label)
-
-
-def is_finite_number(value: Any) -> bool:
-    """True for an int or float that is not NaN or infinite (bools excluded)."""
-    return _is_number(value) and math.isfinite(value)

@@ -1,6 +1,6 @@
 """The training loop, its callbacks and the run-directory writer."""
 
-from edgetrain.train.api import FitResult, fit, prepare_data, resolve_device, train
+from edgetrain.train.api import FitResult, fit, prepare, prepare_data, resolve_device, train
 from edgetrain.train.callbacks import BatchTiming, Callback, CallbackList, TrainState
 from edgetrain.train.loop import StepResult, evaluate, run_epochs, train_step
 from edgetrain.train.rundir import (
@@ -26,6 +26,7 @@ __all__ = [
     "TrainState",
     "evaluate",
     "fit",
+    "prepare",
     "prepare_data",
     "read_csv_rows",
     "resolve_device",

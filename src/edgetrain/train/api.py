@@ -25,7 +25,15 @@ from edgetrain.train.optim import build_optimizer, make_grad_scaler, param_dtype
 from edgetrain.train.rundir import METRICS_COLUMNS, RunDir
 from edgetrain.train.writer import RunWriter, build_summary, restore_rng
 
-__all__ = ["FitResult", "fit", "load_pretrained", "prepare_data", "resolve_device", "train"]
+__all__ = [
+    "FitResult",
+    "fit",
+    "load_pretrained",
+    "prepare",
+    "prepare_data",
+    "resolve_device",
+    "train",
+]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +79,23 @@ def prepare_data(config: TrainConfig) -> tuple[SplitData, Any]:
         **config.data_args,
     )
     return split_dataset(dataset, config, info.num_classes), info
+
+
+def prepare(config: TrainConfig) -> tuple[SplitData, nn.Module]:
+    """The configured data splits and a freshly initialised model (seeded)."""
+    from edgetrain.zoo import build_model
+
+    seed_everything(config.seed)
+    data, info = prepare_data(config)
+    seed_everything(config.seed)  # model init independent of how much randomness data loading used
+    model = build_model(
+        config.model,
+        num_classes=info.num_classes,
+        in_channels=info.in_channels,
+        input_size=info.input_size,
+        **config.model_args,
+    )
+    return data, model
 
 
 def split_dataset(dataset: Dataset, config: TrainConfig, num_classes: int) -> SplitData:
@@ -120,6 +145,10 @@ def _default_callbacks(config: TrainConfig, progress: bool) -> list[Callback]:
         from edgetrain.train.monitoring import MonitorCallback
 
         cbs.append(MonitorCallback(config.monitor))
+    if config.activations != "off":
+        from edgetrain.train.activations import ActivationCallback
+
+        cbs.append(ActivationCallback(config.activations, seed=config.seed))
     if progress:
         from edgetrain.train.progress import ProgressCallback
 
@@ -169,6 +198,10 @@ def _run(
         start_epoch = _restore(run, state, scaler, chain)
     run.write_text("config.yaml", write_yaml_text(config_to_dict(config)))
     forward = torch.compile(model) if config.compile else model
+    for cb in all_callbacks.callbacks:
+        wrap = getattr(cb, "wrap_forward", None)
+        if wrap is not None:
+            forward = wrap(forward)
     status = "failed"
     extra: dict[str, Any] = {}
     try:
@@ -261,18 +294,7 @@ def train(
         cfg = load_config(config_to_dict(config), overrides=overrides)
     else:
         cfg = load_config(config, overrides=overrides)
-    seed_everything(cfg.seed)
-    data, info = prepare_data(cfg)
-    from edgetrain.zoo import build_model
-
-    seed_everything(cfg.seed)  # model init independent of how much randomness data loading used
-    model = build_model(
-        cfg.model,
-        num_classes=info.num_classes,
-        in_channels=info.in_channels,
-        input_size=info.input_size,
-        **cfg.model_args,
-    )
+    data, model = prepare(cfg)
     if cfg.init_from is not None and resume is None:
         load_pretrained(model, cfg.init_from)
     return _run(
