@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from edgetrain.config import SparseUpdateConfig
+from edgetrain.errors import EdgeTrainError
 from edgetrain.train import fit
 from edgetrain.train.sparse_callback import SPARSE_UPDATE_COLUMNS, SparseUpdateCallback
 
@@ -113,3 +114,9 @@ def test_baseline_schemes(tiny_net, blobs, tmp_path, scheme):
     frac = result.history["trainable_frac"].iloc[0]
     assert frac == pytest.approx(cb.selection.updated_params(cb.units) / cb.units.total_params)
     assert (frac == 1.0) == (scheme == "full")
+
+
+def test_too_small_a_budget_fails_before_training(tiny_net, blobs, tmp_path):
+    with pytest.raises(EdgeTrainError, match="smaller than the least any selection costs"):
+        _fit(tiny_net(), blobs(n=32), {"scheme": "static", "budget": 5}, tmp_path / "r")
+    assert not (tmp_path / "r" / "metrics.csv").exists()

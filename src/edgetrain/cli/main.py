@@ -184,7 +184,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        app(args=args, prog_name="edgetrain", standalone_mode=False)
+        rc = app(args=args, prog_name="edgetrain", standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)  # Typer turns Ctrl-C into 130 and returns it in this mode
     except EdgeTrainError as exc:
         if _DEBUG:
             traceback.print_exc()

@@ -20,6 +20,7 @@ from edgetrain.sparse.budget import CostModel
 from edgetrain.sparse.layers import ModelUnits
 from edgetrain.sparse.select import (
     Selection,
+    check_budget,
     fixed_rows,
     select_bias_only,
     select_full,
@@ -62,6 +63,8 @@ class SelectionPlanner:
         self.seed = int(seed)
         self.norms = dict(norms)
         self._static: Selection | None = None
+        if config.scheme in ("velocity", "random", "static"):
+            check_budget(cost, limit, self.fixed())  # fail before training, not during it
 
     def fixed(self, *, biases: bool = False) -> dict[str, torch.Tensor]:
         cfg = self.config

@@ -32,6 +32,7 @@ from edgetrain.sparse.layers import ModelUnits, NeuronLayer, row_count, row_size
 
 __all__ = [
     "Selection",
+    "check_budget",
     "fixed_rows",
     "select_bias_only",
     "select_full",
@@ -120,6 +121,19 @@ def weight_norms(model: nn.Module, units: ModelUnits) -> dict[str, torch.Tensor]
         }
 
 
+def check_budget(cost: CostModel, limit: int | None, fixed: Mapping[str, torch.Tensor]) -> int:
+    """The cost of the always-trainable rows; an error if it exceeds the budget."""
+    current = cost.of_rows(fixed)
+    if limit is not None and current > limit:
+        raise EdgeTrainError(
+            f"sparse_update.budget ({cost.describe(limit)}) is smaller than the least any "
+            f"selection costs here ({cost.describe(current)}: {cost.minimum()}); "
+            "raise the budget or set sparse_update.always_train_head / always_train_bn "
+            "to false"
+        )
+    return current
+
+
 class _Filler:
     """Adds neurons to a selection while keeping track of its cost."""
 
@@ -135,14 +149,7 @@ class _Filler:
         self.limit = limit
         self.fixed = {p: m.clone() for p, m in fixed.items()}
         self.trainable = trainable_names(self.fixed)
-        self.current = cost.of_rows(self.fixed)
-        if limit is not None and self.current > limit:
-            raise EdgeTrainError(
-                f"sparse_update.budget ({cost.describe(limit)}) is smaller than the least any "
-                f"selection costs here ({cost.describe(self.current)}: {cost.minimum()}); "
-                "raise the budget or set sparse_update.always_train_head / always_train_bn "
-                "to false"
-            )
+        self.current = check_budget(cost, limit, self.fixed)
         self.masks = {
             la.name: torch.zeros(la.neurons, dtype=torch.bool) for la in self.candidates()
         }

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -102,15 +104,26 @@ def read_sweep_info(sweep_dir: Path) -> dict[str, Any]:
         raise EdgeTrainError(f"{path} is not valid JSON: {exc}") from None
 
 
-def _write_sweep_files(sweep_dir: Path, info: dict[str, Any], space: SearchSpace) -> None:
-    from edgetrain.train.rundir import atomic_write_text
+def _write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file of this process and a rename: workers that start
+    together write the same files at the same moment."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
+
+def _write_sweep_files(sweep_dir: Path, info: dict[str, Any], space: SearchSpace) -> None:
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(sweep_dir / SWEEP_FILE, json.dumps(info, indent=2) + "\n")
+    _write_atomic(sweep_dir / SWEEP_FILE, json.dumps(info, indent=2) + "\n")
     text = "# resolved search space of this sweep (base inlined)\n" + write_yaml_text(
         space.to_dict()
     )
-    atomic_write_text(sweep_dir / SPACE_FILE, text)
+    _write_atomic(sweep_dir / SPACE_FILE, text)
 
 
 def _canonical(data: Any) -> str:

@@ -108,7 +108,7 @@ def run_trial(spec: dict[str, Any], started_at: float | None = None) -> int:
         timing["startup_s"] = t_imported - (started_at if started_at is not None else t_enter)
         config = dict(spec["config"])
         config["out"] = str(run_dir)
-        fit = train(config, progress=False)
+        fit = train(config, progress=False, evaluate_test=False)  # test data: final only
         timing["train_call_s"] = time.time() - t_imported
         metrics = trial_metrics(fit.summary)
         metrics["model_bytes"] = _state_bytes(fit.model)

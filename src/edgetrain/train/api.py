@@ -165,6 +165,7 @@ def _run(
     progress: bool,
     resume: bool,
     overwrite: bool,
+    evaluate_test: bool = True,
 ) -> FitResult:
     """Shared by :func:`fit` and :func:`train`: everything after model and data exist."""
     device = resolve_device(config.device)
@@ -208,7 +209,7 @@ def _run(
         all_callbacks.on_fit_start(state)
         run.write_json("env.json", _env_info(state.extras.get("sensor_statuses")))
         run_epochs(state, forward, data.train, data.val, all_callbacks, scaler, start_epoch)
-        if data.test is not None:
+        if data.test is not None and evaluate_test:
             test_loss, test_acc = evaluate(model, forward, data.test, state)
             extra["test"] = {"test_loss": test_loss, "test_acc": test_acc}
         status = "completed"
@@ -273,6 +274,7 @@ def train(
     resume: str | Path | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    evaluate_test: bool = True,
 ) -> FitResult:
     """Train the model and data set named by a config.
 
@@ -284,6 +286,8 @@ def train(
             the base; ``overrides`` still apply, e.g. ``epochs=20`` to extend).
         overwrite: replace an existing run directory.
         progress: show a progress bar and epoch lines.
+        evaluate_test: evaluate the test split at the end (sweep trials turn this off so
+            test data is used only for the final report).
     """
     if resume is not None:
         stored = Path(resume) / "config.yaml"
@@ -305,6 +309,7 @@ def train(
         progress=progress,
         resume=resume is not None,
         overwrite=overwrite,
+        evaluate_test=evaluate_test,
     )
 
 

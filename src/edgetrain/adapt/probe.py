@@ -1,0 +1,285 @@
+"""Probe steps: fit a :class:`MemoryModel` on real forward/backward passes before training.
+
+The static bytes (parameters, buffers, gradients, optimizer state) come from exact
+accounting (:func:`edgetrain.memory.report`); then forward/backward passes at micro-batch
+1, 2, 4, ... are measured with a :class:`~edgetrain.adapt.meters.MemoryMeter` (RSS
+high-water mark on CPU, allocator peak on CUDA) and their saved-for-backward bytes
+counted, while the next size is predicted to fit. Each probe restores gradients,
+buffers and the RNG, so probing does not change training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset, default_collate
+
+from edgetrain.adapt.memory_model import MemoryModel
+from edgetrain.adapt.meters import MemoryMeter
+from edgetrain.memory import SavedTensorCounter, report, unique_bytes
+
+__all__ = [
+    "BudgetFit",
+    "Probe",
+    "StaticBytes",
+    "accounted_model",
+    "fit_memory_model",
+    "probe_batch",
+    "probe_step",
+    "static_bytes",
+]
+
+log = logging.getLogger(__name__)
+
+AutocastFactory = Callable[[], contextlib.AbstractContextManager[Any]]
+
+
+@dataclass(frozen=True)
+class StaticBytes:
+    """Bytes that do not grow with the batch, from exact accounting of one real step."""
+
+    param_bytes: int
+    buffer_bytes: int
+    grad_bytes: int
+    optimizer_state_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.param_bytes + self.buffer_bytes + self.grad_bytes + self.optimizer_state_bytes
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One measured forward/backward pass.
+
+    Attributes:
+        micro_batch_size: samples in the pass.
+        saved_bytes: bytes saved for backward (unique storages, parameters excluded).
+        measured_bytes: the meter's peak, plus optimizer state that a real step would
+            hold but the probe did not yet have; None without a meter reading.
+    """
+
+    micro_batch_size: int
+    saved_bytes: int
+    measured_bytes: int | None
+
+    def peak_bytes(self, static: StaticBytes) -> float:
+        """The larger of the measured peak and the exact accounting (static + saved)."""
+        accounted = static.total_bytes + self.saved_bytes
+        return float(max(accounted, self.measured_bytes or 0))
+
+
+@dataclass(frozen=True)
+class BudgetFit:
+    """What probing found: the static bytes, every probe, the fitted model."""
+
+    static: StaticBytes
+    probes: tuple[Probe, ...]
+    memory: MemoryModel
+    ceiling: int | None  # smallest micro-batch that ran out of memory while probing
+    verified: int  # largest micro-batch measured within the limit (0: none)
+
+
+def probe_batch(
+    dataset: Dataset, size: int, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``size`` samples of ``dataset`` (repeated if it is shorter), as one batch."""
+    n = len(dataset)  # type: ignore[arg-type]
+    if n == 0:
+        raise ValueError("the probe data set is empty")
+    x, y = default_collate([dataset[i % n] for i in range(size)])
+    return x.to(device, dtype), y.to(device)
+
+
+def static_bytes(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None, x: torch.Tensor, y: torch.Tensor
+) -> StaticBytes:
+    """Exact static bytes from one real step on ``x[:1]`` (restored afterwards)."""
+    rep = report(model, optimizer, (x[:1], y[:1]))
+    return StaticBytes(rep.param_bytes, rep.buffer_bytes, rep.grad_bytes, rep.optimizer_state_bytes)
+
+
+def _state_tensors(optimizer: torch.optim.Optimizer | None) -> list[torch.Tensor]:
+    if optimizer is None:
+        return []
+    return [v for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+
+
+class _Restore:
+    """Gradients (the objects), buffers, training flags and RNG, put back after a probe."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.params = list(model.parameters())
+        self.grads = [p.grad for p in self.params]
+        self.buffers = [(b, b.detach().clone()) for b in model.buffers()]
+        self.flags = [(m, m.training) for m in model.modules()]
+        self.rng = torch.get_rng_state()
+        self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+
+    def restore(self) -> None:
+        for p, g in zip(self.params, self.grads, strict=True):
+            p.grad = g
+        with torch.no_grad():
+            for b, saved in self.buffers:
+                b.copy_(saved)
+        for m, flag in self.flags:
+            m.training = flag
+        torch.set_rng_state(self.rng)
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state_all(self.cuda_rng)
+
+
+def probe_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    meter: MemoryMeter | None,
+    missing_bytes: int = 0,
+    autocast: AutocastFactory = contextlib.nullcontext,
+) -> Probe:
+    """One training forward/backward on (x, y), measured and undone.
+
+    Args:
+        model: the model (its gradients, buffers and RNG are restored).
+        x: inputs; y: class targets.
+        meter: the memory meter (its window is reset first), or None.
+        missing_bytes: bytes a real step would hold that this one does not (optimizer
+            state not created yet); added to the measurement.
+        autocast: the training's autocast context (so probes see its dtypes).
+
+    Raises:
+        torch.OutOfMemoryError: as raised by the pass (after restoring).
+    """
+    saved = _Restore(model)
+    for p in saved.params:
+        p.grad = None
+    if meter is not None:
+        meter.reset_peak()
+    try:
+        model.train()
+        with SavedTensorCounter(model) as counter:
+            with autocast():
+                out = model(x)
+            loss = F.cross_entropy(out.float(), y, reduction="sum") / len(y)
+        loss.backward()
+        del out, loss
+        measured = meter.peak_bytes() if meter is not None else None
+    finally:
+        saved.restore()
+    return Probe(
+        micro_batch_size=len(y),
+        saved_bytes=counter.total_bytes,
+        measured_bytes=None if measured is None else measured + missing_bytes,
+    )
+
+
+def _model(static: StaticBytes, probes: Sequence[Probe], *, cautious: bool = False) -> MemoryModel:
+    """Upper envelope of the probes; slope from the last four, at least the saved bytes per
+    sample (x 2 when ``cautious``: backward temporaries reach about that on CPU)."""
+    last = probes[-1]
+    floor = last.saved_bytes / last.micro_batch_size
+    points = [(p.micro_batch_size, p.peak_bytes(static)) for p in probes]
+    slope = MemoryModel.fit(points[-4:], per_sample_floor=floor).per_sample_bytes
+    if cautious:
+        slope = max(slope, 2 * floor)
+    return MemoryModel.fit(points, static_floor=static.total_bytes, per_sample_floor=slope)
+
+
+def accounted_model(static: StaticBytes, probes: Sequence[Probe]) -> MemoryModel:
+    """The model from exact accounting alone: static bytes + saved bytes per sample."""
+    return MemoryModel.fit(
+        [(p.micro_batch_size, static.total_bytes + p.saved_bytes) for p in probes],
+        static_floor=static.total_bytes,
+    )
+
+
+def fit_memory_model(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    meter: MemoryMeter | None,
+    limit_bytes: float | None,
+    start: int = 1,
+    autocast: AutocastFactory = contextlib.nullcontext,
+    is_oom: Callable[[BaseException], bool] | None = None,
+) -> BudgetFit:
+    """Probe at ``start``, 2x, 4x, ... while the next size is cautiously predicted to fit.
+
+    One unmeasured pass first takes the one-time costs (lazy allocations). Doubling stops
+    before a size whose prediction, with at least twice the saved bytes per sample as
+    slope, passes ``limit_bytes``; then one more probe checks the largest size the fitted
+    model allows below the next power of two, so the final choice is measured, not
+    extrapolated.
+
+    Args:
+        model, optimizer: what will be trained (restored after each probe).
+        x, y: a probe batch with as many samples as the largest possible micro-batch.
+        meter: measures each probe; None = exact accounting only.
+        limit_bytes: the most a micro-batch may need (None: probe up to ``len(x)``).
+        start: the first micro-batch size.
+        autocast: the training's autocast context.
+        is_oom: whether an exception is an out-of-memory error (default: torch's); such
+            a probe ends probing and sets ``ceiling``.
+    """
+    oom = is_oom or (lambda exc: isinstance(exc, torch.OutOfMemoryError))
+    static = static_bytes(model, optimizer, x, y)
+    missing = max(0, static.optimizer_state_bytes - unique_bytes(_state_tensors(optimizer)))
+    probes: list[Probe] = []
+    ceiling: int | None = None
+
+    def run(micro: int) -> bool:
+        nonlocal ceiling
+        try:
+            probes.append(
+                probe_step(
+                    model,
+                    x[:micro],
+                    y[:micro],
+                    meter=meter,
+                    missing_bytes=missing,
+                    autocast=autocast,
+                )
+            )
+        except Exception as exc:
+            if not oom(exc) or not probes:
+                raise
+            ceiling = micro
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            log.info("probe at micro-batch %d ran out of memory", micro)
+            return False
+        return True
+
+    micro = max(1, min(start, len(x)))
+    warm = max(micro, min(2, len(x)))  # batch 1 can take other kernels than batch 2
+    probe_step(model, x[:warm], y[:warm], meter=None, autocast=autocast)  # one-time costs
+    run(micro)
+    while True:
+        nxt = min(len(x), micro * 2)
+        cautious = _model(static, probes, cautious=True)
+        if nxt == micro or (limit_bytes is not None and cautious.predict_bytes(nxt) > limit_bytes):
+            break
+        if not run(nxt):
+            break
+        micro = nxt
+    if limit_bytes is not None:
+        upper = min(len(x), 2 * micro - 1, (ceiling or len(x) + 1) - 1)
+        candidate = _model(static, probes).largest_micro_batch(limit_bytes, upper)
+        if candidate > micro:
+            run(candidate)
+    if meter is not None:
+        meter.reset_peak()
+    limit = math.inf if limit_bytes is None else limit_bytes
+    verified = max((p.micro_batch_size for p in probes if p.peak_bytes(static) <= limit), default=0)
+    return BudgetFit(static, tuple(probes), _model(static, probes), ceiling, verified)
