@@ -135,12 +135,17 @@ def test_long_config_continues_on_another_page() -> None:
 def test_errors(tmp_path: Path) -> None:
     with pytest.raises(EdgeTrainError, match="does not exist"):
         make_report(tmp_path / "missing")
-    with pytest.raises(EdgeTrainError, match=r"is not a run directory \(no metrics.csv\)$"):
+    with pytest.raises(EdgeTrainError) as error:
         make_report(tmp_path)
+    message = str(error.value)
+    assert "is not a run directory (no metrics.csv)" in message
+    assert "\n" not in message
+    for kind in ("run:", "sweep:", "bench:", "sparse-compare:", "compare:"):
+        assert kind in message  # the known kinds are listed
     sweep = tmp_path / "sweep"
     sweep.mkdir()
     (sweep / "space.yaml").write_text("lr: [0.1, 0.01]\n", encoding="utf-8")
-    with pytest.raises(EdgeTrainError, match=r"is not a run directory \(no metrics.csv\); .*sweep"):
+    with pytest.raises(EdgeTrainError, match=r"run `edgetrain sweep analyze .*sweep` first"):
         make_report(sweep)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgetrain.errors import EdgeTrainError
-from edgetrain.report import detect_kind, load_run
+from edgetrain.report import KINDS, detect_kind, load_run
 from edgetrain.report.rundir import METRICS_COLUMNS, read_csv_rows
 
 
@@ -119,3 +119,32 @@ def test_detect_kind(tmp_path: Path, make_run: Callable[..., Path]) -> None:
     (sweep / "trials").mkdir(parents=True)
     assert detect_kind(sweep) == "sweep"
     assert detect_kind(sweep / "trials") == "unknown"
+
+
+def test_detect_every_kind(
+    tmp_path: Path, sweep_dir: Path, bench_dir: Path, sparse_dir: Path
+) -> None:
+    assert detect_kind(sweep_dir) == "sweep"
+    assert detect_kind(sweep_dir / "analysis") == "sweep"  # the analysis tables themselves
+    assert detect_kind(bench_dir) == "bench"
+    assert detect_kind(sparse_dir) == "sparse-compare"
+    assert detect_kind(sweep_dir / "trials" / "2") == "run"
+    assert set(KINDS) == {"run", "sweep", "bench", "sparse-compare", "compare"}
+    # only an analysis table: still a sweep
+    (tmp_path / "only-analysis" / "analysis").mkdir(parents=True)
+    (tmp_path / "only-analysis" / "analysis" / "trials.csv").write_text("number\n0\n")
+    assert detect_kind(tmp_path / "only-analysis") == "sweep"
+    # a summary.csv alone is not a benchmark; with stall columns it is
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "summary.csv").write_text("config,status\n0,completed\n")
+    assert detect_kind(other) == "unknown"
+    (other / "summary.csv").write_text("config,status,stall_s_mean\n0,completed,0.1\n")
+    assert detect_kind(other) == "bench"
+    # a results.csv without a scheme column is not a sparse-update comparison
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "results.csv").write_text("a,b\n1,2\n")
+    assert detect_kind(results) == "unknown"
+    (results / "runs.csv").write_text("scheme,budget,seed\nfull,,0\n")
+    assert detect_kind(results) == "sparse-compare"

@@ -86,6 +86,9 @@ class BudgetFit:
     memory: MemoryModel
     ceiling: int | None  # smallest micro-batch that ran out of memory while probing
     verified: int  # largest micro-batch measured within the limit (0: none)
+    calibration: Probe | None = None  # a whole logical batch at the last doubled size
+    overhead_bytes: float = 0.0  # calibration minus the single pass at its size
+    probe_peak_bytes: int | None = None  # the largest peak the probes themselves reached
 
 
 def probe_batch(
@@ -145,8 +148,10 @@ def probe_step(
     meter: MemoryMeter | None,
     missing_bytes: int = 0,
     autocast: AutocastFactory = contextlib.nullcontext,
+    micro_batch_size: int | None = None,
+    evaluate: bool = False,
 ) -> Probe:
-    """One training forward/backward on (x, y), measured and undone.
+    """Training forward/backward on (x, y), measured and undone.
 
     Args:
         model: the model (its gradients, buffers and RNG are restored).
@@ -155,10 +160,15 @@ def probe_step(
         missing_bytes: bytes a real step would hold that this one does not (optimizer
             state not created yet); added to the measurement.
         autocast: the training's autocast context (so probes see its dtypes).
+        micro_batch_size: split (x, y) into micro-batches and accumulate gradients as
+            the training loop does (default: one pass over all of x).
+        evaluate: also run an evaluation forward (no grad) of one micro-batch.
 
     Raises:
         torch.OutOfMemoryError: as raised by the pass (after restoring).
     """
+    n = len(y)
+    micro = n if micro_batch_size is None else max(1, min(micro_batch_size, n))
     saved = _Restore(model)
     for p in saved.params:
         p.grad = None
@@ -167,31 +177,43 @@ def probe_step(
     try:
         model.train()
         with SavedTensorCounter(model) as counter:
-            with autocast():
-                out = model(x)
-            loss = F.cross_entropy(out.float(), y, reduction="sum") / len(y)
-        loss.backward()
-        del out, loss
+            for lo in range(0, n, micro):
+                with autocast():
+                    out = model(x[lo : lo + micro])
+                loss = F.cross_entropy(out.float(), y[lo : lo + micro], reduction="sum") / n
+                loss.backward()
+                del out, loss
+        if evaluate:
+            model.eval()
+            with torch.no_grad(), autocast():
+                model(x[:micro])
         measured = meter.peak_bytes() if meter is not None else None
     finally:
         saved.restore()
     return Probe(
-        micro_batch_size=len(y),
-        saved_bytes=counter.total_bytes,
+        micro_batch_size=micro,
+        saved_bytes=counter.peak_bytes,
         measured_bytes=None if measured is None else measured + missing_bytes,
     )
 
 
-def _model(static: StaticBytes, probes: Sequence[Probe], *, cautious: bool = False) -> MemoryModel:
-    """Upper envelope of the probes; slope from the last four, at least the saved bytes per
-    sample (x 2 when ``cautious``: backward temporaries reach about that on CPU)."""
+def _model(
+    static: StaticBytes,
+    probes: Sequence[Probe],
+    *,
+    cautious: bool = False,
+    overhead_bytes: float = 0.0,
+) -> MemoryModel:
+    """Upper envelope of the probes, raised by ``overhead_bytes`` (what a whole logical
+    batch holds beyond a single pass); slope from the last four probes, at least the saved
+    bytes per sample (x 2 when ``cautious``: backward temporaries reach about that on CPU)."""
     last = probes[-1]
     floor = last.saved_bytes / last.micro_batch_size
-    points = [(p.micro_batch_size, p.peak_bytes(static)) for p in probes]
+    points = [(p.micro_batch_size, p.peak_bytes(static) + overhead_bytes) for p in probes]
     slope = MemoryModel.fit(points[-4:], per_sample_floor=floor).per_sample_bytes
     if cautious:
         slope = max(slope, 2 * floor)
-    return MemoryModel.fit(points, static_floor=static.total_bytes, per_sample_floor=slope)
+    return MemoryModel.envelope(points, slope, static_floor=static.total_bytes)
 
 
 def accounted_model(static: StaticBytes, probes: Sequence[Probe]) -> MemoryModel:
@@ -218,13 +240,15 @@ def fit_memory_model(
 
     One unmeasured pass first takes the one-time costs (lazy allocations). Doubling stops
     before a size whose prediction, with at least twice the saved bytes per sample as
-    slope, passes ``limit_bytes``; then one more probe checks the largest size the fitted
-    model allows below the next power of two, so the final choice is measured, not
-    extrapolated.
+    slope, passes ``limit_bytes``. A calibration pass then runs the whole probe batch at
+    the last size as the loop would (accumulating micro-batches, then an evaluation
+    forward): what it holds beyond the single pass raises the model. One more probe
+    checks the largest size that model allows below the next power of two, so the final
+    choice is measured, not extrapolated, and no probe is larger than it.
 
     Args:
         model, optimizer: what will be trained (restored after each probe).
-        x, y: a probe batch with as many samples as the largest possible micro-batch.
+        x, y: a probe batch of one logical batch (the largest possible micro-batch).
         meter: measures each probe; None = exact accounting only.
         limit_bytes: the most a micro-batch may need (None: probe up to ``len(x)``).
         start: the first micro-batch size.
@@ -238,48 +262,82 @@ def fit_memory_model(
     probes: list[Probe] = []
     ceiling: int | None = None
 
-    def run(micro: int) -> bool:
+    def run(micro: int, whole_batch: bool = False) -> Probe | None:
         nonlocal ceiling
+        n = len(x) if whole_batch else micro
         try:
-            probes.append(
-                probe_step(
-                    model,
-                    x[:micro],
-                    y[:micro],
-                    meter=meter,
-                    missing_bytes=missing,
-                    autocast=autocast,
-                )
+            return probe_step(
+                model,
+                x[:n],
+                y[:n],
+                meter=meter,
+                missing_bytes=missing,
+                autocast=autocast,
+                micro_batch_size=micro,
+                evaluate=whole_batch,
             )
         except Exception as exc:
             if not oom(exc) or not probes:
                 raise
-            ceiling = micro
+            ceiling = micro if ceiling is None else min(ceiling, micro)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             log.info("probe at micro-batch %d ran out of memory", micro)
-            return False
-        return True
+            return None
+
+    def one(micro: int) -> bool:
+        probe = run(micro)
+        if probe is not None:
+            probes.append(probe)
+        return probe is not None
 
     micro = max(1, min(start, len(x)))
     warm = max(micro, min(2, len(x)))  # batch 1 can take other kernels than batch 2
     probe_step(model, x[:warm], y[:warm], meter=None, autocast=autocast)  # one-time costs
-    run(micro)
+    one(micro)
     while True:
         nxt = min(len(x), micro * 2)
         cautious = _model(static, probes, cautious=True)
         if nxt == micro or (limit_bytes is not None and cautious.predict_bytes(nxt) > limit_bytes):
             break
-        if not run(nxt):
+        if not one(nxt):
             break
         micro = nxt
+    # a whole logical batch at the last size: what training holds beyond a single pass
+    calibration = run(micro, whole_batch=True)
+    overhead = 0.0
+    if calibration is not None:
+        single = next(p for p in probes if p.micro_batch_size == micro)
+        overhead = max(0.0, calibration.peak_bytes(static) - single.peak_bytes(static))
+    limit = math.inf if limit_bytes is None else limit_bytes
     if limit_bytes is not None:
+        # never probe above the final choice: on CPU the resident size keeps what the
+        # largest pass touched, so the last probe is the largest
         upper = min(len(x), 2 * micro - 1, (ceiling or len(x) + 1) - 1)
-        candidate = _model(static, probes).largest_micro_batch(limit_bytes, upper)
+        candidate = _model(static, probes, overhead_bytes=overhead).largest_micro_batch(
+            limit, upper
+        )
         if candidate > micro:
-            run(candidate)
+            one(candidate)
     if meter is not None:
         meter.reset_peak()
-    limit = math.inf if limit_bytes is None else limit_bytes
-    verified = max((p.micro_batch_size for p in probes if p.peak_bytes(static) <= limit), default=0)
-    return BudgetFit(static, tuple(probes), _model(static, probes), ceiling, verified)
+    memory = _model(static, probes, overhead_bytes=overhead)
+    verified = max(
+        (p.micro_batch_size for p in probes if p.peak_bytes(static) + overhead <= limit),
+        default=0,
+    )
+    measured = [
+        p.measured_bytes - missing
+        for p in [*probes, *([calibration] if calibration else [])]
+        if p.measured_bytes is not None
+    ]
+    return BudgetFit(
+        static,
+        tuple(probes),
+        memory,
+        ceiling,
+        verified,
+        calibration,
+        overhead,
+        max(measured, default=None),
+    )

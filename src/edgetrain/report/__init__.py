@@ -1,13 +1,16 @@
 """Reports from run directories: tables, figures, a PDF and an Excel workbook.
 
-Reads only the files of the run-directory contract (DESIGN.md), so a report can be
-made on another machine than the one that trained.
+Reads only files (the run-directory contract in DESIGN.md, and the tables that
+``edgetrain sweep analyze``, ``edgetrain bench`` and ``edgetrain sparse-compare`` write),
+so a report can be made on another machine than the one that trained.
+:func:`make_report` detects the kind of directory (:data:`KINDS`).
 """
 
 from __future__ import annotations
 
 import logging
 
+from edgetrain.report.bench import Bench, load_bench
 from edgetrain.report.compare import (
     compare_curves,
     compare_runs,
@@ -15,7 +18,9 @@ from edgetrain.report.compare import (
     config_differences,
 )
 from edgetrain.report.make import make_report, plot_resources
-from edgetrain.report.rundir import Run, detect_kind, load_run
+from edgetrain.report.rundir import KINDS, Run, detect_kind, load_run
+from edgetrain.report.sparse import SparseCompare, load_sparse_compare
+from edgetrain.report.sweep import Sweep, load_sweep
 from edgetrain.report.tables import (
     activation_table,
     config_table,
@@ -37,7 +42,11 @@ from edgetrain.report.tables import (
 )
 
 __all__ = [
+    "KINDS",
+    "Bench",
     "Run",
+    "SparseCompare",
+    "Sweep",
     "activation_table",
     "compare_curves",
     "compare_runs",
@@ -52,7 +61,10 @@ __all__ = [
     "environment_table",
     "epoch_boundaries",
     "epoch_numeric_table",
+    "load_bench",
     "load_run",
+    "load_sparse_compare",
+    "load_sweep",
     "make_report",
     "metrics_table",
     "plot_resources",

@@ -19,8 +19,11 @@ __all__ = [
     "PERFORMANCE_WORDS",
     "axis_label",
     "bytes_unit",
+    "energy_source_text",
     "format_value",
+    "is_estimated",
     "is_performance",
+    "mean_std_text",
     "pretty_name",
     "time_unit",
 ]
@@ -36,6 +39,9 @@ _NAMES = {
     "val_loss": "val loss",
     "train_acc": "train accuracy",
     "val_acc": "val accuracy",
+    "test_acc": "test accuracy",
+    "best_val_acc": "best val accuracy",
+    "efficiency_acc_per_kj": "efficiency",
     "lr": "learning rate",
     "batch_size": "batch size",
     "micro_batch_size": "micro-batch size",
@@ -75,6 +81,7 @@ _UNITLESS = {
     "batch_size": "samples",
     "micro_batch_size": "samples",
     "samples_per_s": "samples/s",
+    "efficiency_acc_per_kj": "accuracy/kJ",
     "samples": "samples",
     "accum_steps": "steps",
     "param_sparsity": "fraction",
@@ -170,3 +177,25 @@ def format_value(column: str, value: Any) -> str:
             return f"{number:.4g}" if abs(number) < 10 else f"{number:,.1f}"
         return f"{number:.4g}"
     return str(value)
+
+
+def is_estimated(sources: Iterable[Any]) -> bool:
+    """Whether any energy source is an estimate (``estimated:...``)."""
+    return any(str(s).startswith("estimated") for s in sources if s is not None)
+
+
+def energy_source_text(sources: Iterable[Any]) -> str:
+    """'estimated:cpu-tdp (an estimate, not a measurement)' or 'measured:nvml'."""
+    names = sorted({str(s) for s in sources if s is not None and str(s) not in ("", "nan")})
+    if not names:
+        return "unknown (no energy recorded)"
+    text = ", ".join(names)
+    return text + " (an estimate, not a measurement)" if is_estimated(names) else text
+
+
+def mean_std_text(column: str, mean: Any, std: Any) -> str:
+    """'0.93 ± 0.02' in the column's format; the mean alone when there is no std."""
+    text = format_value(column, mean)
+    if text == "-" or std is None or (isinstance(std, float) and math.isnan(std)):
+        return text
+    return f"{text} ± {format_value(column, std)}"

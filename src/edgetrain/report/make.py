@@ -14,7 +14,7 @@ from edgetrain.report import figures as fig
 from edgetrain.report import tables as tab
 from edgetrain.report.labels import format_value
 from edgetrain.report.pdf import save_pdf, save_png
-from edgetrain.report.rundir import Run, detect_kind, load_run
+from edgetrain.report.rundir import KINDS, Run, detect_kind, load_run
 from edgetrain.report.textpages import (
     LANDSCAPE,
     PORTRAIT,
@@ -244,37 +244,52 @@ def write_run_report(run: Run, out: Path) -> list[str]:
 
 
 def make_report(path: Path | str) -> Path:
-    """Write the report of a run directory (or compare the runs a directory holds).
+    """Write the report of a directory, whatever kind it is (see :data:`KINDS`).
+
+    A run, sweep, benchmark or sparse-update comparison gets ``DIR/report/`` (PNGs,
+    ``report.pdf``, ``report.xlsx``); a directory holding runs gets ``DIR/comparison/``.
 
     Args:
-        path: A run directory, or a directory whose sub-directories are runs.
+        path: The directory.
 
     Returns:
-        The directory the report was written to (``RUN/report/`` for a run).
+        The directory the report was written to.
 
     Raises:
-        EdgeTrainError: if the directory does not exist or is not a run directory.
+        EdgeTrainError: if the directory does not exist, is of no known kind, or (a
+            sweep) has not been analysed yet.
     """
     path = Path(path)
     kind = detect_kind(path)
-    if kind == "run":
-        out = path / REPORT_DIR
-        run = load_run(path)
-        try:
-            write_run_report(run, out)
-        except OSError as exc:
-            raise EdgeTrainError(f"cannot write the report into {out}: {exc}") from exc
-        return out
     if kind == "compare":
         from edgetrain.report.compare import compare_runs, run_children
 
         return compare_runs(run_children(path), out=path / "comparison")
-    hint = (
-        "; it looks like a sweep directory, whose report is not supported yet"
-        if kind == "sweep"
-        else ""
-    )
-    raise EdgeTrainError(f"{path} is not a run directory (no metrics.csv){hint}")
+    if kind == "unknown":
+        known = "; ".join(f"{name}: {what}" for name, what in KINDS.items())
+        raise EdgeTrainError(
+            f"{path} is not a run directory (no metrics.csv) nor any other directory edgetrain "
+            f"reports on; known kinds are {known}"
+        )
+    out = path / REPORT_DIR
+    try:
+        if kind == "run":
+            write_run_report(load_run(path), out)
+        elif kind == "sweep":
+            from edgetrain.report.sweep import load_sweep, write_sweep_report
+
+            write_sweep_report(load_sweep(path), out)
+        elif kind == "bench":
+            from edgetrain.report.bench import load_bench, write_bench_report
+
+            write_bench_report(load_bench(path), out)
+        else:
+            from edgetrain.report.sparse import load_sparse_compare, write_sparse_report
+
+            write_sparse_report(load_sparse_compare(path), out)
+    except OSError as exc:
+        raise EdgeTrainError(f"cannot write the report into {out}: {exc}") from exc
+    return out
 
 
 def plot_resources(path: Path | str) -> Path:

@@ -22,11 +22,16 @@ from edgetrain.errors import EdgeTrainError
 
 __all__ = [
     "DECISIONS_COLUMNS",
+    "KINDS",
     "METRICS_COLUMNS",
     "RESOURCES_COLUMNS",
     "Run",
     "detect_kind",
+    "is_bench_directory",
     "is_run_directory",
+    "is_sparse_compare_directory",
+    "is_sweep_analysis",
+    "is_sweep_directory",
     "load_run",
     "read_csv_rows",
     "require_directory",
@@ -114,17 +119,78 @@ def require_directory(path: Path | str) -> Path:
     return path
 
 
+KINDS: dict[str, str] = {
+    "run": "a run directory (metrics.csv, or summary.json with config.yaml)",
+    "sweep": "a sweep directory (sweep.json, space.yaml or analysis/trials.csv)",
+    "bench": "a benchmark directory from `edgetrain bench` (summary.csv with batches.csv)",
+    "sparse-compare": (
+        "a sparse-update comparison from `edgetrain sparse-compare` "
+        "(results.csv or runs.csv with a scheme column)"
+    ),
+    "compare": "a directory holding two or more run directories (compared side by side)",
+}
+
+
 def detect_kind(path: Path | str) -> str:
-    """Classify a directory: 'run', 'sweep', 'compare' (holds run directories) or 'unknown'."""
+    """Classify a directory: one of :data:`KINDS`, or 'unknown'.
+
+    A run is recognised first; then a sweep (its files, or an analysis directory written
+    elsewhere), a benchmark, a sparse-update comparison, and last a directory of runs.
+    """
     path = require_directory(path)
     if is_run_directory(path):
         return "run"
-    if (path / "space.yaml").is_file() or (path / "trials").is_dir():
+    if is_sweep_directory(path):
         return "sweep"
+    if is_bench_directory(path):
+        return "bench"
+    if is_sparse_compare_directory(path):
+        return "sparse-compare"
     children = [child for child in sorted(path.iterdir()) if child.is_dir()]
     if sum(is_run_directory(child) for child in children) >= 2:
         return "compare"
     return "unknown"
+
+
+def is_sweep_directory(path: Path) -> bool:
+    """A sweep: sweep.json, space.yaml, analysis/trials.csv or trials/; or its analysis/."""
+    return (
+        (path / "sweep.json").is_file()
+        or (path / "space.yaml").is_file()
+        or (path / "analysis" / "trials.csv").is_file()
+        or (path / "trials").is_dir()
+        or is_sweep_analysis(path)
+    )
+
+
+def is_sweep_analysis(path: Path) -> bool:
+    """The tables of `edgetrain sweep analyze` themselves (trials.csv with pareto.csv)."""
+    return (path / "trials.csv").is_file() and (
+        (path / "pareto.csv").is_file() or (path / "importance.csv").is_file()
+    )
+
+
+def is_bench_directory(path: Path) -> bool:
+    """A benchmark: summary.csv with batches.csv, or a summary.csv with stall columns."""
+    summary = path / "summary.csv"
+    if not summary.is_file():
+        return False
+    return (path / "batches.csv").is_file() or "stall_s_mean" in _csv_header(summary)
+
+
+def is_sparse_compare_directory(path: Path) -> bool:
+    """A sparse-update comparison: results.csv or runs.csv with a ``scheme`` column."""
+    return any("scheme" in _csv_header(path / name) for name in ("results.csv", "runs.csv"))
+
+
+def _csv_header(path: Path) -> list[str]:
+    """The column names of a CSV file ([] when it is missing or unreadable)."""
+    try:
+        with path.open(encoding="utf-8", errors="replace", newline="") as handle:
+            first = next(csv.reader(handle), [])
+    except (OSError, csv.Error):
+        return []
+    return [name.strip() for name in first]
 
 
 def is_run_directory(path: Path) -> bool:
@@ -178,7 +244,10 @@ def _read_mapping(path: Path, problems: list[str]) -> dict[str, Any]:
 
 
 def read_csv_rows(
-    path: Path, columns: tuple[str, ...] = (), problems: list[str] | None = None
+    path: Path,
+    columns: tuple[str, ...] = (),
+    problems: list[str] | None = None,
+    words: tuple[str, ...] = (),
 ) -> pd.DataFrame:
     """Read a run-directory CSV, dropping rows that were cut short.
 
@@ -186,6 +255,7 @@ def read_csv_rows(
         path: The CSV file; a missing or empty file gives an empty table.
         columns: Contract columns to add (empty) when the file lacks them.
         problems: Receives one message per kind of dropped or unreadable data.
+        words: Further columns kept as written (text), never turned into numbers.
 
     Returns:
         A DataFrame with numbers as floats, words as strings and empty cells as NaN.
@@ -222,7 +292,7 @@ def read_csv_rows(
     for name in frame.columns:
         raw = frame[name].map(lambda cell: cell.strip() if isinstance(cell, str) else cell)
         raw = raw.where(raw != "", None)
-        if name in _TEXT_COLUMNS:
+        if name in _TEXT_COLUMNS or name in words:
             frame[name] = raw
             continue
         numbers = pd.to_numeric(raw, errors="coerce").astype(float)
@@ -240,7 +310,7 @@ def read_csv_rows(
         problems.append(message)
     for name in columns:
         if name not in frame.columns:
-            frame[name] = None if name in _TEXT_COLUMNS else float("nan")
+            frame[name] = None if name in _TEXT_COLUMNS or name in words else float("nan")
     return frame.reset_index(drop=True)
 
 

@@ -42,7 +42,7 @@ from edgetrain.adapt import (
     shrink_after_oom,
     shrink_after_overrun,
 )
-from edgetrain.config import PruneConfig, TrainConfig
+from edgetrain.config import AdaptConfig, PruneConfig, TrainConfig
 from edgetrain.errors import EdgeTrainError
 from edgetrain.memory import unique_bytes
 from edgetrain.prune import (
@@ -144,7 +144,8 @@ class AdaptiveCallback(Callback):
     """Keeps training inside ``budget.memory`` and applies ``adapt.policy`` (see module doc).
 
     Args:
-        config: the run's config (``budget``, ``adapt``, ``batch_size``, ``precision``).
+        config: the run's config (``budget``, ``adapt``); None = the config of the run it
+            is added to (read at fit start).
         probe_data: training samples for the probe steps (needed with a budget).
         has_validation: whether the run has a validation split (``edgetrain`` needs one);
             None = unknown.
@@ -157,14 +158,15 @@ class AdaptiveCallback(Callback):
 
     def __init__(
         self,
-        config: TrainConfig,
+        config: TrainConfig | None = None,
         probe_data: Dataset | None = None,
         *,
         has_validation: bool | None = None,
         meter: MemoryMeter | None = None,
     ) -> None:
-        self.cfg = config.adapt
-        self.budget_bytes = config.budget.memory_bytes
+        self.config = config
+        self.cfg = config.adapt if config is not None else AdaptConfig(policy="budget")
+        self.budget_bytes = config.budget.memory_bytes if config is not None else None
         self.probe_data = probe_data
         self.has_validation = has_validation
         self.meter = meter
@@ -174,6 +176,8 @@ class AdaptiveCallback(Callback):
         self.memory: MemoryModel | None = None
         self.static: StaticBytes | None = None
         self.probes: list[Probe] = []
+        self.calibration: Probe | None = None
+        self.overhead_bytes = 0.0  # a logical batch beyond a single pass (calibration)
         self.points: list[tuple[int, float]] = []  # (micro-batch, measured peak) in training
         self.ceiling: int | None = None
         self.fitted = False
@@ -181,6 +185,7 @@ class AdaptiveCallback(Callback):
         self.oom_retries = 0
         self.last_lr_change_epoch = 0
         self.peak_bytes: int | None = None
+        self.probe_peak_bytes: int | None = None
         self.outside_peak_bytes: int | None = None
         # this process only
         self._device_total: int | None = None
@@ -189,6 +194,7 @@ class AdaptiveCallback(Callback):
         self._norm_buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._eval_chunk: int | None = None
         self._stuck_epoch = -1
+        self._delegate: AdaptiveCallback | None = None
 
     # -- helpers ---------------------------------------------------------------------------
     @property
@@ -224,14 +230,15 @@ class AdaptiveCallback(Callback):
         if lr != state.base_lr:
             state.base_lr = lr  # the loop sets the optimizer's rate from it at the next epoch
             self.last_lr_change_epoch = state.epoch + 1
-        if self.budget_bytes is not None:
-            self._eval_chunk = state.micro_batch_size
+        if self.budget_bytes is not None or self.oom_retries:
+            self._eval_chunk = state.micro_batch_size  # evaluation fits where training does
 
     def _refit(self) -> None:
         """Recalibrate on the steps measured in training (the probes' slope is kept)."""
         if self.static is None or self.memory is None:
             return
-        points = [(p.micro_batch_size, p.peak_bytes(self.static)) for p in self.probes]
+        extra = self.overhead_bytes
+        points = [(p.micro_batch_size, p.peak_bytes(self.static) + extra) for p in self.probes]
         self.memory = MemoryModel.envelope(
             points + self.points,
             self.memory.per_sample_bytes,
@@ -252,6 +259,7 @@ class AdaptiveCallback(Callback):
             "baseline_rss_bytes": getattr(meter, "baseline_rss_bytes", None),
             "measured_peak_bytes": self.peak_bytes,
             "within_budget": within,
+            "probe_peak_bytes": self.probe_peak_bytes,
             "budget_violations": self.violations,
             "oom_retries": self.oom_retries,
             "outside_epochs_peak_bytes": self.outside_peak_bytes,
@@ -260,7 +268,8 @@ class AdaptiveCallback(Callback):
             ),
             "memory_model": self.memory.to_dict() if self.memory else None,
             "static": asdict(self.static) if self.static else None,
-            "probed_micro_batch_sizes": [p.micro_batch_size for p in self.probes],
+            "probes": [asdict(p) for p in self.probes],
+            "calibration": asdict(self.calibration) if self.calibration else None,
             "micro_batch_size": state.micro_batch_size,
             "batch_size": state.batch_size,
             "accum_steps": state.accum_steps,
@@ -269,11 +278,18 @@ class AdaptiveCallback(Callback):
 
     # -- fit start -------------------------------------------------------------------------
     def on_fit_start(self, state: TrainState) -> None:
-        if state.extras.get("adapt_active"):
+        other = state.extras.get("adapt_active")
+        if other is not None and other is not self:
             log.info("another AdaptiveCallback is active on this run; this one does nothing")
+            self._delegate = other  # checkpoints share one key: report the active one's state
             return
-        state.extras["adapt_active"] = True
+        state.extras["adapt_active"] = self
         self.active = True
+        if self.config is None:  # added by hand: the run's settings, at least policy budget
+            adapt = state.config.adapt
+            if adapt.policy == "none":
+                adapt = adapt.model_copy(update={"policy": "budget"})
+            self.cfg, self.budget_bytes = adapt, state.config.budget.memory_bytes
         if self.cfg.policy == "edgetrain" and self.has_validation is False:
             raise EdgeTrainError(
                 "adapt.policy edgetrain decides from validation accuracy, but the run has no "
@@ -349,6 +365,9 @@ class AdaptiveCallback(Callback):
             )
         self.static, self.memory, self.ceiling = static, fit.memory, fit.ceiling
         self.probes = list(fit.probes)
+        self.calibration = fit.calibration
+        self.overhead_bytes = fit.overhead_bytes
+        self.probe_peak_bytes = fit.probe_peak_bytes
         self.fitted = True
         decision = fit_to_budget(
             fit.memory,
@@ -362,7 +381,13 @@ class AdaptiveCallback(Callback):
         )
         self._apply(state, decision)
         sizes = ", ".join(str(p.micro_batch_size) for p in fit.probes)
-        self._log(state, decision, epoch=len(state.history), note=f"probed micro-batches {sizes}")
+        note = f"probed micro-batches {sizes}"
+        if fit.calibration is not None and fit.calibration.measured_bytes is not None:
+            note += (
+                f"; a logical batch at {fit.calibration.micro_batch_size} measured "
+                f"{format_bytes(fit.calibration.measured_bytes)}"
+            )
+        self._log(state, decision, epoch=len(state.history), note=note)
 
     def _check_restored(self, state: TrainState) -> None:
         """After resume (perhaps with a new budget): shrink if the model says it must."""
@@ -541,10 +566,14 @@ class AdaptiveCallback(Callback):
 
     # -- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        if self._delegate is not None:
+            return self._delegate.state_dict()
         return {
             "memory": self.memory.to_dict() if self.memory else None,
             "static": asdict(self.static) if self.static else None,
             "probes": [asdict(p) for p in self.probes],
+            "calibration": asdict(self.calibration) if self.calibration else None,
+            "overhead_bytes": self.overhead_bytes,
             "points": [list(p) for p in self.points],
             "ceiling": self.ceiling,
             "fitted": self.fitted,
@@ -552,6 +581,7 @@ class AdaptiveCallback(Callback):
             "oom_retries": self.oom_retries,
             "last_lr_change_epoch": self.last_lr_change_epoch,
             "peak_bytes": self.peak_bytes,
+            "probe_peak_bytes": self.probe_peak_bytes,
             "outside_peak_bytes": self.outside_peak_bytes,
         }
 
@@ -559,6 +589,9 @@ class AdaptiveCallback(Callback):
         self.memory = MemoryModel.from_dict(state["memory"]) if state.get("memory") else None
         self.static = StaticBytes(**state["static"]) if state.get("static") else None
         self.probes = [Probe(**p) for p in state.get("probes", [])]
+        calibration = state.get("calibration")
+        self.calibration = Probe(**calibration) if calibration else None
+        self.overhead_bytes = float(state.get("overhead_bytes", 0.0))
         self.points = [(int(m), float(b)) for m, b in state.get("points", [])]
         self.ceiling = state.get("ceiling")
         self.fitted = bool(state.get("fitted", False))
@@ -566,11 +599,14 @@ class AdaptiveCallback(Callback):
         self.oom_retries = int(state.get("oom_retries", 0))
         self.last_lr_change_epoch = int(state.get("last_lr_change_epoch", 0))
         self.peak_bytes = state.get("peak_bytes")
+        self.probe_peak_bytes = state.get("probe_peak_bytes")
         self.outside_peak_bytes = state.get("outside_peak_bytes")
 
 
 class PruneCallback(Callback):
     """Global magnitude pruning during training, permanent at the end (see module doc).
+
+    Only one instance acts on a run (a second one does nothing).
 
     Every conv and linear weight is masked from the start (all ones until pruning
     begins), so the model's memory does not jump when pruning starts. While masks exist,
@@ -581,12 +617,14 @@ class PruneCallback(Callback):
 
     name = "prune"
 
-    def __init__(self, config: PruneConfig) -> None:
-        self.config = config
+    def __init__(self, config: PruneConfig | None = None) -> None:
+        self.config = config or PruneConfig()
+        self._own_config = config is not None
         self.sparsity = 0.0  # the target applied so far
         self._masks: dict[str, torch.Tensor] | None = None
         self._hooks: list[RemovableHandle] = []
         self._model: nn.Module | None = None
+        self._delegate: PruneCallback | None = None
 
     def _target(self, state: TrainState, epoch: int) -> float:
         cfg = self.config
@@ -625,15 +663,30 @@ class PruneCallback(Callback):
             )
 
     def on_fit_start(self, state: TrainState) -> None:
+        other = state.extras.get("prune_active")
+        if other is not None and other is not self:
+            log.info("another PruneCallback is active on this run; this one does nothing")
+            self._delegate = other
+            return
+        state.extras["prune_active"] = self
+        if not self._own_config:
+            self.config = state.config.prune
         cfg, epochs = self.config, state.config.epochs
+        if cfg.ratio <= 0:
+            raise EdgeTrainError(f"prune.ratio must be in (0, 1) for pruning, got {cfg.ratio}")
         if cfg.start_epoch >= epochs:
             raise EdgeTrainError(
                 f"prune.start_epoch must be < epochs ({epochs}), or pruning never starts; "
                 f"got {cfg.start_epoch}"
             )
-        if cfg.end_epoch is not None and cfg.end_epoch > epochs:
-            raise EdgeTrainError(
-                f"prune.end_epoch must be <= epochs ({epochs}), got {cfg.end_epoch}"
+        if cfg.schedule == "gradual" and cfg.end_epoch is not None and cfg.end_epoch > epochs:
+            log.warning(
+                "prune.end_epoch %d is after the last epoch (%d): the sparsity reaches %.3f, "
+                "not prune.ratio %s",
+                cfg.end_epoch,
+                epochs,
+                self._target(state, epochs - 1),
+                cfg.ratio,
             )
         if not prunable_modules(state.model):
             raise EdgeTrainError(
@@ -647,10 +700,12 @@ class PruneCallback(Callback):
         self._prune(state, len(state.history))  # the next epoch (0 on a fresh run)
 
     def on_epoch_start(self, state: TrainState) -> None:
-        self._prune(state, state.epoch)
+        if self._model is not None:
+            self._prune(state, state.epoch)
 
     def on_epoch_end(self, state: TrainState) -> None:
-        state.epoch_row["param_sparsity"] = param_sparsity(state.model)
+        if self._model is not None:
+            state.epoch_row["param_sparsity"] = param_sparsity(state.model)
 
     def on_fit_end(self, state: TrainState) -> None:
         if self._model is None:
@@ -670,10 +725,15 @@ class PruneCallback(Callback):
         }
 
     def state_dict(self) -> dict[str, Any]:
-        masks = current_masks(self._model) if self._model is not None else {}
-        return {"sparsity": self.sparsity, "masks": masks}
+        if self._delegate is not None:
+            return self._delegate.state_dict()
+        if self._model is None:
+            return {}
+        return {"sparsity": self.sparsity, "masks": current_masks(self._model)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
         self.sparsity = float(state.get("sparsity", 0.0))
         masks = state.get("masks") or {}
         self._masks = dict(masks) if masks else None

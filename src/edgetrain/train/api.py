@@ -258,7 +258,6 @@ def _restore(
     restore_rng(ckpt["rng"])
     # rows written after the checkpoint (a kill mid-epoch) are replayed, so drop them
     run.truncate_log("metrics.csv", lambda r: r.get("epoch", "") != "" and int(r["epoch"]) <= done)
-    run.truncate_log("resources.csv", lambda r: r.get("epoch", "") == "" or int(r["epoch"]) <= done)
     run.truncate_log(
         "decisions.csv", lambda r: r.get("epoch", "") != "" and int(r["epoch"]) <= done
     )

@@ -14,6 +14,13 @@ __all__ = ["MonitorCallback"]
 log = logging.getLogger(__name__)
 
 
+def _float(text: str | None) -> float:
+    try:
+        return float(text or "nan")
+    except ValueError:
+        return float("nan")
+
+
 class MonitorCallback(Callback):
     """Samples resources in the background and fills the epoch's cost columns.
 
@@ -41,6 +48,10 @@ class MonitorCallback(Callback):
         self.monitor = Monitor(**kwargs)
         state.extras["sensor_statuses"] = self.monitor.sensor_statuses
         if state.run is not None:
+            if self._t_offset_s > 0:
+                # resumed: drop samples taken after the checkpoint (they are replayed)
+                offset = self._t_offset_s
+                state.run.truncate_log("resources.csv", lambda r: _float(r.get("t_s")) <= offset)
             columns = list(RESOURCES_BASE_COLUMNS)
             columns += [c for c in self.monitor.columns if c not in columns]
             self._log = state.run.log("resources.csv", columns)

@@ -1,0 +1,395 @@
+"""The sparse-update comparison report (a directory made by ``edgetrain sparse-compare``).
+
+Reads ``results.csv`` (mean and std over seeds per scheme and budget), ``runs.csv`` (one
+row per run) and, for the energy each run took, ``runs/<label>/summary.json``. Without
+results.csv (a comparison stopped mid-grid) the means are computed from runs.csv.
+
+``budget`` is written as given: a fraction of the parameters (0.25), a number of
+parameters (50000) or a size of training memory ('300MiB'); schemes without a budget
+(full, last_k, bias_only) have an empty budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from edgetrain.errors import EdgeTrainError
+from edgetrain.report import sparse_figures as sfig
+from edgetrain.report.labels import MIB, energy_source_text, is_estimated, mean_std_text
+from edgetrain.report.pdf import save_pdf, save_png
+from edgetrain.report.rundir import _read_mapping, read_csv_rows, require_directory
+from edgetrain.report.textpages import (
+    LANDSCAPE,
+    PORTRAIT,
+    TABLE_FONT_SIZE,
+    Section,
+    frame_sections,
+    key_value_lines,
+    page_width_chars,
+    text_pages,
+)
+from edgetrain.report.xlsx import write_xlsx
+from edgetrain.units import parse_bytes
+
+__all__ = [
+    "RESULT_METRICS",
+    "SPARSE_FIGURES",
+    "BudgetAxis",
+    "SparseCompare",
+    "budget_axis",
+    "load_sparse_compare",
+    "parse_budget",
+    "sparse_overview",
+    "sparse_results",
+    "summarize_runs",
+    "write_sparse_report",
+]
+
+logger = logging.getLogger(__name__)
+
+RESULT_METRICS = (
+    "test_acc",
+    "best_val_acc",
+    "updated_params",
+    "trainable_frac",
+    "peak_train_bytes",
+    "step_time_s",
+    "step_cpu_s",
+    "train_time_s",
+    "energy_j",
+)
+SPARSE_FIGURES = ("sparse_accuracy", "sparse_costs")
+GLANCE_COLUMNS = ("scheme", "budget", "seeds", "test_acc", "trainable_frac", "energy_j")
+_WORDS = ("scheme", "budget", "run", "energy_source")
+
+
+@dataclass(frozen=True, eq=False)
+class SparseCompare:
+    """A sparse-update comparison directory, read once.
+
+    Attributes:
+        path: The comparison directory.
+        results: Mean and std per (scheme, budget): results.csv, or computed from runs.csv;
+            ``energy_j_mean/_std`` added from the runs' summary.json files.
+        runs: One row per run (runs.csv) with ``energy_j`` and ``energy_source`` added.
+        results_source: 'results.csv' or 'runs.csv' (where the means come from).
+        problems: What was wrong with the files.
+    """
+
+    path: Path
+    results: pd.DataFrame
+    runs: pd.DataFrame
+    results_source: str
+    problems: tuple[str, ...] = field(default=())
+
+    @property
+    def name(self) -> str:
+        """The directory name."""
+        return self.path.name
+
+    @property
+    def energy_sources(self) -> list[str]:
+        """The energy sources of the runs."""
+        column = self.runs.get("energy_source", pd.Series(dtype=object))
+        return sorted({str(s) for s in column.dropna()})
+
+
+def _group_keys(frame: pd.DataFrame) -> pd.Series:
+    budget = frame["budget"] if "budget" in frame.columns else pd.Series(None, index=frame.index)
+    return pd.Series(
+        [f"{s}|{'' if pd.isna(b) else b}" for s, b in zip(frame["scheme"], budget, strict=True)],
+        index=frame.index,
+    )
+
+
+def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sample std (ddof=1) over seeds per (scheme, budget), in the runs' order.
+
+    Returns:
+        Columns ``scheme, budget, seeds`` and ``<metric>_mean, <metric>_std`` for each of
+        :data:`RESULT_METRICS` that the runs have.
+    """
+    metrics = [m for m in RESULT_METRICS if m in runs.columns]
+    columns = ["scheme", "budget", "seeds", *[f"{m}_{s}" for m in metrics for s in ("mean", "std")]]
+    if runs.empty or "scheme" not in runs.columns:
+        return pd.DataFrame(columns=columns)
+    keys = _group_keys(runs)
+    rows = []
+    for key in dict.fromkeys(keys):
+        group = runs[keys == key]
+        first = group.iloc[0]
+        row: dict[str, Any] = {
+            "scheme": first["scheme"],
+            "budget": first.get("budget") if pd.notna(first.get("budget")) else None,
+            "seeds": len(group),
+        }
+        for metric in metrics:
+            values = pd.to_numeric(group[metric], errors="coerce").dropna()
+            row[f"{metric}_mean"] = float(values.mean()) if len(values) else np.nan
+            row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _run_directory(root: Path, written: Any) -> Path | None:
+    if written is None or (isinstance(written, float) and math.isnan(written)):
+        return None
+    path = Path(str(written))
+    for candidate in (path, root / path, root / "runs" / path.name):
+        if (candidate / "summary.json").is_file():
+            return candidate
+    return None
+
+
+def _add_energy(root: Path, runs: pd.DataFrame, problems: list[str]) -> pd.DataFrame:
+    """``energy_j`` and ``energy_source`` of each run from its summary.json (NaN when absent)."""
+    runs = runs.copy()
+    energy, sources, missing = [], [], 0
+    for written in runs.get("run", pd.Series([None] * len(runs))):
+        directory = _run_directory(root, written)
+        summary = _read_mapping(directory / "summary.json", problems) if directory else {}
+        value = summary.get("total_energy_j")
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        missing += not ok
+        energy.append(float(value) if ok else np.nan)
+        sources.append(summary.get("energy_source") if ok else None)
+    if "energy_j" not in runs.columns:
+        runs["energy_j"] = energy
+    if "energy_source" not in runs.columns:
+        runs["energy_source"] = sources
+    if missing and missing < len(runs):
+        problems.append(f"{missing} run(s) have no summary.json with energy; left out of energy")
+    return runs
+
+
+def load_sparse_compare(path: Path | str) -> SparseCompare:
+    """Read a sparse-update comparison directory.
+
+    Raises:
+        EdgeTrainError: if it has neither results.csv nor runs.csv.
+    """
+    path = require_directory(path)
+    if not ((path / "results.csv").is_file() or (path / "runs.csv").is_file()):
+        raise EdgeTrainError(
+            f"{path} is not a sparse-update comparison (no results.csv or runs.csv)"
+        )
+    problems: list[str] = []
+    runs = read_csv_rows(path / "runs.csv", (), problems, words=_WORDS)
+    if not runs.empty and "scheme" in runs.columns:
+        runs = _add_energy(path, runs, problems)
+    results = read_csv_rows(path / "results.csv", (), problems, words=_WORDS)
+    source = "results.csv"
+    if results.empty or "scheme" not in results.columns:
+        results, source = summarize_runs(runs), "runs.csv"
+        if not results.empty:
+            problems.append("no results.csv (stopped mid-grid?): means computed from runs.csv")
+    elif not runs.empty and "energy_j" in runs.columns and "energy_j_mean" not in results:
+        energy = summarize_runs(runs[["scheme", "budget", "energy_j"]])
+        keys = _group_keys(energy)
+        by_key = {k: row for k, (_, row) in zip(keys, energy.iterrows(), strict=True)}
+        result_keys = _group_keys(results)
+        for stat in ("mean", "std"):
+            results[f"energy_j_{stat}"] = [
+                by_key[k][f"energy_j_{stat}"] if k in by_key else np.nan for k in result_keys
+            ]
+    if results.empty:
+        raise EdgeTrainError(f"{path}: results.csv and runs.csv hold no runs yet")
+    return SparseCompare(path, results, runs, source, tuple(problems))
+
+
+# -- tables -------------------------------------------------------------------------------
+
+
+def parse_budget(text: Any) -> tuple[float, str | None]:
+    """A budget as written -> (value, kind): kind 'fraction', 'params', 'bytes' or None.
+
+    '0.25' is a fraction of the parameters, '50000' a number of parameters, '300MiB' bytes
+    of training memory; an empty budget (an unbudgeted scheme) is (nan, None).
+    """
+    if text is None or (isinstance(text, float) and math.isnan(text)) or str(text).strip() == "":
+        return math.nan, None
+    raw = str(text).strip()
+    try:
+        return float(int(raw)), "params"
+    except ValueError:
+        pass
+    try:
+        value = float(raw)
+    except ValueError:
+        try:
+            return float(parse_bytes(raw)), "bytes"
+        except Exception:
+            return math.nan, "words"
+    if value <= 1.0:
+        return value, "fraction"
+    return value, "params"
+
+
+def sparse_results(sc: SparseCompare) -> pd.DataFrame:
+    """The results with the budget parsed: ``scheme, budget, budget_value, budget_kind,
+    seeds`` then ``<metric>_mean, <metric>_std`` for the metrics present."""
+    results = sc.results.drop(columns=["budget_value", "budget_kind"], errors="ignore")
+    if "budget" not in results.columns:
+        results["budget"] = None
+    parsed = [parse_budget(b) for b in results["budget"]]
+    results.insert(2, "budget_value", [value for value, _ in parsed])
+    results.insert(3, "budget_kind", [kind for _, kind in parsed])
+    return results.reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class BudgetAxis:
+    """How budgets are placed on an x axis.
+
+    Attributes:
+        kind: 'fraction', 'params', 'bytes' or 'category' (budgets of mixed kinds).
+        label: The axis label, with unit.
+        scale: Divide budget values by this (bytes are drawn in MiB).
+        order: For 'category', the budgets as written, in order.
+    """
+
+    kind: str
+    label: str
+    scale: float = 1.0
+    order: tuple[str, ...] = ()
+
+    def positions(self, results: pd.DataFrame) -> np.ndarray:
+        """The x of each row of :func:`sparse_results` (NaN for unbudgeted schemes)."""
+        if self.kind == "category":
+            index = {text: i for i, text in enumerate(self.order)}
+            return np.array(
+                [index.get(str(b), np.nan) if pd.notna(b) else np.nan for b in results["budget"]],
+                dtype=float,
+            )
+        return results["budget_value"].to_numpy(dtype=float) / self.scale
+
+
+def budget_axis(results: pd.DataFrame) -> BudgetAxis:
+    """The x axis for the budgeted schemes (the kind all budgets share, else categories)."""
+    kinds = {k for k in results["budget_kind"] if isinstance(k, str)}
+    if kinds == {"fraction"}:
+        return BudgetAxis("fraction", "budget (fraction of the parameters)")
+    if kinds == {"params"}:
+        return BudgetAxis("params", "budget (parameters)")
+    if kinds == {"bytes"}:
+        return BudgetAxis("bytes", "budget (training memory, MiB)", float(MIB))
+    order = tuple(dict.fromkeys(str(b) for b in results["budget"] if pd.notna(b)))
+    return BudgetAxis("category", "budget (as given)", order=order)
+
+
+def sparse_overview(sc: SparseCompare) -> pd.DataFrame:
+    """The title page as rows ``key, value`` (text)."""
+    results = sparse_results(sc)
+    schemes = list(dict.fromkeys(results["scheme"].astype(str)))
+    budgets = list(dict.fromkeys(str(b) for b in results["budget"] if pd.notna(b)))
+    seeds = results["seeds"].dropna().astype(int) if "seeds" in results.columns else []
+    seed_text = (
+        "-"
+        if len(seeds) == 0
+        else str(seeds.iloc[0])
+        if seeds.nunique() == 1
+        else f"{seeds.min()} to {seeds.max()}"
+    )
+    rows = [
+        ("directory", str(sc.path.resolve())),
+        ("schemes", ", ".join(schemes)),
+        ("budgets", ", ".join(budgets) or "(none: only unbudgeted schemes)"),
+        ("seeds per configuration", seed_text),
+        ("configurations", str(len(results))),
+        ("runs", str(len(sc.runs)) if not sc.runs.empty else "(no runs.csv)"),
+        ("means from", sc.results_source),
+        ("energy source", energy_source_text(sc.energy_sources)),
+        ("test accuracy", "at the epoch with the best validation accuracy (first such epoch)"),
+        ("updated parameters", "mean number of parameters updated per step"),
+        (
+            "peak training memory",
+            "parameters + gradients + optimizer state + saved activations, peak over steps",
+        ),
+        ("step time", "median compute time of a training step, the first step excluded"),
+        ("energy", "total energy of the run (its summary.json)"),
+    ]
+    return pd.DataFrame(rows, columns=["key", "value"])
+
+
+def _results_text(results: pd.DataFrame) -> pd.DataFrame:
+    """Results for the PDF: one 'mean ± std' column per metric."""
+    shown = results[["scheme", "budget", "seeds"]].copy()
+    shown["budget"] = shown["budget"].map(lambda b: "-" if pd.isna(b) else str(b))
+    for metric in RESULT_METRICS:
+        if f"{metric}_mean" not in results.columns or results[f"{metric}_mean"].isna().all():
+            continue
+        std = results.get(f"{metric}_std", pd.Series(np.nan, index=results.index))
+        shown[metric] = [
+            mean_std_text(metric, m, s) for m, s in zip(results[f"{metric}_mean"], std, strict=True)
+        ]
+    return shown
+
+
+# -- the report ---------------------------------------------------------------------------
+
+
+def write_sparse_report(sc: SparseCompare, out: Path) -> list[str]:
+    """Write PNGs, ``report.pdf`` and ``report.xlsx`` for a comparison into ``out``.
+
+    Returns:
+        The title of every PDF page, in order.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    results = sparse_results(sc)
+    axis = budget_axis(results)
+    sources = sc.energy_sources
+    drawn = {
+        "sparse_accuracy": sfig.accuracy_figure(results, sc.runs, axis, sc.name),
+        "sparse_costs": sfig.costs_figure(results, axis, sc.name, sources),
+    }
+    for name in SPARSE_FIGURES:
+        png = out / f"{name}.png"
+        if drawn[name] is not None:
+            save_png(drawn[name], png)
+        elif png.exists():
+            png.unlink()
+    figures = {name: figure for name, figure in drawn.items() if figure is not None}
+
+    overview = sparse_overview(sc)
+    width = page_width_chars(PORTRAIT)
+    sections = [
+        Section(
+            "Comparison",
+            key_value_lines(zip(overview["key"], overview["value"], strict=True), width),
+        )
+    ]
+    if sc.problems:
+        sections.append(Section("Notes on the input files", [f"- {p}" for p in sc.problems]))
+    glance = _results_text(results)
+    glance = glance[[c for c in GLANCE_COLUMNS if c in glance.columns]]
+    note = " (energy estimated)" if is_estimated(sources) else ""
+    sections += frame_sections(glance, f"Results at a glance: mean ± std over seeds{note}", width)
+    title = f"Sparse-update comparison: {sc.name}"
+    front = text_pages(sections, title, intro=[f"directory: {sc.path.resolve()}"])
+    wide = page_width_chars(LANDSCAPE, TABLE_FONT_SIZE)
+    note = " (energy estimated, not measured)" if is_estimated(sources) else ""
+    back_sections = frame_sections(
+        _results_text(results), f"Mean ± std over seeds per scheme and budget{note}", wide
+    )
+    if not sc.runs.empty:
+        runs = sc.runs.drop(columns=["run"], errors="ignore")
+        back_sections += frame_sections(runs, "Every run (runs.csv)", wide, 400)
+    back = text_pages(
+        back_sections, f"Tables: {sc.name}", size=LANDSCAPE, font_size=TABLE_FONT_SIZE
+    )
+    pages = [*front, *figures.values(), *back]
+    names = (
+        [f"title {i + 1}" for i in range(len(front))]
+        + list(figures)
+        + [f"tables {i + 1}" for i in range(len(back))]
+    )
+    save_pdf(pages, out / "report.pdf", title=title, footer=f"edgetrain sparse-compare: {sc.name}")
+    write_xlsx({"overview": overview, "results": results, "runs": sc.runs}, out / "report.xlsx")
+    return names

@@ -1,0 +1,262 @@
+"""Drawing the sweep report: Pareto front, parameter importance, per-parameter distributions.
+
+Each function takes a table from :mod:`edgetrain.report.sweep` and returns a Figure, or
+None when the table is empty.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from edgetrain.report.figures import _figure, _finite, _note, _set_ylim
+from edgetrain.report.labels import energy_source_text, is_estimated
+
+__all__ = [
+    "effects_figure",
+    "importance_figure",
+    "log_limits",
+    "pareto_figure",
+    "set_value_axis",
+    "spans_decade",
+]
+
+_LABEL_POINTS = 40  # trials annotated with their number up to this many
+_MAX_TICK_CHARS = 16
+
+
+def spans_decade(values: Sequence[float] | np.ndarray) -> bool:
+    """Whether positive values span more than a factor of 10 (then a log axis reads better)."""
+    finite = _finite(values)
+    return bool(finite.size and finite.min() > 0 and finite.max() / finite.min() > 10)
+
+
+def log_limits(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """Log-axis limits with a margin of a quarter of the axis' decades on each side."""
+    finite = _finite(values)
+    low, high = math.log10(finite.min()), math.log10(finite.max())
+    pad = max(0.06 * (high - low), 0.05)
+    return 10 ** (low - pad), 10 ** (high + pad)
+
+
+def set_value_axis(
+    ax: Axes, values: np.ndarray, axis: str = "y", floor: float | None = 0.0
+) -> None:
+    """Log scale when the values span more than 10x, else linear with a margin."""
+    finite = _finite(values)
+    if finite.size == 0:
+        return
+    if spans_decade(finite):
+        low, high = log_limits(finite)
+        (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+        (ax.set_ylim if axis == "y" else ax.set_xlim)(low, high)
+        # plain numbers (20, 50, 100) rather than powers of ten; 1-2-5 steps on short spans
+        subs = (1.0, 2.0, 5.0) if math.log10(high / low) <= 2.5 else (1.0,)
+        target = ax.yaxis if axis == "y" else ax.xaxis
+        target.set_major_locator(LogLocator(base=10, subs=subs))
+        target.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        target.set_minor_formatter(NullFormatter())
+    elif axis == "y":
+        _set_ylim(ax, finite, floor=floor)
+    else:
+        low, high = float(finite.min()), float(finite.max())
+        pad = 0.06 * (high - low) if high > low else max(abs(high) * 0.1, 0.05)
+        left = low - pad
+        if floor is not None and low >= floor:
+            left = max(low - pad, floor - 0.02 * (high + pad - floor))
+        ax.set_xlim(left, high + pad)
+
+
+def _energy_label(sources: Sequence[str], what: str = "energy per trial") -> str:
+    return f"{what} (J, estimated)" if is_estimated(sources) else f"{what} (J)"
+
+
+def _accuracy_label(values: np.ndarray) -> str:
+    finite = _finite(values)
+    return "val accuracy (%)" if finite.size and finite.max() > 1 else "val accuracy (fraction)"
+
+
+def pareto_figure(points: pd.DataFrame, title: str, sources: Sequence[str]) -> Figure | None:
+    """Accuracy against energy for every completed trial; the Pareto front and knee marked."""
+    if points.empty:
+        return None
+    figure = _figure(f"{title}: accuracy vs energy, Pareto front")
+    _note(figure, "energy source: " + energy_source_text(sources))
+    ax = figure.subplots()
+    energy = points["energy_j"].to_numpy(dtype=float)
+    accuracy = points["val_acc"].to_numpy(dtype=float)
+    front = points["on_front"].to_numpy(dtype=bool)
+    knee = points["knee"].to_numpy(dtype=bool)
+    ax.scatter(
+        energy[~front],
+        accuracy[~front],
+        s=36,
+        color="0.55",
+        zorder=2,
+        label="trial (dominated)",
+    )
+    if front.any():
+        ax.plot(
+            energy[front],
+            accuracy[front],
+            "-o",
+            color="tab:blue",
+            ms=7,
+            lw=1.5,
+            zorder=3,
+            label="Pareto front (no trial is both more accurate and cheaper)",
+        )
+    if knee.any():
+        ax.scatter(
+            energy[knee],
+            accuracy[knee],
+            marker="*",
+            s=320,
+            color="tab:red",
+            edgecolor="black",
+            zorder=4,
+            label="knee of the front",
+        )
+    if len(points) <= _LABEL_POINTS:
+        for number, x, y in zip(points["number"], energy, accuracy, strict=True):
+            ax.annotate(
+                f"{int(number)}", (x, y), xytext=(5, 4), textcoords="offset points", fontsize=8
+            )
+    set_value_axis(ax, energy, axis="x")
+    _set_ylim(ax, accuracy, floor=0.0)
+    ax.set_xlabel(_energy_label(sources) + (", log scale" if spans_decade(energy) else ""))
+    ax.set_ylabel(_accuracy_label(accuracy))
+    ax.set_title("each point is a completed trial, labelled with its number", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=9, loc="lower right", framealpha=0.85)
+    return figure
+
+
+_TARGET_TITLES = {
+    "energy": "what drives energy",
+    "accuracy": "what drives accuracy",
+    "efficiency": "what drives efficiency (acc/kJ)",
+}
+
+
+def importance_figure(bars: dict[str, pd.DataFrame], title: str) -> Figure | None:
+    """Per target: fANOVA importance and Kruskal-Wallis ε² of each parameter (0..1 bars)."""
+    panels = {target: table for target, table in bars.items() if not table.empty}
+    if not panels:
+        return None
+    figure = _figure(f"{title}: parameter importance")
+    _note(
+        figure,
+        "fANOVA: share of the target's variance explained by the parameter; "
+        "ε²: Kruskal-Wallis effect size of the parameter's groups (both 0..1)",
+    )
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (target, table) in zip(axes, panels.items(), strict=True):
+        table = table.iloc[::-1]  # most important at the top
+        y = np.arange(len(table))
+        fanova = table["fanova_importance"].to_numpy(dtype=float)
+        epsilon = table["epsilon_sq"].to_numpy(dtype=float)
+        ax.barh(y + 0.2, np.nan_to_num(fanova), height=0.4, color="tab:blue", label="fANOVA")
+        ax.barh(y - 0.2, np.nan_to_num(epsilon), height=0.4, color="tab:orange", label="ε²")
+        top = float(np.nanmax(np.concatenate([fanova, epsilon, [0.05]])))
+        for position, value in zip(y, table["best_value"], strict=True):
+            if pd.notna(value) and str(value) != "":
+                text = str(value)
+                text = text if len(text) <= 18 else text[:17] + "…"
+                ax.annotate(
+                    f"best: {text}",
+                    (top * 1.04, position),
+                    va="center",
+                    fontsize=7,
+                    color="0.3",
+                )
+        ax.set_yticks(y, labels=table["parameter"].astype(str).tolist(), fontsize=9)
+        ax.set_xlim(0, top * 1.6)
+        ax.set_ylim(-0.7, len(table) - 0.3)
+        ax.set_xlabel("importance (0..1)")
+        ax.set_title(_TARGET_TITLES.get(target, target), fontsize=11)
+        ax.grid(True, axis="x", alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    return figure
+
+
+def _tick_label(text: str) -> str:
+    return text if len(text) <= _MAX_TICK_CHARS else text[: _MAX_TICK_CHARS - 1] + "…"
+
+
+def effects_figure(
+    effects: pd.DataFrame, column: str, title: str, sources: Sequence[str]
+) -> Figure | None:
+    """One panel per parameter: the trials' energy or accuracy by the parameter's value.
+
+    Categorical parameters get a box per value with the trials as points; numeric ones a
+    scatter (log x when the values span more than 10x). All panels share the y axis.
+    """
+    if effects.empty or column not in effects.columns or effects[column].notna().sum() == 0:
+        return None
+    params = list(dict.fromkeys(effects["parameter"]))
+    count = len(params)
+    columns = 5 if count > 8 else 4 if count > 6 else 3 if count > 4 else count
+    rows = math.ceil(count / columns)
+    energy = column == "energy_j"
+    what = "energy" if energy else "accuracy"
+    figure = _figure(f"{title}: {what} of the trials by parameter value")
+    if energy:
+        _note(figure, "energy source: " + energy_source_text(sources))
+    axes = figure.subplots(rows, columns, squeeze=False, sharey=True).ravel()
+    values = effects[column].to_numpy(dtype=float)
+    for ax, name in zip(axes, params, strict=False):
+        part = effects[(effects["parameter"] == name) & effects[column].notna()]
+        if part.empty:
+            ax.set_title(name, fontsize=10)
+            continue
+        if part["kind"].iloc[0] == "numeric":
+            x = part["x"].to_numpy(dtype=float)
+            ax.scatter(x, part[column], s=24, color="tab:blue", zorder=3)
+            set_value_axis(ax, x, axis="x", floor=None)
+            ax.tick_params(axis="x", labelsize=7)
+        else:
+            groups = part.sort_values("order", kind="stable").groupby("value", sort=False)
+            labels, data = [], []
+            for value, group in groups:
+                labels.append(_tick_label(str(value)))
+                data.append(group[column].to_numpy(dtype=float))
+            positions = np.arange(len(data))
+            ax.boxplot(
+                data,
+                positions=positions,
+                widths=0.55,
+                showfliers=False,
+                medianprops={"color": "tab:red"},
+            )
+            for position, points in zip(positions, data, strict=True):
+                offsets = np.linspace(-0.12, 0.12, len(points)) if len(points) > 1 else [0.0]
+                ax.scatter(position + np.asarray(offsets), points, s=16, color="tab:blue", zorder=3)
+            tilt = sum(map(len, labels)) > 22
+            ax.set_xticks(
+                positions,
+                labels=labels,
+                rotation=35 if tilt else 0,
+                ha="right" if tilt else "center",
+                fontsize=7,
+            )
+            ax.set_xlim(-0.6, len(data) - 0.4)
+        ax.set_title(name, fontsize=10)
+        ax.grid(True, axis="y", which="both", alpha=0.3)
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    if energy:
+        set_value_axis(axes[0], values, axis="y")
+        label = _energy_label(sources) + (", log" if spans_decade(values) else "")
+    else:
+        _set_ylim(axes[0], values, floor=0.0)
+        label = _accuracy_label(values)
+    for row in range(rows):
+        axes[row * columns].set_ylabel(label, fontsize=9)
+    return figure

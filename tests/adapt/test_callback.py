@@ -1,0 +1,289 @@
+"""The adaptive controller inside the training loop (tiny models, deterministic meter)."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import QUIET, BatchMeter, Blobs, OomAbove, tiny_net
+from edgetrain.config import load_config
+from edgetrain.errors import EdgeTrainError
+from edgetrain.train import Callback, TrainState, fit
+from edgetrain.train.adapt_callback import (
+    AdaptiveCallback,
+    PruneCallback,
+    _in_optimizer_step,
+    adapt_callbacks,
+)
+
+MiB = 2**20
+BUDGET = {"budget": {"memory": "30MiB"}, "adapt": {"policy": "budget"}}
+
+
+def _fit(model, data, out, callbacks, **config):
+    settings = {"epochs": 2, "batch_size": 32, "lr": 0.1, **QUIET, **config}
+    return fit(model, data, Blobs(n=48, seed=1), out=out, callbacks=callbacks, **settings)
+
+
+def _budget_run(tmp_path, name="run", epochs=2, resume=False, extra=()):
+    data = Blobs()
+    model = tiny_net()
+    meter = BatchMeter(model, static_bytes=10 * MiB, per_sample_bytes=MiB)
+    cb = AdaptiveCallback(probe_data=data, meter=meter)
+    result = _fit(
+        model, data, tmp_path / name, [cb, *extra], epochs=epochs, resume=resume, **BUDGET
+    )
+    return result, cb, meter
+
+
+def test_budget_fits_the_micro_batch_and_keeps_the_effective_batch(tmp_path):
+    result, _, _ = _budget_run(tmp_path)
+    decisions = pd.read_csv(result.run_dir / "decisions.csv")
+    first = decisions.iloc[0]
+    assert (first.epoch, first.parameter, first.old, first.new) == (0, "micro_batch_size", 32, 16)
+    assert "probed micro-batches 1, 2, 4, 8, 16;" in first.reason
+    history = result.history
+    assert history.micro_batch_size.tolist() == [16, 16]
+    assert history.accum_steps.tolist() == [2, 2]
+    assert history.batch_size.tolist() == [32, 32]
+    adapt = result.summary["adapt"]
+    assert adapt["within_budget"] is True
+    assert adapt["measured_peak_bytes"] == 26 * MiB <= adapt["budget_bytes"] == 30 * MiB
+    assert adapt["budget_violations"] == 0
+    memory = pd.read_csv(result.run_dir / "adapt.csv")
+    assert memory.peak_bytes.max() <= 30 * MiB
+    assert memory.predicted_peak_bytes.iloc[0] >= memory.peak_bytes.iloc[0]
+
+
+def test_a_budget_below_the_static_bytes_is_an_error_naming_both(tmp_path):
+    data = Blobs()
+    with pytest.raises(EdgeTrainError, match=r"budget.memory 1.0 KiB \(1024 bytes\).*static"):
+        _fit(
+            tiny_net(),
+            data,
+            tmp_path / "r",
+            [AdaptiveCallback(probe_data=data)],
+            budget={"memory": "1KiB"},
+            adapt={"policy": "budget"},
+        )
+
+
+def test_a_budget_too_small_for_one_sample_says_what_is_needed(tmp_path):
+    data = Blobs()
+    model = tiny_net()
+    meter = BatchMeter(model, static_bytes=10 * MiB, per_sample_bytes=MiB)
+    with pytest.raises(EdgeTrainError, match=r"measured for micro-batch 1.*raise it to"):
+        _fit(
+            model,
+            data,
+            tmp_path / "r",
+            [AdaptiveCallback(probe_data=data, meter=meter)],
+            budget={"memory": "10MiB"},
+            adapt={"policy": "budget"},
+        )
+
+
+def test_simulated_oom_retries_the_same_logical_batch(tmp_path):
+    data = Blobs()
+    adaptive = OomAbove(tiny_net(batch_norm=True), limit=8)
+    result = _fit(adaptive, data, tmp_path / "a", [AdaptiveCallback()], adapt={"policy": "budget"})
+    fixed = _fit(
+        OomAbove(tiny_net(batch_norm=True), limit=10**9),
+        data,
+        tmp_path / "b",
+        [],
+        micro_batch_size=8,
+    )
+    assert adaptive.raised == 2  # 32 -> 16 -> 8, once
+    assert result.history.micro_batch_size.tolist() == [8, 8]
+    assert result.history.accum_steps.tolist() == [4, 4]
+    # no sample lost or counted twice, and batch-norm statistics restored after each OOM
+    for a, b in zip(
+        result.model.state_dict().values(), fixed.model.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b)
+    assert result.history.train_loss.tolist() == pytest.approx(fixed.history.train_loss.tolist())
+    decisions = pd.read_csv(result.run_dir / "decisions.csv")
+    oom = decisions[decisions.reason.str.contains("out of memory")]
+    assert oom[["old", "new"]].values.tolist() == [[32, 16], [16, 8]]
+    assert result.summary["adapt"]["oom_retries"] == 2
+
+
+def test_oom_without_the_controller_is_raised(tmp_path):
+    with pytest.raises(torch.OutOfMemoryError):
+        _fit(OomAbove(tiny_net(), limit=8), Blobs(), tmp_path / "r", [])
+
+
+def test_oom_inside_the_optimizer_step_is_not_retried():
+    class Boom(torch.optim.SGD):
+        def step(self, closure=None):
+            raise torch.OutOfMemoryError("simulated")
+
+    opt = Boom(tiny_net().parameters(), lr=0.1)
+    with pytest.raises(torch.OutOfMemoryError) as info:
+        opt.step()
+    assert _in_optimizer_step(info.value)
+    try:
+        raise torch.OutOfMemoryError("in a forward")
+    except torch.OutOfMemoryError as exc:
+        assert not _in_optimizer_step(exc)
+
+
+class _Pressure(Callback):
+    """Doubles the meter's bytes per sample from the second epoch on (memory pressure)."""
+
+    def __init__(self) -> None:
+        self.meter: BatchMeter | None = None
+
+    def on_epoch_start(self, state: TrainState) -> None:
+        if state.epoch == 1 and self.meter is not None:
+            self.meter.per_sample_bytes *= 2
+
+
+def test_an_overrun_shrinks_mid_epoch_and_training_is_unchanged(tmp_path):
+    data = Blobs()
+    pressure = _Pressure()
+    model = tiny_net()
+    meter = BatchMeter(model, static_bytes=10 * MiB, per_sample_bytes=MiB)
+    pressure.meter = meter
+    cb = AdaptiveCallback(probe_data=data, meter=meter)
+    result = _fit(model, data, tmp_path / "a", [cb, pressure], epochs=3, **BUDGET)
+    plain = _fit(tiny_net(), data, tmp_path / "b", [], epochs=3)
+    decisions = pd.read_csv(result.run_dir / "decisions.csv")
+    overrun = decisions[decisions.reason.str.contains("passed the budget")]
+    assert overrun[["epoch", "old", "new"]].values.tolist() == [[2, 16, 8]]
+    assert result.history.micro_batch_size.tolist() == [16, 8, 8]
+    assert result.summary["adapt"]["budget_violations"] == 1
+    # accumulation keeps the update the whole logical batch's whatever the micro-batch
+    for p, q in zip(result.model.parameters(), plain.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+class _LrProbe(Callback):
+    def __init__(self) -> None:
+        self.seen: dict[int, set[float]] = {}
+
+    def on_batch_end(self, state: TrainState) -> None:
+        lr = state.optimizer.param_groups[0]["lr"]
+        self.seen.setdefault(state.epoch + 1, set()).add(lr)
+
+
+def test_edgetrain_policy_lr_reaches_the_optimizer_and_priorities_follow_weights(tmp_path):
+    data = Blobs()
+    probe = _LrProbe()
+    adapt = {
+        "policy": "edgetrain",
+        "min_delta": 1.0,  # every epoch counts as stagnant
+        "weights": {"batch_size": 0.0, "learning_rate": 0.7},
+    }
+    result = _fit(
+        tiny_net(),
+        data,
+        tmp_path / "r",
+        [AdaptiveCallback(probe_data=data, has_validation=True), probe],
+        epochs=4,
+        adapt=adapt,
+    )
+    logged = result.history.lr.tolist()
+    assert logged == pytest.approx([0.1, 0.1, 0.05, 0.025])  # lowered, never raised
+    assert [probe.seen[e] for e in (1, 2, 3, 4)] == [{lr} for lr in logged]
+    decisions = pd.read_csv(result.run_dir / "decisions.csv")
+    later = decisions[decisions.epoch >= 2]
+    assert (later.chosen == "learning_rate").all()
+    assert later.priority_learning_rate.tolist() == pytest.approx(
+        (0.7 * later.accuracy_score).tolist()
+    )
+    assert (later.priority_batch_size == 0).all()
+    assert later.parameter.tolist()[:2] == ["lr", "lr"]
+
+
+def test_edgetrain_policy_needs_validation(tmp_path):
+    data = Blobs()
+    with pytest.raises(EdgeTrainError, match="validation"):
+        fit(
+            tiny_net(),
+            data,
+            out=tmp_path / "r",
+            callbacks=[AdaptiveCallback(probe_data=data, has_validation=False)],
+            adapt={"policy": "edgetrain"},
+            **QUIET,
+        )
+
+
+def test_resume_restores_the_controller_state(tmp_path):
+    first, cb1, _ = _budget_run(tmp_path, epochs=2)
+    saved = torch.load(first.run_dir / "checkpoints/last.pt", weights_only=False)["callbacks"]
+    resumed, cb2, _ = _budget_run(tmp_path, epochs=3, resume=True)
+    assert cb2.fitted and cb2.memory == cb1.memory and cb2.probes == cb1.probes
+    assert {k: v for k, v in cb2.state_dict().items() if k != "points"} == {
+        k: v for k, v in saved["adapt"].items() if k != "points"
+    }
+    decisions = pd.read_csv(resumed.run_dir / "decisions.csv")
+    assert (decisions.epoch == 0).sum() == 1  # no second probing
+    assert resumed.history.micro_batch_size.tolist() == [16, 16, 16]
+    assert (pd.read_csv(resumed.run_dir / "adapt.csv").epoch.tolist()) == [1, 2, 3]
+
+
+def test_evaluation_is_chunked_exactly_under_a_budget():
+    model = tiny_net(batch_norm=True).eval()
+    cb = AdaptiveCallback()
+    cb._eval_chunk = 5
+    forward = cb.wrap_forward(model)
+    x = torch.randn(23, 2, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(forward(x), model(x))
+
+
+def test_adapt_callbacks_wiring(caplog):
+    cfg = load_config({"adapt": {"policy": "budget"}, "prune": {"ratio": 0.5}})
+    callbacks = adapt_callbacks(cfg, Blobs(), Blobs(n=10))
+    assert [type(c) for c in callbacks] == [PruneCallback, AdaptiveCallback]
+    assert callbacks[1].has_validation is True
+    assert adapt_callbacks(load_config({})) == []
+    with caplog.at_level(logging.WARNING):
+        assert adapt_callbacks(load_config({"budget": {"memory": "1GiB"}})) == []
+    assert "not enforced" in caplog.text
+
+
+def test_only_one_controller_acts(tmp_path):
+    data = Blobs()
+    model = tiny_net()
+    meter = BatchMeter(model, static_bytes=10 * MiB, per_sample_bytes=MiB)
+    first = AdaptiveCallback(probe_data=data, meter=meter)
+    second = AdaptiveCallback(probe_data=data, meter=meter)
+    result = _fit(model, data, tmp_path / "r", [first, second], epochs=1, **BUDGET)
+    assert first.active and not second.active
+    # both answer for the checkpoint's one "adapt" key with the active one's state
+    assert second.state_dict() == first.state_dict()
+    saved = torch.load(result.run_dir / "checkpoints/last.pt", weights_only=False)
+    assert saved["callbacks"]["adapt"]["fitted"] is True
+
+
+@pytest.mark.slow
+def test_done_when_vgg11_digits_under_a_real_rss_budget(tmp_path):
+    """The issue's acceptance run, with the real CPU meter (process RSS)."""
+    from edgetrain.config import load_config as load
+    from edgetrain.train import prepare_data, train
+
+    overrides = [
+        "model=vgg11",
+        "data=digits",
+        "batch_size=256",
+        "budget.memory=64MiB",
+        "adapt.policy=budget",
+        "epochs=3",
+        f"out={tmp_path / 'run'}",
+    ]
+    cfg = load(overrides=overrides)
+    data, _ = prepare_data(cfg)
+    result = train(cfg, callbacks=adapt_callbacks(cfg, data.train, data.val), progress=False)
+    first = pd.read_csv(result.run_dir / "decisions.csv").iloc[0]
+    assert first.parameter == "micro_batch_size" and first.new < first.old == 256
+    assert (result.history.batch_size == 256).all()
+    assert (result.history.accum_steps > 1).all()
+    adapt = result.summary["adapt"]
+    assert adapt["memory_source"] == "cpu:rss-above-baseline"
+    assert adapt["measured_peak_bytes"] <= adapt["budget_bytes"]

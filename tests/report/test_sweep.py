@@ -1,0 +1,188 @@
+"""The sweep report: analysis tables read back, computed tables checked against known numbers."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import openpyxl
+import pandas as pd
+import pytest
+
+from conftest import write_sweep
+from edgetrain.errors import EdgeTrainError
+from edgetrain.report import load_sweep, make_report
+from edgetrain.report import sweep as sw
+from edgetrain.report import sweep_figures as sfig
+
+SHEETS = [
+    "overview",
+    "trials",
+    "top_accuracy",
+    "top_energy",
+    "top_efficiency",
+    "pareto",
+    "importance",
+    "best_values",
+    "pareto_points",
+    "parameter_effects",
+    "parameter_groups",
+]
+FIGURES = {
+    "sweep_pareto.png",
+    "sweep_importance.png",
+    "sweep_energy_by_parameter.png",
+    "sweep_accuracy_by_parameter.png",
+    "best_trial_curves.png",
+    "best_trial_energy.png",
+}
+
+
+def pdf_pages(path: Path) -> int:
+    return len(re.findall(rb"/Type\s*/Page\b", path.read_bytes()))
+
+
+@pytest.fixture(scope="module")
+def sweep(sweep_dir: Path) -> sw.Sweep:
+    return load_sweep(sweep_dir)
+
+
+def test_load_reads_every_table(sweep: sw.Sweep, sweep_dir: Path) -> None:
+    assert sweep.path == sweep_dir
+    assert sweep.name == "toy"
+    assert sweep.params == ["opt", "lr", "batch_size"]
+    assert len(sweep.tables["trials"]) == 6
+    assert sweep.tables["trials"]["param_batch_size"].tolist()[:2] == ["16", "32"]  # as written
+    assert sweep.energy_sources == ["estimated:cpu-tdp"]
+    assert sweep.problems == ()
+
+
+def test_overview_labels_the_estimate(sweep: sw.Sweep) -> None:
+    overview = dict(sw.sweep_overview(sweep).itertuples(index=False))
+    assert overview["objectives"] == "accuracy, energy"
+    assert overview["sampler"] == "random"
+    assert overview["trials completed"] == "5"
+    assert overview["trials failed"] == "1"
+    assert overview["energy source"] == "estimated:cpu-tdp (an estimate, not a measurement)"
+    assert overview["best efficiency"].startswith("trial 2: val acc 0.85, energy 50 J (est.)")
+    assert "17 acc/kJ" in overview["best efficiency"]
+    assert overview["Pareto knee"].startswith("trial 5:")
+
+
+def test_pareto_points_flag_front_and_knee(sweep: sw.Sweep) -> None:
+    points = sw.pareto_points(sweep)
+    assert points["number"].tolist() == [2, 5, 0, 3, 1]  # by energy; failed trial 4 left out
+    assert points["energy_j"].tolist() == [50.0, 60.0, 100.0, 200.0, 400.0]
+    assert points.loc[points["on_front"], "number"].tolist() == [2, 5, 1]
+    assert points.loc[points["knee"], "number"].tolist() == [5]
+
+
+def test_pareto_front_computed_without_pareto_csv(sweep: sw.Sweep) -> None:
+    tables = {**sweep.tables, "pareto": pd.DataFrame()}
+    bare = sw.Sweep(sweep.path, sweep.analysis_dir, {}, {}, {}, tables)
+    points = sw.pareto_points(bare)
+    assert set(points.loc[points["on_front"], "number"]) == {2, 5, 1}
+    assert not points["knee"].any()
+
+
+def test_top_tables_keep_rank_and_parameters(sweep: sw.Sweep) -> None:
+    top = sw.top_table(sweep, "top_efficiency")
+    assert list(top.columns[:7]) == list(sw.TOP_DISPLAY)
+    assert list(top.columns[7:]) == ["opt", "lr", "batch_size"]
+    assert top["number"].tolist() == [2, 5, 0, 3, 1]
+    assert top["efficiency_acc_per_kj"].iloc[0] == pytest.approx(17.0)
+    assert top["avg_power_w"].tolist() == [10.0] * 5
+
+
+def test_importance_bars_in_rank_order(sweep: sw.Sweep) -> None:
+    energy = sw.importance_bars(sweep, "energy")
+    assert energy["parameter"].tolist() == ["batch_size", "opt", "lr"]
+    assert energy["fanova_importance"].tolist() == [0.6, 0.3, 0.1]
+    assert np.isnan(energy["epsilon_sq"].iloc[2])
+    assert sw.importance_bars(sweep, "accuracy")["parameter"].tolist()[0] == "opt"
+    assert sw.importance_bars(sweep, "efficiency").empty
+
+
+def test_parameter_kinds_follow_the_space(sweep: sw.Sweep) -> None:
+    kinds = sw.parameter_kinds(sweep)
+    assert kinds["opt"] == {"kind": "categorical", "log": False, "choices": ["sgd", "adam"]}
+    assert kinds["lr"]["kind"] == "numeric" and kinds["lr"]["log"]
+    assert kinds["batch_size"]["choices"] == ["16", "32", "64"]
+
+
+def test_parameter_effects_and_groups(sweep: sw.Sweep) -> None:
+    effects = sw.parameter_effects(sweep)
+    assert len(effects) == 3 * 5  # 3 parameters x 5 completed trials
+    lr = effects[effects["parameter"] == "lr"]
+    assert lr["x"].tolist() == [0.001, 0.01, 0.1, 0.003, 0.02]
+    groups = sw.parameter_groups(effects)
+    opt = groups[groups["parameter"] == "opt"].set_index("value")
+    assert opt.index.tolist() == ["sgd", "adam"]  # the space's choice order
+    assert opt.loc["sgd", "trials"] == 2
+    assert opt.loc["sgd", "energy_j_median"] == 150.0  # 100 and 200; failed trial 4 left out
+    assert opt.loc["adam", "energy_j_median"] == 60.0  # 400, 50, 60
+    assert opt.loc["adam", "val_acc_mean"] == pytest.approx((0.90 + 0.85 + 0.88) / 3)
+    assert groups["parameter"].unique().tolist() == ["opt", "batch_size"]  # lr is numeric
+
+
+def test_best_trial_is_the_most_efficient(sweep: sw.Sweep, sweep_dir: Path) -> None:
+    assert sw.best_trial(sweep) == (2, sweep_dir / "trials" / "2")
+    failed = sw.failed_trials(sweep)
+    assert failed.to_dict("records") == [
+        {"number": 4, "state": "failed", "fail_reason": "error", "error": "boom: out of memory"}
+    ]
+
+
+def test_sweep_report(sweep_dir: Path) -> None:
+    out = make_report(sweep_dir)
+    assert out == sweep_dir / "report"
+    assert {p.name for p in out.glob("*.png")} == FIGURES
+    # 1 title page + 1 page of top tables + 6 figures + 1 page of tables
+    assert pdf_pages(out / "report.pdf") == 9
+    workbook = openpyxl.load_workbook(out / "report.xlsx", read_only=True)
+    assert workbook.sheetnames == SHEETS
+    rows = list(workbook["pareto_points"].iter_rows(values_only=True))
+    assert [row[0] for row in rows[1:]] == [2, 5, 0, 3, 1]
+
+
+def test_figures_label_estimates_and_scale(sweep: sw.Sweep) -> None:
+    points = sw.pareto_points(sweep)
+    figure = sfig.pareto_figure(points, "toy", ["estimated:cpu-tdp"])
+    ax = figure.axes[0]
+    assert ax.get_xlabel() == "energy per trial (J, estimated)"  # 50..400 J: linear
+    assert ax.get_xscale() == "linear"
+    low, high = ax.get_xlim()
+    assert low < 50 and high > 400 and low >= 0
+    wide = points.assign(energy_j=points["energy_j"] * [1, 1, 1, 1, 100])
+    figure = sfig.pareto_figure(wide, "toy", ["measured:nvml"])
+    assert figure.axes[0].get_xscale() == "log"
+    assert figure.axes[0].get_xlabel() == "energy per trial (J), log scale"
+    assert figure.axes[0].get_xlim()[1] > 40000
+    assert sfig.pareto_figure(points.iloc[0:0], "toy", []) is None
+    assert sfig.effects_figure(sw.parameter_effects(sweep).iloc[0:0], "energy_j", "t", []) is None
+    assert sfig.importance_figure({"energy": pd.DataFrame()}, "toy") is None
+
+
+def test_sweep_without_analysis(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path / "sweep", analysed=False)
+    with pytest.raises(EdgeTrainError, match=r"run `edgetrain sweep analyze .*` first"):
+        make_report(path)
+
+
+def test_analysis_directory_given_directly(sweep_dir: Path) -> None:
+    sweep = load_sweep(sweep_dir / "analysis")
+    assert sweep.path == sweep_dir  # trial run directories are found from the sweep's root
+    assert sweep.analysis_dir == sweep_dir / "analysis"
+    assert sw.best_trial(sweep)[1] == sweep_dir / "trials" / "2"
+
+
+def test_stale_analysis_is_noted(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path / "sweep")
+    for number in range(7):
+        (path / "trials" / str(number)).mkdir(exist_ok=True)
+    sweep = load_sweep(path)
+    assert any("7 trial directories but the analysis covers 6" in p for p in sweep.problems)
+    summary = json.loads((path / "analysis" / "summary.json").read_text())
+    assert summary["knee_trial"] == 5
