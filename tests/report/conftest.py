@@ -689,3 +689,23 @@ def bench_dir(runs_root: Path) -> Path:
 def sparse_dir(runs_root: Path) -> Path:
     """A small sparse-update comparison (read it, never modify it)."""
     return write_sparse_compare(runs_root / "sparse")
+
+
+@pytest.fixture
+def make_sweep(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: ``make_sweep("name", analysed=False)`` writes a sweep under tmp_path."""
+
+    def factory(name: str = "sweep", **options: Any) -> Path:
+        return write_sweep(tmp_path / name, **options)
+
+    return factory
+
+
+@pytest.fixture
+def make_sparse_compare(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: ``make_sparse_compare("name", results=False)`` writes one under tmp_path."""
+
+    def factory(name: str = "sparse", **options: Any) -> Path:
+        return write_sparse_compare(tmp_path / name, **options)
+
+    return factory

@@ -146,7 +146,11 @@ def report(
         Path | None, typer.Option("--out", "-o", help="Where a comparison goes.")
     ] = None,
 ) -> None:
-    """Write DIR/report/ (PNG figures, report.pdf, report.xlsx); several runs are compared."""
+    """Write DIR/report/ (PNG figures, report.pdf, report.xlsx); several runs are compared.
+
+    DIR may be a run, a sweep (after `edgetrain sweep analyze`), a bench output or a
+    sparse-update comparison; the kind is detected from its files.
+    """
     from edgetrain.report import compare_runs, make_report
 
     path = make_report(dirs[0]) if len(dirs) == 1 else compare_runs(dirs, out_dir)

@@ -36,7 +36,7 @@ from edgetrain.report.textpages import (
     page_width_chars,
     text_pages,
 )
-from edgetrain.report.xlsx import MAX_SHEET_ROWS, write_xlsx
+from edgetrain.report.xlsx import MAX_SHEET_ROWS, with_numbers, write_xlsx
 
 __all__ = [
     "BENCH_FIGURES",
@@ -586,8 +586,8 @@ def write_bench_report(bench: Bench, out: Path) -> list[str]:
         "time_breakdown": tables["breakdown"],
         "throughput_energy": tables["throughput"],
         "warmup": tables["warmup"],
-        "summary": bench.summary,
-        "epochs": bench.epochs,
+        "summary": with_numbers(bench.summary),
+        "epochs": with_numbers(bench.epochs),
         "batches": batches,
         "device": device_sheet,
         "cpus": tables["device_cpus"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
@@ -27,6 +28,12 @@ _PARTS = (
     ("rest_s", "rest of the epoch (validation, bookkeeping)", "0.85", None),
 )
 _LINE_STYLES = ("-", "--", "-.", ":")
+# boxplot's `orientation` arrived in matplotlib 3.10, which deprecates `vert`
+_HORIZONTAL = (
+    {"orientation": "horizontal"}
+    if tuple(int(p) for p in matplotlib.__version__.split(".")[:2]) >= (3, 10)
+    else {"vert": False}
+)
 
 
 def _seconds_scale(max_seconds: float) -> tuple[float, str]:
@@ -249,7 +256,7 @@ def batches_figure(batches: pd.DataFrame, title: str) -> Figure | None:
         ax.boxplot(
             data,
             positions=np.arange(len(data)),
-            orientation="horizontal",
+            **_HORIZONTAL,
             widths=0.55,
             showfliers=False,
             medianprops={"color": "tab:red"},

@@ -1,4 +1,4 @@
-"""The run report: tables, figures, PDF and workbook written into ``RUN/report/``."""
+"""The run report, written into ``RUN/report/``, and :func:`make_report` for every kind."""
 
 from __future__ import annotations
 

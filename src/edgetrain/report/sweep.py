@@ -43,7 +43,7 @@ from edgetrain.report.textpages import (
     page_width_chars,
     text_pages,
 )
-from edgetrain.report.xlsx import write_xlsx
+from edgetrain.report.xlsx import with_numbers, write_xlsx
 
 __all__ = [
     "SWEEP_FIGURES",
@@ -749,5 +749,5 @@ def write_sweep_report(sweep: Sweep, out: Path) -> list[str]:
         "parameter_effects": tables["parameter_effects"],
         "parameter_groups": tables["parameter_groups"],
     }
-    write_xlsx(sheets, out / "report.xlsx")
+    write_xlsx({name: with_numbers(frame) for name, frame in sheets.items()}, out / "report.xlsx")
     return names

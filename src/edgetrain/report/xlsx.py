@@ -12,7 +12,7 @@ import pandas as pd
 
 from edgetrain.errors import MissingExtraError
 
-__all__ = ["MAX_SHEET_ROWS", "write_xlsx", "xlsx_available"]
+__all__ = ["MAX_SHEET_ROWS", "with_numbers", "write_xlsx", "xlsx_available"]
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +22,25 @@ MAX_SHEET_ROWS = 50_000  # resources beyond this are thinned to every k-th sampl
 def xlsx_available() -> bool:
     """Whether openpyxl can be imported."""
     return importlib.util.find_spec("openpyxl") is not None
+
+
+def with_numbers(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text columns whose every value is a number ('64', '0.01') turned into numbers.
+
+    Values kept as written while reading (sweep parameters, grid settings) then sort and
+    sum in a spreadsheet; columns with any word in them are left alone.
+    """
+    converted = frame.copy()
+    for column in converted.columns:
+        if pd.api.types.is_numeric_dtype(converted[column]):
+            continue
+        values = converted[column].dropna()
+        if values.empty or values.map(lambda v: isinstance(v, bool)).any():
+            continue
+        numbers = pd.to_numeric(values, errors="coerce")
+        if numbers.notna().all():
+            converted[column] = pd.to_numeric(converted[column], errors="coerce")
+    return converted
 
 
 def _sheet_name(name: str) -> str:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import openpyxl
 import pytest
 
-from conftest import write_sparse_compare
 from edgetrain.report import load_sparse_compare, make_report
 from edgetrain.report import sparse as sp
 from edgetrain.report import sparse_figures as spfig
@@ -44,8 +44,10 @@ def test_results_with_energy_from_the_runs(compare: sp.SparseCompare) -> None:
     assert compare.energy_sources == ["measured:nvml"]
 
 
-def test_means_from_runs_csv_match_results_csv(compare: sp.SparseCompare, tmp_path: Path) -> None:
-    path = write_sparse_compare(tmp_path / "stopped", results=False)
+def test_means_from_runs_csv_match_results_csv(
+    compare: sp.SparseCompare, make_sparse_compare: Callable[..., Path]
+) -> None:
+    path = make_sparse_compare("stopped", results=False)
     stopped = load_sparse_compare(path)
     assert stopped.results_source == "runs.csv"
     assert any("means computed from runs.csv" in p for p in stopped.problems)

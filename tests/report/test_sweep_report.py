@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,6 @@ import openpyxl
 import pandas as pd
 import pytest
 
-from conftest import write_sweep
 from edgetrain.errors import EdgeTrainError
 from edgetrain.report import load_sweep, make_report
 from edgetrain.report import sweep as sw
@@ -165,8 +165,8 @@ def test_figures_label_estimates_and_scale(sweep: sw.Sweep) -> None:
     assert sfig.importance_figure({"energy": pd.DataFrame()}, "toy") is None
 
 
-def test_sweep_without_analysis(tmp_path: Path) -> None:
-    path = write_sweep(tmp_path / "sweep", analysed=False)
+def test_sweep_without_analysis(make_sweep: Callable[..., Path]) -> None:
+    path = make_sweep(analysed=False)
     with pytest.raises(EdgeTrainError, match=r"run `edgetrain sweep analyze .*` first"):
         make_report(path)
 
@@ -178,8 +178,8 @@ def test_analysis_directory_given_directly(sweep_dir: Path) -> None:
     assert sw.best_trial(sweep)[1] == sweep_dir / "trials" / "2"
 
 
-def test_stale_analysis_is_noted(tmp_path: Path) -> None:
-    path = write_sweep(tmp_path / "sweep")
+def test_stale_analysis_is_noted(make_sweep: Callable[..., Path]) -> None:
+    path = make_sweep()
     for number in range(7):
         (path / "trials" / str(number)).mkdir(exist_ok=True)
     sweep = load_sweep(path)
