@@ -7,12 +7,22 @@ import torch
 
 import edgetrain
 
-BASE = {"model": "cnn", "data": "digits", "epochs": 2, "batch_size": 64, "monitor": {"enabled": False}}
+BASE = {
+    "model": "cnn",
+    "data": "digits",
+    "epochs": 2,
+    "batch_size": 64,
+    "monitor": {"enabled": False},
+}
 
 
 def test_lossless_training_matches_uncompressed_and_logs_smaller_bytes(tmp_path):
-    plain = edgetrain.train({**BASE, "activations": "none", "out": str(tmp_path / "a")}, progress=False)
-    packed = edgetrain.train({**BASE, "activations": "lossless", "out": str(tmp_path / "b")}, progress=False)
+    plain = edgetrain.train(
+        {**BASE, "activations": "none", "out": str(tmp_path / "a")}, progress=False
+    )
+    packed = edgetrain.train(
+        {**BASE, "activations": "lossless", "out": str(tmp_path / "b")}, progress=False
+    )
     cols = ["train_loss", "train_acc", "val_loss", "val_acc"]
     pd.testing.assert_frame_equal(plain.history[cols], packed.history[cols], check_exact=True)
     a, b = plain.model.state_dict(), packed.model.state_dict()
