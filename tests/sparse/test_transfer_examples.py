@@ -45,8 +45,8 @@ def test_pretrain_then_finetune_from_the_cli(tmp_path):
     summary = json.loads((fine / "summary.json").read_text())
     assert summary["status"] == "completed"
     log = fine / "sparse_update.csv"
-    if log.exists():  # once train() adds SparseUpdateCallback for sparse_update.scheme
-        assert set(pd.read_csv(log)["epoch"]) == {1}
+    assert set(pd.read_csv(log)["epoch"]) == {1}
+    assert pd.read_csv(fine / "metrics.csv")["trainable_frac"].notna().all()
 
 
 def test_finetune_without_pretrained_weights_is_a_clear_error(capsys, tmp_path):

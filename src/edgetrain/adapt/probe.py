@@ -236,7 +236,8 @@ def fit_memory_model(
     autocast: AutocastFactory = contextlib.nullcontext,
     is_oom: Callable[[BaseException], bool] | None = None,
 ) -> BudgetFit:
-    """Probe at ``start``, 2x, 4x, ... while the next size is cautiously predicted to fit.
+    """Probe at ``start`` (at least 2), 2x, 4x, ... while the next size is cautiously
+    predicted to fit.
 
     One unmeasured pass first takes the one-time costs (lazy allocations). Doubling stops
     before a size whose prediction, with at least twice the saved bytes per sample as
@@ -291,9 +292,10 @@ def fit_memory_model(
             probes.append(probe)
         return probe is not None
 
-    micro = max(1, min(start, len(x)))
-    warm = max(micro, min(2, len(x)))  # batch 1 can take other kernels than batch 2
-    probe_step(model, x[:warm], y[:warm], meter=None, autocast=autocast)  # one-time costs
+    # never probe at 1 when 2 is possible: a batch of one can take other kernels and
+    # measure far less than training at 1 needs (micro-batch 1 is extrapolated instead)
+    micro = max(1, min(max(start, 2), len(x)))
+    probe_step(model, x[:micro], y[:micro], meter=None, autocast=autocast)  # one-time costs
     one(micro)
     while True:
         nxt = min(len(x), micro * 2)

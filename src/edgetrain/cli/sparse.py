@@ -33,6 +33,8 @@ def _render(table_df: Any) -> Table:
 
         def pm(metric: str, digits: int = 4, r: Any = r) -> str:
             mean, std = r[f"{metric}_mean"], r[f"{metric}_std"]
+            if std is None or std != std:  # one seed
+                return _fmt(mean, digits)
             return f"{_fmt(mean, digits)} ± {_fmt(std, digits)}"
 
         mem = r["peak_train_bytes_mean"]

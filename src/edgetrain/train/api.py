@@ -190,7 +190,13 @@ def _run(
         base_lr=config.lr,
     )
     user = list(callbacks)
-    chain = CallbackList([*_default_callbacks(config, progress), *user])
+    defaults = _default_callbacks(config, progress)
+    if config.sparse_update.scheme != "full":
+        from edgetrain.train.sparse_callback import SparseUpdateCallback
+
+        # the probe set is the first probe_size training samples, in order, un-augmented
+        defaults.append(SparseUpdateCallback(config.sparse_update, data.train))
+    chain = CallbackList([*defaults, *user])
     writer = RunWriter(run, scaler, chain)
     all_callbacks = CallbackList([*chain.callbacks, writer])
 
