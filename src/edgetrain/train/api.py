@@ -191,6 +191,11 @@ def _run(
     )
     user = list(callbacks)
     defaults = _default_callbacks(config, progress)
+    from edgetrain.train.adapt_callback import adapt_callbacks
+
+    # after the monitor (its epoch peaks feed the controller), before progress and user ones
+    at = 1 if config.monitor.enabled else 0
+    defaults[at:at] = adapt_callbacks(config, data.train, data.val)
     if config.sparse_update.scheme != "full":
         from edgetrain.train.sparse_callback import SparseUpdateCallback
 

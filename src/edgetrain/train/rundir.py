@@ -230,9 +230,13 @@ class RunDir:
 
     def save_checkpoint(self, state: Mapping[str, Any]) -> Path:
         target = self.path / self.CHECKPOINT
-        buf = io.BytesIO()
-        torch.save(dict(state), buf)
-        atomic_write_bytes(target, buf.getvalue())
+        tmp = target.with_name(target.name + ".tmp")
+        # straight to the file: going through BytesIO held a second copy of the state in memory
+        with open(tmp, "wb") as fh:
+            torch.save(dict(state), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
         return target
 
     def load_checkpoint(self) -> dict[str, Any]:
