@@ -201,6 +201,9 @@ def _run(
 
         # the probe set is the first probe_size training samples, in order, un-augmented
         defaults.append(SparseUpdateCallback(config.sparse_update, data.train))
+    # a callback the caller passes replaces the default of the same kind (e.g. a custom meter)
+    given = {type(cb) for cb in user}
+    defaults = [cb for cb in defaults if type(cb) not in given]
     chain = CallbackList([*defaults, *user])
     writer = RunWriter(run, scaler, chain)
     all_callbacks = CallbackList([*chain.callbacks, writer])
