@@ -82,7 +82,7 @@ def train(
             line += f", test_acc {test['test_acc']:.4f}"
         if s.get("total_energy_j") is not None:
             line += f", {s['total_energy_j']:.1f} J ({s.get('energy_source')})"
-        out.print(line, highlight=False)
+        out.print(line, highlight=False, soft_wrap=True)
     out.print(f"run directory: {result.run_dir}", highlight=False)
 
 

@@ -37,7 +37,8 @@ def format_epoch_line(row: dict, epochs: int) -> str:
         f"{_fmt(row.get('samples_per_s'), ',.0f')} samples/s",
     ]
     if row.get("energy_j") is not None:
-        parts.append(f"{row['energy_j']:.1f} J ({row.get('energy_source')})")
+        estimated = "estimated" in str(row.get("energy_source"))
+        parts.append(f"{row['energy_j']:.1f} J{' (estimated)' if estimated else ''}")
     if row.get("peak_rss_bytes"):
         parts.append(f"peak RSS {format_bytes(row['peak_rss_bytes'])}")
     return "  ".join(parts)
@@ -90,7 +91,8 @@ class ProgressCallback(Callback):
             self._task = None
         line = format_epoch_line(state.epoch_row, state.config.epochs)
         # printed through the live display so the bar stays below the finished epochs
-        (self._progress.console if self._progress else self.console).print(line, highlight=False)
+        console = self._progress.console if self._progress else self.console
+        console.print(line, highlight=False, soft_wrap=True)
 
     def on_fit_end(self, state: TrainState) -> None:
         if self._progress is not None:
