@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
 from edgetrain.errors import EdgeTrainError
+from edgetrain.train.rundir import METRICS_COLUMNS
 
 __all__ = [
     "LOG_COLUMNS",
@@ -34,18 +35,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# the first eleven metrics.csv columns, then memory, cost and the controller's view
 LOG_COLUMNS: tuple[str, ...] = (
-    "epoch",
-    "time_s",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "lr",
-    "batch_size",
-    "micro_batch_size",
-    "accum_steps",
-    "samples_per_s",
+    *METRICS_COLUMNS[: METRICS_COLUMNS.index("samples_per_s") + 1],
     "peak_memory_bytes",
     "memory_budget_bytes",
     "peak_rss_bytes",
