@@ -24,7 +24,7 @@ from edgetrain.report.labels import (
     is_estimated,
     mean_std_text,
 )
-from edgetrain.report.pdf import save_pdf, save_png
+from edgetrain.report.pdf import save_pdf, save_pngs
 from edgetrain.report.rundir import _csv_header, _read_mapping, read_csv_rows, require_directory
 from edgetrain.report.textpages import (
     LANDSCAPE,
@@ -539,12 +539,7 @@ def write_bench_report(bench: Bench, out: Path) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     tables = bench_tables(bench)
     drawn = bench_figures(bench, tables)
-    for name in BENCH_FIGURES:
-        png = out / f"{name}.png"
-        if name in drawn:
-            save_png(drawn[name], png)
-        elif png.exists():
-            png.unlink()
+    save_pngs(drawn, BENCH_FIGURES, out)
     title = f"Benchmark report: {bench.name}"
     front = text_pages(
         _front_sections(bench, tables), title, intro=[f"bench directory: {bench.path.resolve()}"]

@@ -13,7 +13,7 @@ from edgetrain.errors import EdgeTrainError
 from edgetrain.report import figures as fig
 from edgetrain.report import tables as tab
 from edgetrain.report.labels import format_value
-from edgetrain.report.pdf import save_pdf, save_png
+from edgetrain.report.pdf import save_pdf, save_png, save_pngs
 from edgetrain.report.rundir import KINDS, Run, detect_kind, load_run
 from edgetrain.report.textpages import (
     LANDSCAPE,
@@ -193,12 +193,7 @@ def write_run_report(run: Run, out: Path) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     tables = run_tables(run)
     drawn = run_figures(run, tables)
-    for name in FIGURE_NAMES:
-        png = out / f"{name}.png"
-        if name in drawn:
-            save_png(drawn[name], png)
-        elif png.exists():
-            png.unlink()  # left from an earlier report of the same run
+    save_pngs(drawn, FIGURE_NAMES, out)
 
     status = str(tab.run_totals(run)["status"])
     title = f"Training report: {run.name}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -16,6 +17,17 @@ __all__ = ["save_pdf", "save_png"]
 logger = logging.getLogger(__name__)
 
 PNG_DPI = 110
+
+
+def save_pngs(drawn: Mapping[str, Figure], names: Iterable[str], out: Path) -> None:
+    """Write each drawn figure as ``out/<name>.png``; remove PNGs of figures not drawn now
+    (left from an earlier report of the same directory)."""
+    for name in names:
+        png = out / f"{name}.png"
+        if name in drawn:
+            save_png(drawn[name], png)
+        elif png.exists():
+            png.unlink()
 
 
 def save_png(figure: Figure, path: Path, *, freeze_layout: bool = True) -> Path:

@@ -23,7 +23,7 @@ from edgetrain.report import figures as fig
 from edgetrain.report import sweep_figures as sfig
 from edgetrain.report import tables as tab
 from edgetrain.report.labels import energy_source_text, format_value, is_estimated
-from edgetrain.report.pdf import save_pdf, save_png
+from edgetrain.report.pdf import save_pdf, save_pngs
 from edgetrain.report.rundir import (
     _csv_header,
     _read_mapping,
@@ -713,12 +713,7 @@ def write_sweep_report(sweep: Sweep, out: Path) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     tables = sweep_tables(sweep)
     drawn = sweep_figures(sweep, tables)
-    for name in SWEEP_FIGURES:
-        png = out / f"{name}.png"
-        if name in drawn:
-            save_png(drawn[name], png)
-        elif png.exists():
-            png.unlink()
+    save_pngs(drawn, SWEEP_FIGURES, out)
     title = f"Sweep report: {sweep.name}"
     intro = [f"sweep directory: {sweep.path.resolve()}", f"analysis: {sweep.analysis_dir}"]
     front = text_pages(_front_sections(sweep, tables), title, intro=intro)
