@@ -24,7 +24,7 @@ from edgetrain.report.labels import (
     is_estimated,
     mean_std_text,
 )
-from edgetrain.report.pdf import save_pdf, save_pngs
+from edgetrain.report.pdf import assemble, save_pdf, save_pngs
 from edgetrain.report.rundir import _csv_header, _read_mapping, read_csv_rows, require_directory
 from edgetrain.report.textpages import (
     LANDSCAPE,
@@ -551,13 +551,7 @@ def write_bench_report(bench: Bench, out: Path) -> list[str]:
         size=LANDSCAPE,
         font_size=TABLE_FONT_SIZE,
     )
-    pages = [*front, *device, *drawn.values(), *back]
-    names = (
-        [f"title {i + 1}" for i in range(len(front))]
-        + [f"device {i + 1}" for i in range(len(device))]
-        + list(drawn)
-        + [f"tables {i + 1}" for i in range(len(back))]
-    )
+    pages, names = assemble(("title", front), ("device", device), drawn, ("tables", back))
     save_pdf(pages, out / "report.pdf", title=title, footer=f"edgetrain bench report: {bench.name}")
     batches = bench.batches
     if len(batches) > MAX_SHEET_ROWS:

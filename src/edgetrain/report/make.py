@@ -13,7 +13,7 @@ from edgetrain.errors import EdgeTrainError
 from edgetrain.report import figures as fig
 from edgetrain.report import tables as tab
 from edgetrain.report.labels import format_value
-from edgetrain.report.pdf import save_pdf, save_png, save_pngs
+from edgetrain.report.pdf import assemble, save_pdf, save_png, save_pngs
 from edgetrain.report.rundir import KINDS, Run, detect_kind, load_run
 from edgetrain.report.textpages import (
     LANDSCAPE,
@@ -201,12 +201,7 @@ def write_run_report(run: Run, out: Path) -> list[str]:
     back = text_pages(
         table_sections(tables), f"Tables: {run.name}", size=LANDSCAPE, font_size=TABLE_FONT_SIZE
     )
-    pages = [*front, *drawn.values(), *back]
-    names = (
-        [f"title {i + 1}" for i in range(len(front))]
-        + list(drawn)
-        + [f"tables {i + 1}" for i in range(len(back))]
-    )
+    pages, names = assemble(("title", front), drawn, ("tables", back))
     save_pdf(pages, out / "report.pdf", title=title, footer=f"edgetrain report: {run.name}")
 
     resources = tables["resources"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,6 +17,24 @@ __all__ = ["save_pdf", "save_png"]
 logger = logging.getLogger(__name__)
 
 PNG_DPI = 110
+
+
+def assemble(
+    *parts: tuple[str, Sequence[Figure]] | Mapping[str, Figure],
+) -> tuple[list[Figure], list[str]]:
+    """Pages in order with their names: ``("title", pages)`` names them "title 1", "title 2",
+    ...; a mapping of figures contributes its keys as names."""
+    pages: list[Figure] = []
+    names: list[str] = []
+    for part in parts:
+        if isinstance(part, Mapping):
+            pages += list(part.values())
+            names += list(part)
+        else:
+            label, figures = part
+            pages += list(figures)
+            names += [f"{label} {i + 1}" for i in range(len(figures))]
+    return pages, names
 
 
 def save_pngs(drawn: Mapping[str, Figure], names: Iterable[str], out: Path) -> None:

@@ -23,7 +23,7 @@ import pandas as pd
 from edgetrain.errors import EdgeTrainError
 from edgetrain.report import sparse_figures as sfig
 from edgetrain.report.labels import MIB, energy_source_text, is_estimated, mean_std_text
-from edgetrain.report.pdf import save_pdf, save_png
+from edgetrain.report.pdf import assemble, save_pdf, save_png
 from edgetrain.report.rundir import _read_mapping, read_csv_rows, require_directory
 from edgetrain.report.textpages import (
     LANDSCAPE,
@@ -384,12 +384,7 @@ def write_sparse_report(sc: SparseCompare, out: Path) -> list[str]:
     back = text_pages(
         back_sections, f"Tables: {sc.name}", size=LANDSCAPE, font_size=TABLE_FONT_SIZE
     )
-    pages = [*front, *figures.values(), *back]
-    names = (
-        [f"title {i + 1}" for i in range(len(front))]
-        + list(figures)
-        + [f"tables {i + 1}" for i in range(len(back))]
-    )
+    pages, names = assemble(("title", front), figures, ("tables", back))
     save_pdf(pages, out / "report.pdf", title=title, footer=f"edgetrain sparse-compare: {sc.name}")
     write_xlsx({"overview": overview, "results": results, "runs": sc.runs}, out / "report.xlsx")
     return names

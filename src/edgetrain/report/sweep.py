@@ -23,7 +23,7 @@ from edgetrain.report import figures as fig
 from edgetrain.report import sweep_figures as sfig
 from edgetrain.report import tables as tab
 from edgetrain.report.labels import energy_source_text, format_value, is_estimated
-from edgetrain.report.pdf import save_pdf, save_pngs
+from edgetrain.report.pdf import assemble, save_pdf, save_pngs
 from edgetrain.report.rundir import (
     _csv_header,
     _read_mapping,
@@ -729,13 +729,7 @@ def write_sweep_report(sweep: Sweep, out: Path) -> list[str]:
         size=LANDSCAPE,
         font_size=TABLE_FONT_SIZE,
     )
-    pages = [*front, *tops, *drawn.values(), *back]
-    names = (
-        [f"title {i + 1}" for i in range(len(front))]
-        + [f"top trials {i + 1}" for i in range(len(tops))]
-        + list(drawn)
-        + [f"tables {i + 1}" for i in range(len(back))]
-    )
+    pages, names = assemble(("title", front), ("top trials", tops), drawn, ("tables", back))
     save_pdf(pages, out / "report.pdf", title=title, footer=f"edgetrain sweep report: {sweep.name}")
     sheets = {
         "overview": tables["overview"],
