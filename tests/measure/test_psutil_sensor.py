@@ -55,3 +55,21 @@ def test_estimate_scales_with_tdp(monkeypatch: pytest.MonkeyPatch) -> None:
     assert estimate.status.source_label == "estimated:cpu-tdp"
     with pytest.raises(EdgeTrainError, match="cpu_tdp_w must be > 0"):
         CpuTdpEstimate(-1)
+
+
+def test_proc_fast_paths_agree_with_psutil(monkeypatch: pytest.MonkeyPatch) -> None:
+    import psutil
+
+    from edgetrain.measure import proctree
+
+    fast_used = proctree.ram_used_bytes()
+    fast_total, fast_idle = proctree.cpu_total_idle()
+    monkeypatch.setattr(proctree, "_IS_LINUX", False)  # the portable psutil path
+    slow_used = proctree.ram_used_bytes()
+    slow_total, slow_idle = proctree.cpu_total_idle()
+    vm = psutil.virtual_memory()
+    assert slow_used == vm.total - vm.available
+    assert abs(fast_used - slow_used) < 0.05 * vm.total  # RAM moves a little between reads
+    assert 0 < fast_idle < fast_total and 0 < slow_idle < slow_total
+    # /proc/stat counts clock ticks, psutil seconds: the idle share is the same
+    assert fast_idle / fast_total == pytest.approx(slow_idle / slow_total, abs=0.01)

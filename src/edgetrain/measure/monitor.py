@@ -21,13 +21,13 @@ __all__ = ["DEFAULT_HISTORY", "DEFAULT_INTERVAL_S", "Listener", "Monitor", "Samp
 
 logger = logging.getLogger(__name__)
 
-#: Default sampling interval, seconds. One sample costs about 0.13 ms of CPU on the 2-core
-#: dev VM (process tree from /proc, psutil, no GPU; benchmarks/monitor_overhead.py), a few
-#: NVML calls more with a GPU, so 5 Hz is about 0.07% of one core, plus the rare USS read
-#: (at most 0.2%), far inside the 1% budget even with the GIL shared with the training loop.
-#: Faster buys little: NVML power is itself a 1-second average, and energy comes from counter
-#: differences where counters exist. Slower would miss more RSS peaks and leave short epochs
-#: with few samples (a window adds a sample at each end regardless).
+#: Default sampling interval, seconds. One sample costs about 1 ms of CPU from the sampler's
+#: cold wake-up (0.14 ms warm) on the 2-core dev VM (process tree and system figures from
+#: /proc, no GPU; a few NVML calls more with a GPU), so 5 Hz uses about 0.5% of one core;
+#: benchmarks/monitor_overhead.py bounds the training slowdown at 0.6% (measured at 10x
+#: the rate and scaled back). Faster buys little: NVML power is itself a 1-second average,
+#: and energy comes from counter differences where counters exist. Slower would miss more
+#: RSS peaks and leave short epochs with few samples (a window adds a sample at each end).
 DEFAULT_INTERVAL_S = 0.2
 
 #: Samples kept in memory (a ring buffer; windows and totals are accumulated incrementally

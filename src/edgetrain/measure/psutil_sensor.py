@@ -26,28 +26,18 @@ class CpuUtilisation:
     """
 
     def __init__(self) -> None:
-        self._last = psutil.cpu_times()
+        self._last = proctree.cpu_total_idle()
         self._last_pct = 0.0
 
     def percent(self) -> float:
         """Utilisation since the previous call; the previous value if no time has passed."""
-        now = psutil.cpu_times()
-        total = _total(now) - _total(self._last)
-        busy = total - (_idle(now) - _idle(self._last))
+        now = proctree.cpu_total_idle()
+        total = now[0] - self._last[0]
+        busy = total - (now[1] - self._last[1])
         self._last = now
         if total > 0:
             self._last_pct = min(100.0, max(0.0, 100.0 * busy / total))
         return self._last_pct
-
-
-def _total(t: object) -> float:
-    values = t._asdict()  # type: ignore[attr-defined]
-    # guest time is already counted in user/nice on Linux
-    return sum(values.values()) - values.get("guest", 0.0) - values.get("guest_nice", 0.0)
-
-
-def _idle(t: object) -> float:
-    return float(getattr(t, "idle", 0.0)) + float(getattr(t, "iowait", 0.0))
 
 
 class PsutilSensor:
@@ -128,10 +118,9 @@ class PsutilSensor:
 
     def read(self) -> dict[str, float]:
         """Read system and process-tree values; process values are left out once it exits."""
-        vm = psutil.virtual_memory()
         out = {
             "cpu_pct": self._cpu.percent(),
-            "ram_used_bytes": float(vm.total - vm.available),
+            "ram_used_bytes": float(proctree.ram_used_bytes()),
         }
         pids = proctree.tree_pids(self.pid)
         if not pids:
