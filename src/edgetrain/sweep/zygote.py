@@ -109,4 +109,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # skip interpreter finalisation: tearing down torch and the preloaded modules takes
+    # 1-2 s, which the sweep would wait for at its end; the zygote holds nothing to save
+    os._exit(code)
