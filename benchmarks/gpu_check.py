@@ -36,7 +36,8 @@ def integrate_power(resources: pd.DataFrame, epoch: int, column: str) -> float |
     rows = resources[resources["epoch"] == epoch].dropna(subset=[column])
     if len(rows) < 2:
         return None
-    return float(np.trapezoid(rows[column].to_numpy(), rows["t_s"].to_numpy()))
+    watts, t_s = rows[column].to_numpy(), rows["t_s"].to_numpy()
+    return float(np.sum((watts[1:] + watts[:-1]) / 2 * np.diff(t_s)))
 
 
 def main() -> int:
