@@ -287,3 +287,40 @@ def test_done_when_vgg11_digits_under_a_real_rss_budget(tmp_path):
     adapt = result.summary["adapt"]
     assert adapt["memory_source"] == "cpu:rss-above-baseline"
     assert adapt["measured_peak_bytes"] <= adapt["budget_bytes"]
+
+
+class _Floor(Callback):
+    """From the second epoch on, the meter never reads below ``floor`` bytes, whatever the
+    micro-batch: memory over the budget that shrinking cannot free."""
+
+    def __init__(self, meter: BatchMeter, floor: int) -> None:
+        self.meter, self.floor = meter, floor
+        self._peak = meter.peak_bytes
+
+    def on_epoch_start(self, state: TrainState) -> None:
+        if state.epoch == 1:
+            peak = self._peak
+            self.meter.peak_bytes = lambda: max(self.floor, peak())  # type: ignore[method-assign]
+
+
+def test_a_shrink_that_does_not_lower_the_peak_is_not_repeated(tmp_path, caplog):
+    data = Blobs()
+    model = tiny_net()
+    meter = BatchMeter(model, static_bytes=10 * MiB, per_sample_bytes=MiB)
+    cb = AdaptiveCallback(probe_data=data, meter=meter)
+    with caplog.at_level(logging.WARNING, logger="edgetrain.train.adapt_callback"):
+        result = _fit(
+            model, data, tmp_path / "a", [cb, _Floor(meter, 31 * MiB)], epochs=4, **BUDGET
+        )
+    decisions = pd.read_csv(result.run_dir / "decisions.csv")
+    shrinks = decisions[decisions.parameter == "micro_batch_size"]
+    # one shrink (16 -> 12, the model's choice) that freed nothing, then 12 is kept
+    assert shrinks[["old", "new"]].values.tolist() == [[32, 16], [16, 12]]
+    assert result.history.micro_batch_size.tolist() == [16, 12, 12, 12]
+    kept = decisions[decisions.reason.str.contains("did not lower the peak", na=False)]
+    assert len(kept) == 1 and "raise budget.memory to at least 34.4 MiB" in kept.reason.iloc[0]
+    adapt = result.summary["adapt"]
+    assert adapt["budget_violations"] > 3 and adapt["within_budget"] is False
+    # one warning per epoch at most, not one per step
+    warnings = [r for r in caplog.records if "not the micro-batch's" in r.getMessage()]
+    assert 1 <= len(warnings) <= 3

@@ -252,6 +252,31 @@ def test_budget_policy_shrinks_after_an_overrun_and_keeps_the_effective_batch():
     assert d.new("batch_size", 64) == 64 and d.new("lr", 0.1) == 0.1
 
 
+def test_overruns_that_shrinking_did_not_lower_keep_the_micro_batch():
+    model = MemoryModel(static_bytes=40 * MiB, per_sample_bytes=1 * MiB)
+    seen = obs(
+        peak_bytes=110 * MiB, micro_batch_size=32, memory=model, unbatched_peak_bytes=120 * MiB
+    )
+    d = budget_policy(seen, AdaptConfig(policy="budget"))
+    assert d.changes == () and "not the micro-batch's" in d.reason
+    assert "at least 122.2 MiB" in d.reason  # 110 MiB with the 10% margin to spare
+    # a higher peak is new pressure: shrink again
+    higher = obs(
+        peak_bytes=130 * MiB, micro_batch_size=32, memory=model, unbatched_peak_bytes=120 * MiB
+    )
+    assert budget_policy(higher, AdaptConfig(policy="budget")).changes
+    # the EdgeTrain rule does not halve for it either
+    d = edgetrain_policy(
+        obs(
+            peak_bytes=99 * MiB,
+            micro_batch_size=32,
+            unbatched_peak_bytes=120 * MiB,
+        ),
+        cfg(**BATCH_FIRST),
+    )
+    assert d.changes == () and "did not lower the peak" in d.reason
+
+
 def test_budget_policy_without_a_budget_only_recovers_from_oom():
     d = budget_policy(obs(budget_bytes=None), AdaptConfig(policy="budget"))
     assert d.changes == () and "out-of-memory" in d.reason

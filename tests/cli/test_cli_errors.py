@@ -113,3 +113,23 @@ def test_train_succeeds_and_prints_run_dir(capsys, tmp_path):
     assert code in (0, None)
     assert str(tmp_path / "ok") in out
     assert (tmp_path / "ok" / "metrics.csv").exists()
+
+
+def test_the_budget_line_says_how_the_run_kept_to_the_budget():
+    from edgetrain.cli.main import _budget_line
+
+    assert _budget_line({}) is None
+    kept = {
+        "budget_bytes": 64 * 2**20,
+        "measured_peak_bytes": 48 * 2**20,
+        "memory_source": "cpu:rss-above-baseline",
+        "micro_batch_size": 52,
+        "accum_steps": 5,
+        "budget_violations": 0,
+    }
+    line = _budget_line(kept)
+    assert line is not None
+    assert "peak 48.0 MiB of the budget 64.0 MiB (75%" in line and "52 x 5" in line
+    assert "passed" not in line
+    line = _budget_line({**kept, "measured_peak_bytes": 65 * 2**20, "budget_violations": 3})
+    assert line is not None and "passed the budget in 3 step(s)" in line

@@ -46,6 +46,7 @@ __all__ = [
     "decide",
     "edgetrain_policy",
     "fit_to_budget",
+    "keep_unbatched_overrun",
     "none_policy",
     "shrink_after_oom",
     "shrink_after_overrun",
@@ -73,6 +74,8 @@ class EpochObservation:
         memory: the fitted memory model, or None.
         micro_ceiling: smallest micro-batch that ran out of memory or passed the
             budget (never grown back to), or None.
+        unbatched_peak_bytes: peaks up to this are memory that shrinking the micro-batch
+            did not lower (see :func:`keep_unbatched_overrun`); None when not seen.
     """
 
     epoch: int
@@ -88,6 +91,16 @@ class EpochObservation:
     epochs_since_lr_change: int = 0
     memory: MemoryModel | None = None
     micro_ceiling: int | None = None
+    unbatched_peak_bytes: int | None = None
+
+    @property
+    def unbatched(self) -> bool:
+        """Whether this epoch's peak is memory that shrinking the micro-batch did not lower."""
+        return (
+            self.unbatched_peak_bytes is not None
+            and self.peak_bytes is not None
+            and self.peak_bytes <= self.unbatched_peak_bytes
+        )
 
 
 @dataclass(frozen=True)
@@ -239,6 +252,27 @@ def shrink_after_overrun(
     )
 
 
+def keep_unbatched_overrun(
+    *,
+    micro_batch_size: int,
+    peak_bytes: int,
+    budget_bytes: int,
+    margin: float,
+    why: str = "",
+    policy: str = "budget",
+) -> Decision:
+    """A measured peak passed the budget, but shrinking the micro-batch did not lower it:
+    keep the micro-batch (halving it again would only slow training) and say what budget
+    would hold this peak with ``margin`` to spare. ``why`` leads the reason."""
+    reason = (
+        f"{why}peak {format_bytes(peak_bytes)} passed the budget {format_bytes(budget_bytes)}, "
+        "but the memory over it is not the micro-batch's (kept by the runtime or grown "
+        f"outside the step), so micro-batch {micro_batch_size} is kept; raise budget.memory "
+        f"to at least {format_bytes(peak_bytes / (1 - margin))} to keep {_pct(margin)} to spare"
+    )
+    return Decision(policy, MICRO, (), reason, memory_score=memory_score(peak_bytes, budget_bytes))
+
+
 def shrink_after_oom(
     *, micro_batch_size: int, min_micro_batch_size: int = 1, factor: int = 2, policy: str = "budget"
 ) -> Decision:
@@ -284,6 +318,13 @@ def budget_policy(obs: EpochObservation, cfg: AdaptConfig) -> Decision:
         return Decision("budget", MICRO, (), "no budget.memory: out-of-memory recovery only")
     if obs.peak_bytes is None:
         return Decision("budget", MICRO, (), "kept: no memory measurement this epoch")
+    if obs.peak_bytes > obs.budget_bytes and obs.unbatched:
+        return keep_unbatched_overrun(
+            micro_batch_size=obs.micro_batch_size,
+            peak_bytes=obs.peak_bytes,
+            budget_bytes=obs.budget_bytes,
+            margin=cfg.margin,
+        )
     if obs.peak_bytes > obs.budget_bytes:
         return shrink_after_overrun(
             micro_batch_size=obs.micro_batch_size,
@@ -320,6 +361,11 @@ def _fits(obs: EpochObservation, cfg: AdaptConfig, micro: int) -> tuple[bool, st
 def _batch_rule(obs: EpochObservation, cfg: AdaptConfig, score: float) -> tuple[list[Change], str]:
     micro, batch, factor = obs.micro_batch_size, obs.batch_size, cfg.batch_factor
     tag = f"memory score {score:.2f}"
+    if score > cfg.memory_high_frac and obs.unbatched:
+        return [], (
+            f"{tag} > {cfg.memory_high_frac}, but shrinking the micro-batch did not lower the "
+            "peak before: kept"
+        )
     if score > cfg.memory_high_frac:
         new = max(cfg.min_micro_batch_size, micro // factor)
         if new >= micro:

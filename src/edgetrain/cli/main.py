@@ -83,7 +83,28 @@ def train(
         if s.get("total_energy_j") is not None:
             line += f", {s['total_energy_j']:.1f} J ({s.get('energy_source')})"
         out.print(line, highlight=False, soft_wrap=True)
+        budget_line = _budget_line(s.get("adapt") or {})
+        if budget_line:
+            out.print(budget_line, highlight=False, soft_wrap=True)
     out.print(f"run directory: {result.run_dir}", highlight=False)
+
+
+def _budget_line(adapt: dict[str, Any]) -> str | None:
+    """How the run kept to ``budget.memory`` (None without a budget)."""
+    from edgetrain.units import format_bytes
+
+    budget, peak = adapt.get("budget_bytes"), adapt.get("measured_peak_bytes")
+    if not budget or peak is None:
+        return None
+    line = (
+        f"memory: peak {format_bytes(peak)} of the budget {format_bytes(budget)} "
+        f"({100 * peak / budget:.0f}%, {adapt.get('memory_source')}), micro-batch "
+        f"{adapt.get('micro_batch_size')} x {adapt.get('accum_steps')} accumulated"
+    )
+    violations = adapt.get("budget_violations") or 0
+    if violations:
+        line += f"; [bold yellow]passed the budget in {violations} step(s)[/] (why: decisions.csv)"
+    return line
 
 
 @app.command()

@@ -37,6 +37,7 @@ from edgetrain.adapt import (
     decide,
     fit_memory_model,
     fit_to_budget,
+    keep_unbatched_overrun,
     make_meter,
     probe_batch,
     shrink_after_oom,
@@ -195,6 +196,11 @@ class AdaptiveCallback(Callback):
         self._eval_chunk: int | None = None
         self._stuck_epoch = -1
         self._delegate: AdaptiveCallback | None = None
+        # the last overrun that shrank the micro-batch: (micro-batch, peak), to see whether
+        # shrinking lowered the peak at all
+        self._last_shrink: tuple[int, int] | None = None
+        # the peak reached by memory that shrinking did not lower (None: none seen)
+        self._unbatched_peak: int | None = None
 
     # -- helpers ---------------------------------------------------------------------------
     @property
@@ -437,10 +443,27 @@ class AdaptiveCallback(Callback):
         if peak is None or peak <= self.budget_bytes:
             return
         self.violations += 1
+        self.peak_bytes = _max(self.peak_bytes, peak)
         micro = state.micro_batch_size
+        decision = self._unbatched(peak, micro) or self._shrink(peak, micro)
+        if decision.changes or self._stuck_epoch != state.epoch:
+            self._log(state, decision, epoch=state.epoch + 1)
+        if decision.changes:
+            self.ceiling = micro if self.ceiling is None else min(self.ceiling, micro)
+            self._last_shrink = (micro, peak)
+            self._apply(state, decision)
+        else:
+            if self._stuck_epoch != state.epoch:
+                log.warning("%s", decision.reason)  # once per epoch, not once per step
+            self._stuck_epoch = state.epoch
+        self.meter.reset_peak()  # measure the new micro-batch from here
+        self._summary(state)
+
+    def _shrink(self, peak: int, micro: int) -> Decision:
+        assert self.budget_bytes is not None
         self.points.append((micro, float(peak)))
         self._refit()
-        decision = shrink_after_overrun(
+        return shrink_after_overrun(
             micro_batch_size=micro,
             peak_bytes=peak,
             budget_bytes=self.budget_bytes,
@@ -450,17 +473,55 @@ class AdaptiveCallback(Callback):
             factor=self.cfg.batch_factor,
             policy=self.cfg.policy,
         )
-        self.peak_bytes = _max(self.peak_bytes, peak)
-        if decision.changes or self._stuck_epoch != state.epoch:
-            self._log(state, decision, epoch=state.epoch + 1)
-        if decision.changes:
-            self.ceiling = micro if self.ceiling is None else min(self.ceiling, micro)
-            self._apply(state, decision)
+
+    def _unbatched(self, peak: int, micro: int) -> Decision | None:
+        """A decision to keep the micro-batch when shrinking it does not lower the peak.
+
+        If the last shrink (from m to the current ``micro``) lowered the peak by less than a
+        quarter of what the memory model expects m - micro fewer samples to free, the bytes
+        over the budget are not the micro-batch's (memory the runtime keeps, or that grew
+        outside the step), and halving again would only slow training. Such overruns are
+        counted but shrink nothing, until a peak passes theirs by more than the current
+        micro-batch could hold (new pressure that may be the batch's).
+        """
+        assert self.budget_bytes is not None
+        slope = self.memory.per_sample_bytes if self.memory is not None else 0.0
+        if self._unbatched_peak is None:
+            last = self._last_shrink
+            if last is None or micro >= last[0] or slope <= 0:
+                return None
+            expected_drop = slope * (last[0] - micro)
+            if last[1] - peak >= 0.25 * expected_drop:
+                return None
+            self._unbatched_peak = peak
+            self._stuck_epoch = -1  # this first decision is always logged
+            first = (
+                f"shrinking the micro-batch from {last[0]} to {micro} did not lower the peak "
+                f"({format_bytes(last[1])} -> {format_bytes(peak)}; expected about "
+                f"{format_bytes(expected_drop)} less): "
+            )
+        elif peak > (self._unbatched_limit(micro) or 0):
+            self._unbatched_peak = None  # new pressure: shrinking may help again
+            return None
         else:
-            self._stuck_epoch = state.epoch
-            log.warning("%s", decision.reason)
-        self.meter.reset_peak()  # measure the new micro-batch from here
-        self._summary(state)
+            self._unbatched_peak = max(self._unbatched_peak, peak)
+            first = ""
+        return keep_unbatched_overrun(
+            micro_batch_size=micro,
+            peak_bytes=peak,
+            budget_bytes=self.budget_bytes,
+            margin=self.cfg.margin,
+            why=first,
+            policy=self.cfg.policy,
+        )
+
+    def _unbatched_limit(self, micro: int) -> int | None:
+        """Peaks up to this are the memory that shrinking did not lower (None: not seen):
+        the highest such peak, plus what ``micro`` samples could hold on top of it."""
+        if self._unbatched_peak is None:
+            return None
+        slope = self.memory.per_sample_bytes if self.memory is not None else 0.0
+        return int(self._unbatched_peak + slope * micro)
 
     def on_oom(self, state: TrainState, error: BaseException) -> bool:
         if not self.active or not self.cfg.oom_recovery:
@@ -531,6 +592,7 @@ class AdaptiveCallback(Callback):
             epochs_since_lr_change=state.epoch + 1 - self.last_lr_change_epoch,
             memory=self.memory,
             micro_ceiling=self.ceiling,
+            unbatched_peak_bytes=self._unbatched_limit(state.micro_batch_size),
         )
         decision = decide(obs, self.cfg)
         self._log(state, decision, epoch=state.epoch + 1)
