@@ -132,4 +132,6 @@ def test_the_budget_line_says_how_the_run_kept_to_the_budget():
     assert "peak 48.0 MiB of the budget 64.0 MiB (75%" in line and "52 x 5" in line
     assert "passed" not in line
     line = _budget_line({**kept, "measured_peak_bytes": 65 * 2**20, "budget_violations": 3})
-    assert line is not None and "passed the budget in 3 step(s)" in line
+    assert line is not None and "passed the budget in 3 training step(s)" in line
+    line = _budget_line({**kept, "measured_peak_bytes": 65 * 2**20})
+    assert line is not None and "passed the budget during evaluation" in line

@@ -103,7 +103,12 @@ def _budget_line(adapt: dict[str, Any]) -> str | None:
     )
     violations = adapt.get("budget_violations") or 0
     if violations:
-        line += f"; [bold yellow]passed the budget in {violations} step(s)[/] (why: decisions.csv)"
+        line += (
+            f"; [bold yellow]passed the budget in {violations} training step(s)[/] "
+            "(why: decisions.csv)"
+        )
+    elif peak > budget:
+        line += "; [bold yellow]passed the budget during evaluation[/] (why: decisions.csv)"
     return line
 
 
