@@ -73,7 +73,8 @@ def test_run_resume_analyze_final_end_to_end(tmp_path, capsys, make_space):
     report = json.loads((sw / "final" / "final.json").read_text())
     best = trials.sort_values("efficiency_acc_per_kj", ascending=False).iloc[0]
     assert report["trial"] == int(best["number"]) and report["pick"] == "efficiency"
-    assert 0.0 <= report["test_acc"] <= 1.0 and report["energy_j"] > 0
+    # a 2-batch epoch can end inside one 10 ms tick of /proc/stat: 0 J of estimate is possible
+    assert 0.0 <= report["test_acc"] <= 1.0 and report["energy_j"] >= 0
     assert (report["quantized"] is not None) == (best["param_internal"] == "quantize")
     code, _, err = run_cli(capsys, "sweep", "final", str(sw), "--epochs", "1", "--quiet")
     one_line_error(code, err, "final run", "--overwrite")
