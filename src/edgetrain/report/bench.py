@@ -33,6 +33,7 @@ from edgetrain.report.textpages import (
     Section,
     frame_sections,
     key_value_lines,
+    opening_sections,
     page_width_chars,
     text_pages,
 )
@@ -466,14 +467,8 @@ def _with_std(table: pd.DataFrame, names: list[str]) -> pd.DataFrame:
 def _front_sections(bench: Bench, tables: dict[str, pd.DataFrame]) -> list[Section]:
     width = page_width_chars(PORTRAIT)
     overview = tables["overview"]
-    sections = [
-        Section(
-            "Benchmark",
-            key_value_lines(zip(overview["key"], overview["value"], strict=True), width),
-        )
-    ]
-    if bench.problems:
-        sections.append(Section("Notes on the input files", [f"- {p}" for p in bench.problems]))
+    pairs = zip(overview["key"], overview["value"], strict=True)
+    sections = opening_sections("Benchmark", pairs, bench.problems, width)
     sections += frame_sections(tables["configurations"], "Configurations", width)
     return sections
 

@@ -22,6 +22,7 @@ from edgetrain.report.textpages import (
     Section,
     frame_sections,
     key_value_lines,
+    opening_sections,
     page_width_chars,
     text_pages,
 )
@@ -118,13 +119,8 @@ def title_sections(run: Run, tables: dict[str, pd.DataFrame]) -> list[Section]:
     """The first pages: totals, notes, environment, sensors and the configuration."""
     width = page_width_chars(PORTRAIT)
     totals = tables["totals"]
-    sections = [
-        Section(
-            "Totals", key_value_lines(zip(totals["quantity"], totals["text"], strict=True), width)
-        )
-    ]
-    if run.problems:
-        sections.append(Section("Notes on the input files", [f"- {p}" for p in run.problems]))
+    pairs = zip(totals["quantity"], totals["text"], strict=True)
+    sections = opening_sections("Totals", pairs, run.problems, width)
     environment = tables["environment"]
     if not environment.empty:
         values = [v if len(v) <= 300 else v[:299] + "…" for v in environment["value"]]

@@ -29,9 +29,8 @@ from edgetrain.report.textpages import (
     LANDSCAPE,
     PORTRAIT,
     TABLE_FONT_SIZE,
-    Section,
     frame_sections,
-    key_value_lines,
+    opening_sections,
     page_width_chars,
     text_pages,
 )
@@ -359,14 +358,8 @@ def write_sparse_report(sc: SparseCompare, out: Path) -> list[str]:
 
     overview = sparse_overview(sc)
     width = page_width_chars(PORTRAIT)
-    sections = [
-        Section(
-            "Comparison",
-            key_value_lines(zip(overview["key"], overview["value"], strict=True), width),
-        )
-    ]
-    if sc.problems:
-        sections.append(Section("Notes on the input files", [f"- {p}" for p in sc.problems]))
+    pairs = zip(overview["key"], overview["value"], strict=True)
+    sections = opening_sections("Comparison", pairs, sc.problems, width)
     glance = _results_text(results)
     glance = glance[[c for c in GLANCE_COLUMNS if c in glance.columns]]
     note = " (energy estimated)" if is_estimated(sources) else ""

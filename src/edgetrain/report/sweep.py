@@ -39,7 +39,7 @@ from edgetrain.report.textpages import (
     TABLE_FONT_SIZE,
     Section,
     frame_sections,
-    key_value_lines,
+    opening_sections,
     page_width_chars,
     text_pages,
 )
@@ -644,13 +644,8 @@ def _for_text(frame: pd.DataFrame) -> pd.DataFrame:
 def _front_sections(sweep: Sweep, tables: dict[str, pd.DataFrame]) -> list[Section]:
     width = page_width_chars(PORTRAIT)
     overview = tables["overview"]
-    sections = [
-        Section(
-            "Study", key_value_lines(zip(overview["key"], overview["value"], strict=True), width)
-        )
-    ]
-    if sweep.problems:
-        sections.append(Section("Notes on the input files", [f"- {p}" for p in sweep.problems]))
+    pairs = zip(overview["key"], overview["value"], strict=True)
+    sections = opening_sections("Study", pairs, sweep.problems, width)
     best = sweep.tables["best_values"]
     if not best.empty:
         shown = _for_text(best).rename(columns=lambda c: c.removeprefix("best_for_"))

@@ -59,6 +59,18 @@ def _page_height_lines(size: tuple[float, float], font_size: float) -> int:
     return int((size[1] - _TOP_IN - _BOTTOM_IN) / (font_size * _LINE / 72))
 
 
+def opening_sections(
+    heading: str, pairs: Iterable[tuple[str, str]], problems: Iterable[str], width: int
+) -> list[Section]:
+    """A report's first sections: ``heading`` over key-value lines, then the problems found
+    while reading its input files (when there were any)."""
+    sections = [Section(heading, key_value_lines(pairs, width))]
+    notes = [f"- {p}" for p in problems]
+    if notes:
+        sections.append(Section("Notes on the input files", notes))
+    return sections
+
+
 def key_value_lines(pairs: Iterable[tuple[str, str]], width: int, max_key: int = 38) -> list[str]:
     """'key   value' lines; long values wrap under the value column, long keys get their own line."""
     pairs = [(str(k), str(v)) for k, v in pairs]
