@@ -108,15 +108,19 @@ def main() -> int:
     later = [r for r in rows if r["epoch"] > 1] or rows
     peak = max(r["peak_device_mem_bytes"] for r in rows)
     peak_mib = "n/a" if peak != peak else f"{peak / 2**20:.0f} MiB"
-    rate = summary.get("monitor", {}).get("sample_rate_hz")
+    # the sampler's own rate: windows add samples at epoch edges, so use the median gap
+    gaps = resources["t_s"].diff().dropna()
+    gaps = gaps[gaps > 0]
+    rate = 1 / float(gaps.median()) if len(gaps) else float("nan")
     line = (
         f"GPU: {nvml['reason'] if nvml else 'NVML not found'}; "
-        f"{args.model}, batch {args.batch}, {args.samples} images/epoch: "
+        f"{args.model}, batch {args.batch}, {args.samples} generated 32x32 images (80% "
+        "trained on per epoch): "
         f"{statistics.fmean(r['energy_j'] for r in later):.1f} J per epoch "
         f"({statistics.fmean(r['time_s'] for r in later):.2f} s, "
         f"{statistics.fmean(r['avg_power_w'] for r in later):.1f} W average, "
         f"{later[0]['energy_source']}; epoch 1 left out), "
-        f"samples at {rate:.2f} Hz (interval {summary.get('monitor', {}).get('interval_s')} s), "
+        f"sampler at {rate:.2f} Hz (interval {summary.get('monitor', {}).get('interval_s')} s), "
         f"peak device memory {peak_mib}"
     )
     console.print(line)
