@@ -31,10 +31,14 @@ PRELOAD = (
     "torch",
     "torch._dynamo",
     "torch.optim",
+    "torch.utils.serialization",
     "edgetrain.train",
+    "edgetrain.train.adapt_callback",  # with edgetrain.adapt, .memory and .prune
+    "edgetrain.train.monitoring",
     "edgetrain.zoo",
     "edgetrain.measure",
     "edgetrain.sweep.trial",
+    "edgetrain.sweep.objectives",
     "edgetrain.sweep.quantize",
     "sklearn.datasets",
 )
