@@ -81,10 +81,14 @@ def _set_ylim(ax: Axes, values: np.ndarray, *, floor: float | None = None) -> No
     ax.set_ylim(bottom, top)
 
 
-def _set_unit_ylim(ax: Axes, values: np.ndarray) -> None:
-    """Accuracy, fractions and scores: all of 0..1 (or 0..100 %) visible, widened for outliers."""
+def _set_unit_ylim(ax: Axes, values: np.ndarray, *, fraction: bool = False) -> None:
+    """Accuracy, fractions and scores: all of 0..1 (or 0..100 %) visible, widened for outliers.
+
+    ``fraction``: the values are fractions even above 1 (a memory score over the budget),
+    never percentages.
+    """
     values = _finite(values)
-    top = 100.0 if values.size and values.max() > 1.0 else 1.0
+    top = 100.0 if values.size and values.max() > 1.0 and not fraction else 1.0
     low = min(0.0, float(values.min())) if values.size else 0.0
     high = max(top, float(values.max())) if values.size else top
     margin = 0.04 * (high - low)
@@ -302,6 +306,7 @@ def controller_figure(
                     ls="--",
                     marker="s",
                     ms=3,
+                    drawstyle="steps-mid",
                     label="accumulation steps",
                 )
                 _set_ylim(twin, np.append(steps, 0.0), floor=0.0)
@@ -336,7 +341,11 @@ def controller_figure(
                 values = decisions[column].to_numpy(dtype=float)
                 ax.plot(x, values, marker="o", ms=4, lw=1, label=pretty_name(column))
                 drawn.append(values)
-            _set_unit_ylim(ax, np.concatenate(drawn))
+            if "memory_score" in scores:
+                ax.axhline(
+                    1.0, color=_DECISION_COLOR, ls=":", lw=1, label="memory = budget (or device)"
+                )
+            _set_unit_ylim(ax, np.concatenate(drawn), fraction=True)
             ax.set_ylabel("score (0..1)")
             _outside_legend(ax)
         ax.grid(True, alpha=0.3)
