@@ -61,3 +61,15 @@ def test_controller_figure_marks_each_change(full_run: Path) -> None:
     marks = [text.get_text() for text in figure.axes[0].texts]
     assert marks == ["1", "2"]
     assert any("batch_size 64→32" in text.get_text() for text in figure.texts)
+
+
+def test_controller_scores_above_one_stay_fractions() -> None:
+    controller = pd.DataFrame(
+        {"epoch": [1, 2], "batch_size": [64, 64], "micro_batch_size": [32, 16], "changes": [0, 1]}
+    )
+    decisions = pd.DataFrame({"epoch": [1, 2], "step": [5, 9], "memory_score": [0.95, 1.04]})
+    figure = fig.controller_figure(controller, decisions, "r")
+    scores = next(ax for ax in figure.axes if ax.get_ylabel() == "score (0..1)")
+    low, high = scores.get_ylim()
+    assert low < 0.0 and 1.04 < high < 1.5  # a memory score over the budget, not a percentage
+    assert any(line.get_label().startswith("memory = budget") for line in scores.lines)
