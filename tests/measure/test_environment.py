@@ -55,3 +55,24 @@ def test_environment_info_discovers_sensors() -> None:
     names = [s["name"] for s in info["sensors"]]
     assert {"nvml", "jetson", "rapl", "psutil", "cpu-tdp"} <= set(names)
     json.dumps(info)
+
+
+def test_environment_info_starts_no_process(monkeypatch):
+    """platform.platform() forks `uname -p`; a fork while the monitor samples shows up as a
+    child holding the trainer's whole resident size."""
+    import platform
+    import subprocess
+
+    from edgetrain.measure import environment_info
+    from edgetrain.measure.environment import platform_string
+
+    def no_process(*args, **kwargs):
+        raise AssertionError("started a process")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", no_process)
+    for cache, empty in (("_uname_cache", None), ("_platform_cache", {})):
+        if hasattr(platform, cache):  # forget what earlier calls found out
+            monkeypatch.setattr(platform, cache, empty)
+    info = environment_info()
+    assert info["os"]["platform"] == platform_string()
+    assert platform_string().startswith(platform.system())

@@ -19,6 +19,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from edgetrain.measure.environment import platform_string
+
 __all__ = [
     "device_settings",
     "read_cpu",
@@ -389,7 +391,7 @@ def _versions() -> dict[str, Any]:
         "edgetrain": edgetrain.__version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "platform": platform.platform(),
+        "platform": platform_string(),
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

@@ -20,7 +20,7 @@ from rich.table import Table
 from edgetrain.measure.sensor import SensorStatus
 from edgetrain.units import format_bytes
 
-__all__ = ["EXTRAS", "environment_info", "render_environment"]
+__all__ = ["EXTRAS", "environment_info", "platform_string", "render_environment"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,20 @@ def _cpu_model() -> str:
                     return value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown"
+    return platform.machine() or "unknown"  # not platform.processor(): it forks `uname -p`
+
+
+def platform_string() -> str:
+    """Like ``platform.platform()``, without its fork of ``uname -p``.
+
+    A fork while the monitor samples is a child holding the trainer's whole resident size
+    until it execs: the first sample of every run showed twice the process's memory.
+    """
+    parts = [platform.system(), platform.release(), platform.machine()]
+    libc, version = platform.libc_ver()
+    if libc:
+        parts.append(f"with-{libc}{version}")
+    return "-".join(p for p in parts if p)
 
 
 def _torch_info() -> dict[str, Any]:
@@ -123,7 +136,7 @@ def environment_info(
             "system": platform.system(),
             "release": platform.release(),
             "machine": platform.machine(),
-            "platform": platform.platform(),
+            "platform": platform_string(),
         },
         "hostname": socket.gethostname(),
         "sensors": [
