@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 
 import pandas as pd
 import pytest
@@ -324,3 +325,61 @@ def test_a_shrink_that_does_not_lower_the_peak_is_not_repeated(tmp_path, caplog)
     # one warning per epoch at most, not one per step
     warnings = [r for r in caplog.records if "not the micro-batch's" in r.getMessage()]
     assert 1 <= len(warnings) <= 3
+
+
+class _KeepsActivations(torch.nn.Module):
+    """Runs ``inner``, keeps a weak reference to its output, then runs out of memory when a
+    training forward gets more than 8 samples."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = tiny_net()
+        self.outputs: list[weakref.ref] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x)
+        self.outputs.append(weakref.ref(out))
+        if torch.is_grad_enabled() and x.shape[0] > 8:
+            raise torch.OutOfMemoryError("simulated")
+        return out
+
+
+class _SeesMemory(Callback):
+    """Records, at each out-of-memory error, whether the failed pass's output is still alive."""
+
+    def __init__(self, model: _KeepsActivations) -> None:
+        self.model, self.alive = model, []
+
+    def on_oom(self, state: TrainState, error: BaseException) -> bool:
+        self.alive.append(self.model.outputs[-1]() is not None)
+        return False  # the controller, after this one, decides
+
+
+def test_the_failed_pass_is_freed_before_callbacks_see_the_oom(tmp_path):
+    model = _KeepsActivations()
+    sees = _SeesMemory(model)
+    _fit(model, Blobs(), tmp_path / "a", [sees, AdaptiveCallback()], adapt={"policy": "budget"})
+    assert sees.alive == [False, False]  # 32 -> 16 -> 8: both failed passes already freed
+
+
+class _BoomInStep(Callback):
+    """Makes the optimizer's step run out of memory (after the forward and backward passes)."""
+
+    def on_fit_start(self, state: TrainState) -> None:
+        def step(closure=None):
+            raise torch.OutOfMemoryError("simulated, in the step")
+
+        state.optimizer.step = step  # type: ignore[method-assign]
+
+
+def test_oom_in_the_optimizer_step_of_a_run_is_raised_not_retried(tmp_path):
+    with pytest.raises(torch.OutOfMemoryError, match="in the step"):
+        _fit(
+            tiny_net(),
+            Blobs(),
+            tmp_path / "a",
+            [_BoomInStep(), AdaptiveCallback()],
+            adapt={"policy": "budget"},
+        )
+    decisions = pd.read_csv(tmp_path / "a" / "decisions.csv")
+    assert decisions.reason.str.contains("inside the optimizer step").any()

@@ -527,7 +527,7 @@ class AdaptiveCallback(Callback):
         if not self.active or not self.cfg.oom_recovery:
             return False
         epoch = state.epoch + 1
-        if _in_optimizer_step(error):
+        if state.in_optimizer_step or _in_optimizer_step(error):
             reason = (
                 "out of memory inside the optimizer step: the step may be half applied, so it "
                 "cannot be retried exactly"

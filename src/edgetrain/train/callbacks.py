@@ -53,6 +53,8 @@ class TrainState:
     last_loss: float = float("nan")
     batch_timing: BatchTiming | None = None  # set before on_batch_end
     sync_timing: bool = False  # synchronise CUDA after the copy so its time is exact (bench)
+    # True while the optimizer applies a step: an error raised then may leave it half applied
+    in_optimizer_step: bool = False
     samples_seen_epoch: int = 0
     epoch_row: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -65,6 +66,7 @@ def train_step(
     n = inputs.shape[0]
     micro = max(1, min(state.micro_batch_size, n))
     optimizer = state.optimizer
+    state.in_optimizer_step = False
     optimizer.zero_grad(set_to_none=True)
     loss_total = torch.zeros((), dtype=torch.float64, device=inputs.device)
     correct = torch.zeros((), dtype=torch.long, device=inputs.device)
@@ -76,8 +78,10 @@ def train_step(
         scaler.scale(loss / n).backward()
         loss_total += loss.detach().double()
         correct += (out.detach().argmax(dim=1) == y[lo:hi]).sum()
+    state.in_optimizer_step = True  # stays set if the step raises
     scaler.step(optimizer)
     scaler.update()
+    state.in_optimizer_step = False
     # .item() is a host-device sync point: once per logical batch, not per micro-batch
     return StepResult(float(loss_total.item()), int(correct.item()), n)
 
@@ -143,6 +147,10 @@ def _step_with_recovery(
             return train_step(state, forward, x, y, scaler)  # ends with a host-device sync
         except torch.OutOfMemoryError as exc:
             state.optimizer.zero_grad(set_to_none=True)
+            # the failed pass's activations live on in the traceback's frames: free them
+            # before the cache is emptied, a callback measures memory or the step is retried
+            # (the traceback itself, with file and line of every frame, is kept)
+            traceback.clear_frames(exc.__traceback__)
             if state.device.type == "cuda":
                 torch.cuda.empty_cache()
             if not callbacks.on_oom(state, exc):
