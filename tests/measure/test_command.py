@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from rich.console import Console
 
 from edgetrain.errors import EdgeTrainError
-from edgetrain.measure import render_summary, run_monitored
+from edgetrain.measure import proctree, render_summary, run_monitored
 
 MIB = 1024**2
 
@@ -65,11 +66,23 @@ def test_child_and_grandchild_memory_is_counted() -> None:
 
 
 def test_short_lived_peak_is_caught_by_the_kernel_high_water_mark() -> None:
-    code = f"b = b'x' * ({100 * MIB}); del b"
+    # above this process's own peak: below it, the child's ru_maxrss is ambiguous (Linux
+    # copies the spawning process's peak into it at exec)
+    size = (proctree.hwm_bytes(os.getpid()) or 0) + 64 * MIB
+    code = f"b = b'x' * ({size}); del b"
     result = run_monitored([sys.executable, "-c", code], interval_s=0.5, out=None)
     assert result.exit_code == 0
     assert result.window.peak_rss_bytes is not None
-    assert result.window.peak_rss_bytes >= 100 * MIB
+    assert result.window.peak_rss_bytes >= size
+
+
+def test_a_small_command_is_not_given_the_monitors_own_memory() -> None:
+    own = proctree.hwm_bytes(os.getpid())
+    if own is None:
+        pytest.skip("no VmHWM on this platform")
+    result = run_monitored([sys.executable, "-c", "import time; time.sleep(0.3)"], out=None)
+    assert result.window.peak_rss_bytes is not None
+    assert result.window.peak_rss_bytes < min(own / 2, 100 * MIB)
 
 
 def test_missing_command() -> None:

@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgetrain.errors import EdgeTrainError
+from edgetrain.measure import proctree
 from edgetrain.measure.estimate import DEFAULT_CPU_TDP_W
 from edgetrain.measure.factory import discover_sensors
 from edgetrain.measure.files import ResourcesCsv, resources_columns, write_json_atomic
@@ -161,6 +162,9 @@ def run_monitored(
     sensors, statuses = discover_sensors(cpu_tdp_w=cpu_tdp_w)
     interrupted = [False]
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    # Linux records the spawning process's own peak into the child's ru_maxrss at exec, so
+    # a child's ru_maxrss at or below ours says nothing about the child
+    own_peak = proctree.hwm_bytes(os.getpid())
     try:
         proc = subprocess.Popen(command)
     except FileNotFoundError as exc:
@@ -204,6 +208,8 @@ def run_monitored(
             proc.wait()
         if csv is not None:
             csv.close()
+    if peak_rss_child is not None and own_peak is not None and peak_rss_child <= own_peak:
+        peak_rss_child = None
     if peak_rss_child is not None and (result.peak_rss_bytes or 0) < peak_rss_child:
         result = replace(result, peak_rss_bytes=peak_rss_child)
     status = "interrupted" if interrupted[0] else ("completed" if exit_code == 0 else "failed")
@@ -228,7 +234,10 @@ def run_monitored(
 def render_summary(result: MonitoredCommandResult) -> Table:
     """A rich table: wall time, energy and its source, average and peak power, peak memory."""
     w = result.window
-    title = f"{' '.join(result.command)}  (exit {result.exit_code}, {result.status})"
+    shown = " ".join(" ".join(result.command).split())  # one line, even for python -c '...'
+    if len(shown) > 100:
+        shown = shown[:99] + "…"
+    title = f"{shown}  (exit {result.exit_code}, {result.status})"
     table = Table(title=escape(title))
     table.add_column("measure")
     table.add_column("value", justify="right")
