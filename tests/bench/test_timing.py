@@ -30,6 +30,21 @@ def _train(module: str, *, delay_s: float, workers: int = 0, model_delay_s: floa
     return timer
 
 
+def _slow_config(slow_module: str) -> dict:
+    """Two epochs of two batches of the slow test model, monitor off, into ./run."""
+    return {
+        "model": f"{slow_module}:net",
+        "data": f"{slow_module}:make",
+        "data_args": {"n": 8},
+        "epochs": 2,
+        "batch_size": 4,
+        "split": [1.0, 0.0, 0.0],
+        "preprocessing": "none",
+        "monitor": {"enabled": False},
+        "out": "run",
+    }
+
+
 def test_slow_data_set_stalls_every_batch(slow_module):
     timer = _train(slow_module, delay_s=DELAY_S)
     assert len(timer.batches) == 8
@@ -81,17 +96,7 @@ def test_timer_turns_on_sync_timing_and_numbers_from_one(slow_module):
     rows = []
     timer.on_batch = rows.append
     train(
-        {
-            "model": f"{slow_module}:net",
-            "data": f"{slow_module}:make",
-            "data_args": {"n": 8},
-            "epochs": 2,
-            "batch_size": 4,
-            "split": [1.0, 0.0, 0.0],
-            "preprocessing": "none",
-            "monitor": {"enabled": False},
-            "out": "run",
-        },
+        _slow_config(slow_module),
         callbacks=[timer],
         overwrite=True,
         progress=False,
@@ -115,17 +120,7 @@ def test_rows_are_handed_on_at_epoch_end_and_on_interrupt(slow_module):
     timer = Stop(on_batch=rows.append)
     with pytest.raises(KeyboardInterrupt):
         train(
-            {
-                "model": f"{slow_module}:net",
-                "data": f"{slow_module}:make",
-                "data_args": {"n": 8},
-                "epochs": 2,
-                "batch_size": 4,
-                "split": [1.0, 0.0, 0.0],
-                "preprocessing": "none",
-                "monitor": {"enabled": False},
-                "out": "run",
-            },
+            _slow_config(slow_module),
             callbacks=[timer],
             overwrite=True,
             progress=False,
@@ -144,17 +139,7 @@ def test_live_hands_each_record_on_at_once(slow_module):
             assert len(rows) == len(timer.batches)
 
     train(
-        {
-            "model": f"{slow_module}:net",
-            "data": f"{slow_module}:make",
-            "data_args": {"n": 8},
-            "epochs": 1,
-            "batch_size": 4,
-            "split": [1.0, 0.0, 0.0],
-            "preprocessing": "none",
-            "monitor": {"enabled": False},
-            "out": "run",
-        },
+        {**_slow_config(slow_module), "epochs": 1},
         callbacks=[timer, Probe()],
         overwrite=True,
         progress=False,
