@@ -92,3 +92,29 @@ def test_missing_command() -> None:
         run_monitored(["./no/such/file"], interval_s=0.1, out=None)
     with pytest.raises(EdgeTrainError, match="no command"):
         run_monitored([], interval_s=0.1, out=None)
+
+
+def test_summary_title_keeps_a_long_command_and_its_exit_code_on_one_line() -> None:
+    from edgetrain.measure.command import MonitoredCommandResult
+    from edgetrain.measure.window import WindowResult
+
+    window = WindowResult(
+        name="command",
+        time_s=0.3,
+        energy_j=0.1,
+        energy_by_source_j={"cpu-tdp": 0.1},
+        energy_source="estimated:cpu-tdp",
+        avg_power_w=0.3,
+        peak_power_w=15.0,
+        peak_rss_bytes=8 * MIB,
+        peak_device_mem_bytes=None,
+        n_samples=9,
+        start_s=0.0,
+        end_s=0.3,
+    )
+    command = ["/a/fairly/long/checkout/path/of/the/project/.venv/bin/python", "-c", "pass"]
+    result = MonitoredCommandResult(command, 3, "failed", window, 15.0, 25.0)
+    console = Console(record=True, width=120)
+    console.print(render_summary(result))
+    first = console.export_text().splitlines()[0]
+    assert command[0] in first and "(exit 3, failed)" in first

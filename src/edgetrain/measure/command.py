@@ -238,7 +238,8 @@ def render_summary(result: MonitoredCommandResult) -> Table:
     if len(shown) > 100:
         shown = shown[:99] + "…"
     title = f"{shown}  (exit {result.exit_code}, {result.status})"
-    table = Table(title=escape(title))
+    # wide enough for the title on one line (a console narrower than that still wraps it)
+    table = Table(title=escape(title), min_width=len(title) + 2)
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_column("note")
