@@ -59,6 +59,43 @@ def test_budget_fits_the_micro_batch_and_keeps_the_effective_batch(tmp_path):
     assert memory.predicted_peak_bytes.iloc[0] >= memory.peak_bytes.iloc[0]
 
 
+class AccumulationMeter(BatchMeter):
+    """Measures ``extra`` bytes more when micro-batches of ``size`` accumulate (more than
+    one training forward since the reset): what single passes cannot show."""
+
+    def __init__(self, model, size: int, extra: int) -> None:
+        super().__init__(model, static_bytes=10 * MiB, per_sample_bytes=MiB)
+        self.size, self.extra, self.forwards = size, extra, 0
+
+    def _seen(self, module, args) -> None:
+        super()._seen(module, args)
+        self.forwards += torch.is_grad_enabled()
+
+    def reset_peak(self) -> None:
+        super().reset_peak()
+        self.forwards = 0
+
+    def peak_bytes(self) -> int:
+        bump = self.extra if self.largest == self.size and self.forwards > 1 else 0
+        return super().peak_bytes() + bump
+
+
+def test_the_chosen_micro_batch_is_measured_as_a_whole_logical_batch_and_lowered(tmp_path):
+    data, model = Blobs(), tiny_net()
+    # probes double to 16; the limit (90% of 38 MiB) allows 24 = 48 / 2 by the single
+    # passes, but 24 x 2 measures 40 MiB
+    meter = AccumulationMeter(model, size=24, extra=6 * MiB)
+    cb = AdaptiveCallback(probe_data=data, meter=meter)
+    budget = {"budget": {"memory": "38MiB"}, "adapt": {"policy": "budget"}}
+    result = _fit(model, data, tmp_path / "run", [cb], epochs=1, batch_size=48, **budget)
+    first = pd.read_csv(result.run_dir / "decisions.csv").iloc[0]
+    assert "a logical batch at 24 measured 40.0 MiB" in first.reason
+    assert first.new < 24
+    assert f"a logical batch at {int(first.new)} measured" in first.reason
+    assert result.history.micro_batch_size.tolist() == [first.new]
+    assert result.summary["adapt"]["budget_violations"] == 0
+
+
 def test_a_budget_below_the_static_bytes_is_an_error_naming_both(tmp_path):
     data = Blobs()
     with pytest.raises(EdgeTrainError, match=r"budget.memory 1.0 KiB \(1024 bytes\).*static"):

@@ -32,6 +32,7 @@ __all__ = [
     "StaticBytes",
     "accounted_model",
     "fit_memory_model",
+    "measure_logical_batch",
     "probe_batch",
     "probe_step",
     "static_bytes",
@@ -194,6 +195,35 @@ def probe_step(
         micro_batch_size=micro,
         saved_bytes=counter.peak_bytes,
         measured_bytes=None if measured is None else measured + missing_bytes,
+    )
+
+
+def measure_logical_batch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    micro_batch_size: int,
+    *,
+    static: StaticBytes,
+    meter: MemoryMeter,
+    autocast: AutocastFactory = contextlib.nullcontext,
+) -> Probe:
+    """One whole logical batch (x, y) as the loop runs it at ``micro_batch_size``
+    (accumulated micro-batches, the remainder included, then an evaluation forward),
+    measured and undone: how a chosen micro-batch is checked before training starts.
+    ``static`` is the :func:`static_bytes` of the model (for optimizer state a real step
+    would hold and this one does not have yet)."""
+    existing = unique_bytes(_state_tensors(optimizer))
+    return probe_step(
+        model,
+        x,
+        y,
+        meter=meter,
+        missing_bytes=max(0, static.optimizer_state_bytes - existing),
+        autocast=autocast,
+        micro_batch_size=micro_batch_size,
+        evaluate=True,
     )
 
 

@@ -39,6 +39,7 @@ from edgetrain.adapt import (
     fit_to_budget,
     keep_unbatched_overrun,
     make_meter,
+    measure_logical_batch,
     probe_batch,
     shrink_after_oom,
     shrink_after_overrun,
@@ -65,6 +66,8 @@ from edgetrain.units import format_bytes
 __all__ = ["ADAPT_COLUMNS", "AdaptiveCallback", "PruneCallback", "adapt_callbacks"]
 
 log = logging.getLogger(__name__)
+# whole logical batches measured before training to confirm the chosen micro-batch
+_VERIFY_TRIES = 3
 
 ADAPT_COLUMNS: tuple[str, ...] = (
     "epoch",
@@ -322,16 +325,21 @@ class AdaptiveCallback(Callback):
         self._summary(state)
 
     def _fit_budget(self, state: TrainState) -> None:
-        assert self.budget_bytes is not None and self.meter is not None
-        budget, cfg = self.budget_bytes, self.cfg
         if self.probe_data is None:
             raise EdgeTrainError(
                 "budget.memory needs training samples to probe the memory per micro-batch: "
                 "pass probe_data to AdaptiveCallback (adapt_callbacks(config, train_data))"
             )
-        model = state.model
-        dtype = next(model.parameters()).dtype
+        dtype = next(state.model.parameters()).dtype
         x, y = probe_batch(self.probe_data, state.batch_size, state.device, dtype)
+        try:
+            self._fit_and_verify(state, x, y)
+        finally:
+            del x, y
+
+    def _fit_and_verify(self, state: TrainState, x: torch.Tensor, y: torch.Tensor) -> None:
+        assert self.budget_bytes is not None and self.meter is not None
+        budget, cfg, model = self.budget_bytes, self.cfg, state.model
         min_micro = min(cfg.min_micro_batch_size, state.batch_size)
         try:
             fit = fit_memory_model(
@@ -349,8 +357,6 @@ class AdaptiveCallback(Callback):
                 f"budget.memory {format_bytes(budget)}: a step at micro-batch {min_micro} runs "
                 f"out of device memory ({exc})"
             ) from exc
-        finally:
-            del x, y
         static = fit.static
         if budget < static.total_bytes:
             raise EdgeTrainError(
@@ -375,25 +381,57 @@ class AdaptiveCallback(Callback):
         self.overhead_bytes = fit.overhead_bytes
         self.probe_peak_bytes = fit.probe_peak_bytes
         self.fitted = True
-        decision = fit_to_budget(
-            fit.memory,
-            budget_bytes=budget,
-            limit_frac=self._limit_frac,
-            batch_size=state.batch_size,
-            micro_batch_size=state.micro_batch_size,
-            min_micro_batch_size=min_micro,
-            max_micro_batch_size=fit.verified or min_micro,
-            policy=cfg.policy,
-        )
-        self._apply(state, decision)
         sizes = ", ".join(str(p.micro_batch_size) for p in fit.probes)
-        note = f"probed micro-batches {sizes}"
-        if fit.calibration is not None and fit.calibration.measured_bytes is not None:
-            note += (
-                f"; a logical batch at {fit.calibration.micro_batch_size} measured "
-                f"{format_bytes(fit.calibration.measured_bytes)}"
+        notes = [f"probed micro-batches {sizes}"]
+        upper = fit.verified or min_micro
+        for _ in range(_VERIFY_TRIES):
+            decision = fit_to_budget(
+                self.memory,
+                budget_bytes=budget,
+                limit_frac=self._limit_frac,
+                batch_size=state.batch_size,
+                micro_batch_size=state.micro_batch_size,
+                min_micro_batch_size=min_micro,
+                max_micro_batch_size=upper,
+                policy=cfg.policy,
             )
-        self._log(state, decision, epoch=len(state.history), note=note)
+            micro = int(decision.new("micro_batch_size", state.micro_batch_size))
+            measured = self._measure_logical_batch(state, x, y, micro)
+            if measured is None:
+                break
+            notes.append(f"a logical batch at {micro} measured {format_bytes(measured)}")
+            if measured <= self._limit_frac * budget or micro <= min_micro:
+                break
+            # the whole batch as the loop runs it needs more than the single passes said:
+            # the model learns the point, and the next try is smaller
+            self.points.append((micro, float(measured)))
+            self._refit()
+            upper = micro - 1
+        self._apply(state, decision)
+        self._log(state, decision, epoch=len(state.history), note="; ".join(notes))
+
+    def _measure_logical_batch(
+        self, state: TrainState, x: torch.Tensor, y: torch.Tensor, micro: int
+    ) -> int | None:
+        assert self.meter is not None and self.static is not None
+        try:
+            probe = measure_logical_batch(
+                state.model,
+                state.optimizer,
+                x,
+                y,
+                micro,
+                static=self.static,
+                meter=self.meter,
+                autocast=lambda: autocast(state.config.precision, state.device),
+            )
+        except torch.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return self.budget_bytes + 1 if self.budget_bytes is not None else None
+        finally:
+            self.meter.reset_peak()
+        return probe.measured_bytes
 
     def _check_restored(self, state: TrainState) -> None:
         """After resume (perhaps with a new budget): shrink if the model says it must."""
