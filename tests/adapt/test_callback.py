@@ -96,6 +96,31 @@ def test_the_chosen_micro_batch_is_measured_as_a_whole_logical_batch_and_lowered
     assert result.summary["adapt"]["budget_violations"] == 0
 
 
+def test_a_logical_batch_that_runs_out_of_memory_when_checked_lowers_the_choice(
+    tmp_path, monkeypatch
+):
+    from edgetrain.train import adapt_callback
+
+    real = adapt_callback.measure_logical_batch
+    tried: list[int] = []
+
+    def measure(model, optimizer, x, y, micro, **kw):
+        tried.append(micro)
+        if micro == 24:
+            raise torch.OutOfMemoryError("simulated")
+        return real(model, optimizer, x, y, micro, **kw)
+
+    monkeypatch.setattr(adapt_callback, "measure_logical_batch", measure)
+    data, model = Blobs(), tiny_net()
+    cb = AdaptiveCallback(probe_data=data, meter=BatchMeter(model, 10 * MiB, MiB))
+    budget = {"budget": {"memory": "38MiB"}, "adapt": {"policy": "budget"}}
+    result = _fit(model, data, tmp_path / "run", [cb], epochs=1, batch_size=48, **budget)
+    first = pd.read_csv(result.run_dir / "decisions.csv").iloc[0]
+    assert tried[0] == 24 and len(tried) == 2 and tried[1] < 24
+    assert "a logical batch at 24 ran out of memory" in first.reason
+    assert result.history.micro_batch_size.tolist() == [tried[1]]
+
+
 def test_a_budget_below_the_static_bytes_is_an_error_naming_both(tmp_path):
     data = Blobs()
     with pytest.raises(EdgeTrainError, match=r"budget.memory 1.0 KiB \(1024 bytes\).*static"):

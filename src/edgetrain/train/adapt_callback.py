@@ -385,34 +385,42 @@ class AdaptiveCallback(Callback):
         notes = [f"probed micro-batches {sizes}"]
         upper = fit.verified or min_micro
         for _ in range(_VERIFY_TRIES):
-            decision = fit_to_budget(
-                self.memory,
-                budget_bytes=budget,
-                limit_frac=self._limit_frac,
-                batch_size=state.batch_size,
-                micro_batch_size=state.micro_batch_size,
-                min_micro_batch_size=min_micro,
-                max_micro_batch_size=upper,
-                policy=cfg.policy,
-            )
+            decision = self._budget_decision(state, min_micro, upper)
             micro = int(decision.new("micro_batch_size", state.micro_batch_size))
             measured = self._measure_logical_batch(state, x, y, micro)
-            if measured is None:
+            if measured is None:  # the meter has no reading: the model's choice stands
                 break
-            notes.append(f"a logical batch at {micro} measured {format_bytes(measured)}")
-            if measured <= self._limit_frac * budget or micro <= min_micro:
+            shown = "ran out of memory" if measured < 0 else f"measured {format_bytes(measured)}"
+            notes.append(f"a logical batch at {micro} {shown}")
+            if 0 <= measured <= self._limit_frac * budget or micro <= min_micro:
                 break
             # the whole batch as the loop runs it needs more than the single passes said:
-            # the model learns the point, and the next try is smaller
-            self.points.append((micro, float(measured)))
+            # the model learns the point, and the next choice is smaller
+            self.points.append((micro, float(budget + 1 if measured < 0 else measured)))
             self._refit()
             upper = micro - 1
+        else:
+            decision = self._budget_decision(state, min_micro, upper)
         self._apply(state, decision)
         self._log(state, decision, epoch=len(state.history), note="; ".join(notes))
+
+    def _budget_decision(self, state: TrainState, min_micro: int, upper: int) -> Decision:
+        assert self.memory is not None and self.budget_bytes is not None
+        return fit_to_budget(
+            self.memory,
+            budget_bytes=self.budget_bytes,
+            limit_frac=self._limit_frac,
+            batch_size=state.batch_size,
+            micro_batch_size=state.micro_batch_size,
+            min_micro_batch_size=min_micro,
+            max_micro_batch_size=max(min_micro, upper),
+            policy=self.cfg.policy,
+        )
 
     def _measure_logical_batch(
         self, state: TrainState, x: torch.Tensor, y: torch.Tensor, micro: int
     ) -> int | None:
+        """The peak of one whole logical batch at ``micro``; -1 if it ran out of memory."""
         assert self.meter is not None and self.static is not None
         try:
             probe = measure_logical_batch(
@@ -428,7 +436,7 @@ class AdaptiveCallback(Callback):
         except torch.OutOfMemoryError:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            return self.budget_bytes + 1 if self.budget_bytes is not None else None
+            return -1
         finally:
             self.meter.reset_peak()
         return probe.measured_bytes
