@@ -118,16 +118,46 @@ def test_memory_velocity_prefers_layers_that_are_cheap_to_open(setup):
     assert not sel.neurons(units.layer("conv1")).any()
 
 
-def test_static_takes_the_last_layers_by_weight_norm(setup):
+def test_static_takes_the_last_layer_by_weight_norm_at_a_small_depth(setup):
     model, units, _ = setup
+    assert [la.name for la in units.layers] == ["conv1", "dw", "pw", "fc", "head"]
     norms = weight_norms(model, units)
     fc, head = units.layer("fc"), units.layer("head")
     fixed = fixed_rows(units, head=True, norm=False)
     limit = head.total_params + 3 * fc.params_per_neuron + 5
-    sel = select_static(units, ParamCost(units), limit, norms, fixed)
-    chosen = torch.nonzero(sel.neurons(units.layer("fc"))).flatten()
+    # a quarter of the 4 candidate layers (the head is always trained): fc alone
+    sel = select_static(units, ParamCost(units), limit, norms, fixed, depth=0.25)
+    chosen = torch.nonzero(sel.neurons(fc)).flatten()
     assert chosen.tolist() == sorted(torch.argsort(norms["fc"], descending=True)[:3].tolist())
     assert sel.trainable() == {"fc.weight", "fc.bias", "head.weight", "head.bias"}
+
+
+def test_static_ranks_the_late_half_by_weight_norm_per_parameter(setup):
+    model, units, _ = setup
+    norms = weight_norms(model, units)
+    head = units.layer("head")
+    late = [units.layer("pw"), units.layer("fc")]  # half of conv1, dw, pw, fc
+    ranked = sorted(
+        (
+            (float(norms[la.name][n]) / la.params_per_neuron, la.name, n)
+            for la in late
+            for n in range(la.neurons)
+        ),
+        reverse=True,
+    )
+    top = ranked[:4]
+    limit = head.total_params + sum(units.layer(name).params_per_neuron for _, name, _ in top)
+    fixed = fixed_rows(units, head=True, norm=False)
+    sel = select_static(units, ParamCost(units), limit, norms, fixed)
+    chosen = {(la.name, int(n)) for la in late for n in torch.nonzero(sel.neurons(la)).flatten()}
+    assert chosen == {(name, n) for _, name, n in top}
+    assert not sel.neurons(units.layer("conv1")).any() and not sel.neurons(units.layer("dw")).any()
+
+
+def test_static_depth_must_be_a_fraction(setup):
+    model, units, _ = setup
+    with pytest.raises(EdgeTrainError, match=r"static depth must be in \(0, 1\], got 0"):
+        select_static(units, ParamCost(units), 10**6, weight_norms(model, units), {}, depth=0)
 
 
 def test_random_is_deterministic_given_a_seed(setup):

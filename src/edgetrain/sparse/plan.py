@@ -77,7 +77,12 @@ class SelectionPlanner:
         if self._static is None:
             assert self.limit is not None
             self._static = select_static(
-                self.units, self.cost, self.limit, self.norms, self.fixed()
+                self.units,
+                self.cost,
+                self.limit,
+                self.norms,
+                self.fixed(),
+                depth=self.config.static_depth,
             )
         return self._static
 
