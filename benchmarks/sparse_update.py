@@ -135,7 +135,7 @@ def finetune_config(
         seed=seed,
         init_from=str(pre),
         max_batches_per_epoch=args.max_batches,
-        sparse_update=sparse,
+        sparse_update={"static_depth": args.static_depth, **sparse},
     )
     return load_config(cfg)
 
@@ -370,6 +370,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--budget", type=float, default=0.1)
     p.add_argument("--memory-frac", type=float, default=0.5)
+    p.add_argument(
+        "--static-depth",
+        type=float,
+        default=0.75,
+        help="sparse_update.static_depth: the fraction of layers, from the last, static uses",
+    )
     p.add_argument("--rounds", type=int, default=7, help="timing rounds (alternating blocks)")
     p.add_argument("--block-steps", type=int, default=3, help="steps per timing block")
     p.add_argument("--threads", type=int, default=None)

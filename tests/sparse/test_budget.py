@@ -86,6 +86,12 @@ def test_config_needs_a_budget_for_random_and_static():
     )
 
 
+@pytest.mark.parametrize("depth", [0, -0.5, 1.5])
+def test_config_rejects_a_static_depth_outside_0_1(depth):
+    with pytest.raises(EdgeTrainError, match=r"sparse_update\.static_depth"):
+        load_config({"sparse_update": {"scheme": "static", "budget": 0.1, "static_depth": depth}})
+
+
 def test_optimizer_state_slots(tiny_net):
     params = list(tiny_net().parameters())
     assert optimizer_state_slots(torch.optim.SGD(params, lr=0.1)) == 0

@@ -148,7 +148,7 @@ def test_static_ranks_the_late_half_by_weight_norm_per_parameter(setup):
     top = ranked[:4]
     limit = head.total_params + sum(units.layer(name).params_per_neuron for _, name, _ in top)
     fixed = fixed_rows(units, head=True, norm=False)
-    sel = select_static(units, ParamCost(units), limit, norms, fixed)
+    sel = select_static(units, ParamCost(units), limit, norms, fixed, depth=0.5)
     chosen = {(la.name, int(n)) for la in late for n in torch.nonzero(sel.neurons(la)).flatten()}
     assert chosen == {(name, n) for _, name, n in top}
     assert not sel.neurons(units.layer("conv1")).any() and not sel.neurons(units.layer("dw")).any()

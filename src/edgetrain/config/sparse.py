@@ -39,7 +39,7 @@ class SparseUpdateConfig(Section):
     last_k: int = Field(1, ge=1)  # layers updated by scheme last_k (the head counts as one)
     # the static scheme chooses among this fraction of the neuron layers, counted from the
     # last (backward stops at the first trainable layer: a smaller depth costs less memory)
-    static_depth: float = Field(0.5, gt=0, le=1)
+    static_depth: float = Field(0.75, gt=0, le=1)
     seed: int | None = None  # random selection seed; None = the run's seed
     # keep requires_grad on layers with no selected neuron and only drop their gradients
     # (NEq's masking; for measuring what real freezing saves)
