@@ -121,6 +121,27 @@ def test_a_logical_batch_that_runs_out_of_memory_when_checked_lowers_the_choice(
     assert result.history.micro_batch_size.tolist() == [tried[1]]
 
 
+def test_a_smaller_micro_batch_that_measures_no_less_keeps_the_larger(tmp_path, monkeypatch):
+    from edgetrain.adapt import Probe
+    from edgetrain.train import adapt_callback
+
+    tried: list[int] = []
+
+    def measure(model, optimizer, x, y, micro, **kw):
+        tried.append(micro)  # over the limit (34.2 MiB), within the 38 MiB budget, any size
+        return Probe(micro, 0, 35 * MiB)
+
+    monkeypatch.setattr(adapt_callback, "measure_logical_batch", measure)
+    data, model = Blobs(), tiny_net()
+    cb = AdaptiveCallback(probe_data=data, meter=BatchMeter(model, 10 * MiB, MiB))
+    budget = {"budget": {"memory": "38MiB"}, "adapt": {"policy": "budget"}}
+    result = _fit(model, data, tmp_path / "run", [cb], epochs=1, batch_size=48, **budget)
+    first = pd.read_csv(result.run_dir / "decisions.csv").iloc[0]
+    assert tried[0] == 24 and len(tried) == 2 and tried[1] < 24
+    assert f"a logical batch at {tried[1]} measured 35.0 MiB, no less" in first.reason
+    assert result.history.micro_batch_size.tolist() == [24]
+
+
 def test_a_budget_below_the_static_bytes_is_an_error_naming_both(tmp_path):
     data = Blobs()
     with pytest.raises(EdgeTrainError, match=r"budget.memory 1.0 KiB \(1024 bytes\).*static"):

@@ -69,6 +69,13 @@ log = logging.getLogger(__name__)
 # whole logical batches measured before training to confirm the chosen micro-batch
 _VERIFY_TRIES = 3
 
+
+def _measured(micro: int, measured: int) -> str:
+    """How a whole-batch check reads in decisions.csv (``measured`` -1: out of memory)."""
+    shown = "ran out of memory" if measured < 0 else f"measured {format_bytes(measured)}"
+    return f"a logical batch at {micro} {shown}"
+
+
 ADAPT_COLUMNS: tuple[str, ...] = (
     "epoch",
     "step",
@@ -383,26 +390,54 @@ class AdaptiveCallback(Callback):
         self.fitted = True
         sizes = ", ".join(str(p.micro_batch_size) for p in fit.probes)
         notes = [f"probed micro-batches {sizes}"]
-        upper = fit.verified or min_micro
-        for _ in range(_VERIFY_TRIES):
-            decision = self._budget_decision(state, min_micro, upper)
-            micro = int(decision.new("micro_batch_size", state.micro_batch_size))
-            measured = self._measure_logical_batch(state, x, y, micro)
-            if measured is None:  # the meter has no reading: the model's choice stands
-                break
-            shown = "ran out of memory" if measured < 0 else f"measured {format_bytes(measured)}"
-            notes.append(f"a logical batch at {micro} {shown}")
-            if 0 <= measured <= self._limit_frac * budget or micro <= min_micro:
-                break
-            # the whole batch as the loop runs it needs more than the single passes said:
-            # the model learns the point, and the next choice is smaller
-            self.points.append((micro, float(budget + 1 if measured < 0 else measured)))
-            self._refit()
-            upper = micro - 1
-        else:
-            decision = self._budget_decision(state, min_micro, upper)
+        decision = self._verify(state, x, y, min_micro, fit.verified or min_micro, notes)
         self._apply(state, decision)
         self._log(state, decision, epoch=len(state.history), note="; ".join(notes))
+
+    def _verify(
+        self,
+        state: TrainState,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        min_micro: int,
+        upper: int,
+        notes: list[str],
+    ) -> Decision:
+        """The model's choice, measured as a whole logical batch; above the limit, the next
+        smaller choice is measured (up to ``_VERIFY_TRIES`` sizes in all).
+
+        A smaller size that measures no less (by a quarter of what the model expects the
+        fewer samples to free) shows that what passes the limit is not the micro-batch's
+        (the runtime's memory, noise in the resident size): the larger size is kept if it
+        measured within the budget, and shrinking stops.
+        """
+        assert self.budget_bytes is not None and self.memory is not None
+        budget = self.budget_bytes
+        limit = self._limit_frac * budget
+        decision = self._budget_decision(state, min_micro, upper)
+        micro = int(decision.new("micro_batch_size", state.micro_batch_size))
+        measured = self._measure_logical_batch(state, x, y, micro)
+        for _ in range(_VERIFY_TRIES - 1):
+            if measured is None:  # the meter has no reading: the model's choice stands
+                return decision
+            notes.append(_measured(micro, measured))
+            if 0 <= measured <= limit or micro <= min_micro:
+                return decision
+            smaller_decision = self._budget_decision(state, min_micro, micro - 1)
+            smaller = int(smaller_decision.new("micro_batch_size", state.micro_batch_size))
+            again = self._measure_logical_batch(state, x, y, smaller)
+            expected_drop = self.memory.per_sample_bytes * (micro - smaller)
+            no_drop = again is not None and measured - again < 0.25 * expected_drop
+            if again is not None and measured >= 0 and again >= 0 and no_drop:
+                notes.append(
+                    f"{_measured(smaller, again)}, no less: what passes the limit is not the "
+                    "micro-batch's"
+                )
+                return decision if measured <= budget else smaller_decision
+            decision, micro, measured = smaller_decision, smaller, again
+        if measured is not None:
+            notes.append(_measured(micro, measured))
+        return decision
 
     def _budget_decision(self, state: TrainState, min_micro: int, upper: int) -> Decision:
         assert self.memory is not None and self.budget_bytes is not None
