@@ -96,6 +96,19 @@ def test_the_chosen_micro_batch_is_measured_as_a_whole_logical_batch_and_lowered
     assert result.summary["adapt"]["budget_violations"] == 0
 
 
+def _checked_run(tmp_path, monkeypatch, measure):
+    """Batch 48 under 38 MiB (limit 34.2 MiB): the model chooses 24, which ``measure``
+    (standing in for the whole-batch check) measures; returns the run and the decision."""
+    from edgetrain.train import adapt_callback
+
+    monkeypatch.setattr(adapt_callback, "measure_logical_batch", measure)
+    data, model = Blobs(), tiny_net()
+    cb = AdaptiveCallback(probe_data=data, meter=BatchMeter(model, 10 * MiB, MiB))
+    budget = {"budget": {"memory": "38MiB"}, "adapt": {"policy": "budget"}}
+    result = _fit(model, data, tmp_path / "run", [cb], epochs=1, batch_size=48, **budget)
+    return result, pd.read_csv(result.run_dir / "decisions.csv").iloc[0]
+
+
 def test_a_logical_batch_that_runs_out_of_memory_when_checked_lowers_the_choice(
     tmp_path, monkeypatch
 ):
@@ -110,12 +123,7 @@ def test_a_logical_batch_that_runs_out_of_memory_when_checked_lowers_the_choice(
             raise torch.OutOfMemoryError("simulated")
         return real(model, optimizer, x, y, micro, **kw)
 
-    monkeypatch.setattr(adapt_callback, "measure_logical_batch", measure)
-    data, model = Blobs(), tiny_net()
-    cb = AdaptiveCallback(probe_data=data, meter=BatchMeter(model, 10 * MiB, MiB))
-    budget = {"budget": {"memory": "38MiB"}, "adapt": {"policy": "budget"}}
-    result = _fit(model, data, tmp_path / "run", [cb], epochs=1, batch_size=48, **budget)
-    first = pd.read_csv(result.run_dir / "decisions.csv").iloc[0]
+    result, first = _checked_run(tmp_path, monkeypatch, measure)
     assert tried[0] == 24 and len(tried) == 2 and tried[1] < 24
     assert "a logical batch at 24 ran out of memory" in first.reason
     assert result.history.micro_batch_size.tolist() == [tried[1]]
@@ -123,20 +131,14 @@ def test_a_logical_batch_that_runs_out_of_memory_when_checked_lowers_the_choice(
 
 def test_a_smaller_micro_batch_that_measures_no_less_keeps_the_larger(tmp_path, monkeypatch):
     from edgetrain.adapt import Probe
-    from edgetrain.train import adapt_callback
 
     tried: list[int] = []
 
     def measure(model, optimizer, x, y, micro, **kw):
-        tried.append(micro)  # over the limit (34.2 MiB), within the 38 MiB budget, any size
+        tried.append(micro)  # over the limit, within the budget, at any size
         return Probe(micro, 0, 35 * MiB)
 
-    monkeypatch.setattr(adapt_callback, "measure_logical_batch", measure)
-    data, model = Blobs(), tiny_net()
-    cb = AdaptiveCallback(probe_data=data, meter=BatchMeter(model, 10 * MiB, MiB))
-    budget = {"budget": {"memory": "38MiB"}, "adapt": {"policy": "budget"}}
-    result = _fit(model, data, tmp_path / "run", [cb], epochs=1, batch_size=48, **budget)
-    first = pd.read_csv(result.run_dir / "decisions.csv").iloc[0]
+    result, first = _checked_run(tmp_path, monkeypatch, measure)
     assert tried[0] == 24 and len(tried) == 2 and tried[1] < 24
     assert f"a logical batch at {tried[1]} measured 35.0 MiB, no less" in first.reason
     assert result.history.micro_batch_size.tolist() == [24]
