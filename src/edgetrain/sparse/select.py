@@ -12,9 +12,10 @@ layers, biases for ``bias_only``) are counted first; the schemes fill what is le
   NEq: every neuron with |velocity| > epsilon.
 - ``random``: a random order from the generator, filled greedily (skips what does not fit).
 - ``static``: fixed before training from the weights alone: among the last ``depth`` (a
-  fraction, default 3/4) of the neuron layers, neurons by descending weight norm per unit of cost, each
-  added if it still fits. Cheap neurons (depthwise channels, narrow layers) come first, so
-  the budget spreads over many late layers instead of part of the widest one.
+  fraction, default 3/4) of the neuron layers, neurons by descending weight norm per
+  parameter, each added if it still fits. Cheap neurons (depthwise channels, narrow
+  layers) come first, so the budget spreads over many late layers instead of part of the
+  widest one.
 - ``last_k``, ``bias_only``, ``full``: the baselines (no budget).
 """
 
@@ -235,8 +236,8 @@ def select_static(
     *,
     depth: float = 0.75,
 ) -> Selection:
-    """Among the last ``depth`` of the candidate layers, neurons by weight norm per unit of
-    cost (ties: later layers first), each added if it still fits.
+    """Among the last ``depth`` of the candidate layers, neurons by weight norm per
+    parameter (ties: later layers first), each added if it still fits.
 
     ``benchmarks/sparse_update.py --quick`` (10% of the parameters, 3 seeds): test accuracy
     -5.2 (mobilenetv2) and -4.1 (resnet18) points from full fine-tuning at 0.48x and 0.50x
