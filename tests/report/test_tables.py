@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -150,6 +151,31 @@ def test_totals_fall_back_to_the_csv_files(
     assert totals["energy_source"] == "estimated:cpu-tdp"
     assert totals["best_val_acc"] == pytest.approx(0.97)
     assert totals["peak_device_mem_bytes"] is None
+
+
+def test_totals_show_the_memory_budget_outcome(make_run: Callable[..., Path]) -> None:
+    path = make_run("budgeted", gpu=False)
+    summary = json.loads((path / "summary.json").read_text())
+    summary["adapt"] = {
+        "policy": "budget",
+        "budget_bytes": 160 * 2**20,
+        "measured_peak_bytes": 117 * 2**20,
+        "budget_violations": 0,
+        "micro_batch_size": 128,
+        "accum_steps": 2,
+    }
+    (path / "summary.json").write_text(json.dumps(summary))
+    table = totals_table(load_run(path)).set_index("quantity")["text"]
+    assert table["memory budget"] == "160.0 MiB"
+    assert table["training memory peak (budgeted)"] == "117.0 MiB"
+    assert table["steps over the budget"] == "0"
+    assert table["micro-batch (last)"] == "128 x 2 accumulated"
+
+
+def test_totals_without_a_budget_have_no_budget_rows(plain_run: Path) -> None:
+    totals = run_totals(load_run(plain_run))
+    assert totals["memory_budget_bytes"] is None and totals["micro_batch"] is None
+    assert "memory budget" not in set(totals_table(load_run(plain_run))["quantity"])
 
 
 def test_totals_table_marks_estimates(plain_run: Path, interrupted_run: Path) -> None:

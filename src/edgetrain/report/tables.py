@@ -343,7 +343,9 @@ def run_totals(run: Run) -> dict[str, Any]:
         A flat mapping with ``status, epochs, wall_time_s, total_energy_j, energy_source,
         avg_power_w, samples, energy_per_sample_j, peak_rss_bytes, peak_device_mem_bytes,
         peak_gpu_mem_bytes, peak_activation_bytes, best_val_acc, best_epoch,
-        final_val_acc, final_train_loss, test_acc``; unknown values are None.
+        final_val_acc, final_train_loss, test_acc`` and, under a memory budget,
+        ``memory_budget_bytes, budget_peak_bytes, budget_violations, micro_batch``;
+        unknown values are None.
     """
     summary, metrics, resources = run.summary, run.metrics, run.resources
     last = metrics.iloc[-1] if not metrics.empty else pd.Series(dtype=object)
@@ -407,7 +409,28 @@ def run_totals(run: Run) -> dict[str, Any]:
         "final_val_acc": final_acc,
         "final_train_loss": final_loss,
         "test_acc": _pick(summary.get("test") or {}, ("test_acc", "acc", "accuracy", "val_acc")),
+        **_budget_totals(summary.get("adapt")),
     }
+
+
+def _budget_totals(adapt: Any) -> dict[str, Any]:
+    """The memory budget's outcome from summary.json's ``adapt`` (all None without one)."""
+    adapt = adapt if isinstance(adapt, dict) else {}
+    budget = _number(adapt.get("budget_bytes"))
+    if budget is None:
+        return dict.fromkeys(BUDGET_KEYS)
+    micro, accum = _number(adapt.get("micro_batch_size")), _number(adapt.get("accum_steps"))
+    return {
+        "memory_budget_bytes": budget,
+        "budget_peak_bytes": _number(adapt.get("measured_peak_bytes")),
+        "budget_violations": _number(adapt.get("budget_violations")),
+        "micro_batch": f"{micro:.0f} x {accum:.0f} accumulated"
+        if micro is not None and accum is not None
+        else None,
+    }
+
+
+BUDGET_KEYS = ("memory_budget_bytes", "budget_peak_bytes", "budget_violations", "micro_batch")
 
 
 TOTAL_ROWS = (
@@ -428,6 +451,10 @@ TOTAL_ROWS = (
     ("final_val_acc", "final val accuracy", ""),
     ("final_train_loss", "final train loss", ""),
     ("test_acc", "test accuracy", ""),
+    ("memory_budget_bytes", "memory budget", "bytes"),
+    ("budget_peak_bytes", "training memory peak (budgeted)", "bytes"),
+    ("budget_violations", "steps over the budget", ""),
+    ("micro_batch", "micro-batch (last)", ""),
 )
 
 
