@@ -65,9 +65,10 @@ def test_proc_fast_paths_agree_with_psutil(monkeypatch: pytest.MonkeyPatch) -> N
     fast_used = proctree.ram_used_bytes()
     fast_total, fast_idle = proctree.cpu_total_idle()
     monkeypatch.setattr(proctree, "_IS_LINUX", False)  # the portable psutil path
+    vm = psutil.virtual_memory()
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: vm)  # one reading for both
     slow_used = proctree.ram_used_bytes()
     slow_total, slow_idle = proctree.cpu_total_idle()
-    vm = psutil.virtual_memory()
     assert slow_used == vm.total - vm.available
     assert abs(fast_used - slow_used) < 0.05 * vm.total  # RAM moves a little between reads
     assert 0 < fast_idle < fast_total and 0 < slow_idle < slow_total
