@@ -117,6 +117,12 @@ def _state_tensors(optimizer: torch.optim.Optimizer | None) -> list[torch.Tensor
     return [v for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
 
 
+def _missing_state_bytes(static: StaticBytes, optimizer: torch.optim.Optimizer | None) -> int:
+    """Optimizer state a real step holds that the optimizer does not have yet (its first
+    step creates it); probes add it to what they measure."""
+    return max(0, static.optimizer_state_bytes - unique_bytes(_state_tensors(optimizer)))
+
+
 class _Restore:
     """Gradients (the objects), buffers, training flags and RNG, put back after a probe."""
 
@@ -214,13 +220,12 @@ def measure_logical_batch(
     measured and undone: how a chosen micro-batch is checked before training starts.
     ``static`` is the :func:`static_bytes` of the model (for optimizer state a real step
     would hold and this one does not have yet)."""
-    existing = unique_bytes(_state_tensors(optimizer))
     return probe_step(
         model,
         x,
         y,
         meter=meter,
-        missing_bytes=max(0, static.optimizer_state_bytes - existing),
+        missing_bytes=_missing_state_bytes(static, optimizer),
         autocast=autocast,
         micro_batch_size=micro_batch_size,
         evaluate=True,
@@ -289,7 +294,7 @@ def fit_memory_model(
     """
     oom = is_oom or (lambda exc: isinstance(exc, torch.OutOfMemoryError))
     static = static_bytes(model, optimizer, x, y)
-    missing = max(0, static.optimizer_state_bytes - unique_bytes(_state_tensors(optimizer)))
+    missing = _missing_state_bytes(static, optimizer)
     probes: list[Probe] = []
     ceiling: int | None = None
 
