@@ -16,7 +16,7 @@ $(VENV)/.installed-dev: pyproject.toml constraints.txt
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -c constraints.txt -e ".[xlsx]"
+	$(PIP) install --quiet -c constraints.txt -e ".[sweep]"
 	touch $@
 
 demo: $(VENV)/.installed

@@ -10,11 +10,29 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["EdgeTrainError", "MissingExtraError", "suggest"]
+__all__ = ["DivergedError", "EdgeTrainError", "MissingExtraError", "suggest"]
 
 
 class EdgeTrainError(Exception):
     """A problem the user can fix; the message is shown as is, on one line."""
+
+    exit_code: int = 2
+
+
+class DivergedError(EdgeTrainError):
+    """Training produced a non-finite loss and ``on_nonfinite`` is ``stop`` (exit code 3)."""
+
+    exit_code = 3
+
+    def __init__(self, epoch: int, step: int, loss: float) -> None:
+        super().__init__(
+            f"training diverged: the loss is {loss} at epoch {epoch}, step {step} "
+            "(on_nonfinite=stop); lower the learning rate, or set on_nonfinite=skip to drop "
+            "such steps"
+        )
+        self.epoch = epoch
+        self.step = step
+        self.loss = loss
 
 
 class MissingExtraError(EdgeTrainError):

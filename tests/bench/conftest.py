@@ -100,5 +100,5 @@ def _never_drop_the_real_page_cache(tmp_path, monkeypatch):
 
 @pytest.fixture
 def no_drop_caches(tmp_path) -> Path:
-    """A drop_caches path that cannot be written (a missing directory): forces fadvise."""
+    """A drop_caches path that cannot be written (a missing directory)."""
     return tmp_path / "no-proc" / "drop_caches"

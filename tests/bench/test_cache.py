@@ -1,4 +1,4 @@
-"""Page-cache eviction: every data file is advised away; drop_caches is used when permitted."""
+"""Page-cache eviction: every data file is advised away; drop_caches only when asked for."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def advised(monkeypatch):
 def test_fadvise_is_called_on_every_file(files, advised, no_drop_caches):
     result = evict(files, drop_caches_path=no_drop_caches)
     assert result.method == "fadvise"
-    assert "not writable" in result.note
+    assert result.note == ""  # the default never tries the machine-wide drop_caches
     assert sorted(c[0] for c in advised) == sorted(p.stat().st_ino for p in files)
     assert all(c[1:] == (0, 0, os.POSIX_FADV_DONTNEED) for c in advised)
     assert result.files == len(files) and result.failed == 0
@@ -52,16 +52,22 @@ def test_drop_caches_is_written_when_permitted(tmp_path, files, advised, monkeyp
     assert advised == []
 
 
-def test_auto_adds_fadvise_when_drop_caches_left_files_resident(tmp_path, files, monkeypatch):
+def test_auto_never_writes_drop_caches(tmp_path, files, advised, monkeypatch):
     monkeypatch.setattr(os, "sync", lambda: None)
-    fake_proc = tmp_path / "drop_caches"  # accepts the write, evicts nothing
+    fake_proc = tmp_path / "drop_caches"  # writable: the old default would have used it
     fake_proc.write_text("0")
-    for path in files:
-        path.read_bytes()
-    if residency(files) is None or residency(files).resident_bytes == 0:
-        pytest.skip("page-cache residency cannot be measured here")
-    result = evict(files, drop_caches_path=fake_proc)
-    assert result.method == "drop_caches+fadvise"
+    for method in ("auto", "fadvise"):
+        result = evict(files, method=method, drop_caches_path=fake_proc)
+        assert result.method == "fadvise"
+    assert fake_proc.read_text() == "0"
+    assert len(advised) == 2 * len(files)
+
+
+def test_drop_caches_that_fails_is_a_note(files, advised, no_drop_caches):
+    result = evict(files, method="drop_caches", drop_caches_path=no_drop_caches)
+    assert result.method == "none"
+    assert "not writable" in result.note
+    assert advised == []
 
 
 def test_missing_file_is_counted_not_raised(files, advised, no_drop_caches):

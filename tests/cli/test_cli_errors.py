@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgetrain.cli import main
+from edgetrain.safefs import mark_dir
 
 
 def run_cli(capsys, *args):
@@ -74,6 +75,7 @@ def test_missing_config_file(capsys, tmp_path):
 def test_existing_run_dir_needs_resume_or_overwrite(capsys, tmp_path):
     out = tmp_path / "r"
     out.mkdir()
+    mark_dir(out, "run")  # a run directory edgetrain made
     (out / "metrics.csv").write_text("epoch\n")
     code, _, err = run_cli(capsys, "train", "--set", "epochs=1", "--out", str(out), "--quiet")
     assert_one_line_error(code, err, "already exists", "--resume", "--overwrite")

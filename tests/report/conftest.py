@@ -1,4 +1,4 @@
-"""Fixtures that write synthetic run directories following the DESIGN.md contract."""
+"""Fixtures that write synthetic run directories following the docs/design.md contract."""
 
 from __future__ import annotations
 

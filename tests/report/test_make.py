@@ -152,9 +152,9 @@ def test_errors(tmp_path: Path) -> None:
 def test_long_resources_are_thinned_in_the_workbook(
     make_run: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from edgetrain.report import make
+    from edgetrain.report import run_report
 
-    monkeypatch.setattr(make, "MAX_SHEET_ROWS", 10)
+    monkeypatch.setattr(run_report, "MAX_SHEET_ROWS", 10)
     out = make_report(make_run("thin", epochs=2, gpu=False, adapt=False))
     workbook = openpyxl.load_workbook(out / "report.xlsx", read_only=True)
     assert len(list(workbook["resources"].iter_rows())) == 1 + 10

@@ -15,6 +15,8 @@ from edgetrain.sweep.heartbeat import (
     Heartbeat,
     StaleTrialReaper,
     owner_record,
+    study_id_of,
+    trial_id_of,
 )
 from edgetrain.sweep.study import count_trials, fail_reason
 
@@ -23,20 +25,30 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 DISTS = {"lr": optuna.distributions.FloatDistribution(0.001, 0.1, log=True)}
 
 
-def _running(study, owner):
+def _study():
+    """A study and the storage object it uses (Optuna's public API only)."""
+    storage = optuna.storages.InMemoryStorage()
+    return optuna.create_study(storage=storage, directions=["maximize", "minimize"]), storage
+
+
+def _tid(study, storage, trial):
+    return trial_id_of(storage, study_id_of(storage, study), trial.number)
+
+
+def _running(study, storage, owner):
     trial = study.ask(fixed_distributions=DISTS)
-    study._storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, owner)
+    storage.set_trial_system_attr(_tid(study, storage, trial), OWNER_ATTR, owner)
     return trial
 
 
 def test_a_dead_worker_on_this_host_is_seen_at_once():
-    study = optuna.create_study(directions=["maximize", "minimize"])
+    study, storage = _study()
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     dead = {**owner_record(), "pid": proc.pid, "pid_start": 0.0}
-    trial = _running(study, dead)
-    alive = _running(study, owner_record())  # this process: alive, never reaped early
-    lost = StaleTrialReaper(grace_s=3600).reap(study)
+    trial = _running(study, storage, dead)
+    alive = _running(study, storage, owner_record())  # this process: alive, never reaped early
+    lost = StaleTrialReaper(storage, grace_s=3600).reap(study)
     assert lost == [trial.number]
     frozen = study.get_trials(deepcopy=False)
     assert fail_reason(frozen[trial.number]) == "lost"
@@ -51,15 +63,15 @@ def test_a_dead_worker_on_this_host_is_seen_at_once():
 
 
 def test_a_silent_worker_elsewhere_is_lost_after_the_grace_period():
-    study = optuna.create_study(directions=["maximize", "minimize"])
+    study, storage = _study()
     remote = {"host": "another-machine", "pid": 1234, "pid_start": 0.0, "worker": 0}
-    silent = _running(study, remote)
-    beating = _running(study, remote)
-    reaper = StaleTrialReaper(grace_s=0.3)
+    silent = _running(study, storage, remote)
+    beating = _running(study, storage, remote)
+    reaper = StaleTrialReaper(storage, grace_s=0.3)
     assert reaper.reap(study) == []  # first sight: the clock starts
     for i in range(3):
         time.sleep(0.15)
-        study._storage.set_trial_system_attr(beating._trial_id, HEARTBEAT_ATTR, [i, 0.0])
+        storage.set_trial_system_attr(_tid(study, storage, beating), HEARTBEAT_ATTR, [i, 0.0])
         reaper.reap(study)
     states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
     assert states[silent.number] == TrialState.FAIL
@@ -68,7 +80,7 @@ def test_a_silent_worker_elsewhere_is_lost_after_the_grace_period():
     # a retry that is lost again is not re-queued a second time
     retry = study.ask(fixed_distributions=DISTS)
     assert retry.user_attrs["retry_of"] == silent.number
-    study._storage.set_trial_system_attr(retry._trial_id, OWNER_ATTR, remote)
+    storage.set_trial_system_attr(_tid(study, storage, retry), OWNER_ATTR, remote)
     reaper.reap(study)
     time.sleep(0.4)
     reaper.reap(study)
@@ -76,16 +88,17 @@ def test_a_silent_worker_elsewhere_is_lost_after_the_grace_period():
 
 
 def test_heartbeat_thread_beats_and_notices_a_reaped_trial():
-    study = optuna.create_study(directions=["maximize", "minimize"])
+    study, storage = _study()
     trial = study.ask(fixed_distributions=DISTS)
-    beat = Heartbeat(study._storage, interval_s=0.05).start()
+    tid = _tid(study, storage, trial)
+    beat = Heartbeat(storage, interval_s=0.05).start()
     try:
-        beat.add(trial._trial_id)
+        beat.add(tid)
         time.sleep(0.3)
         count = study.get_trials(deepcopy=False)[0].system_attrs[HEARTBEAT_ATTR][0]
         assert count >= 3
         study.tell(trial, state=TrialState.FAIL)  # e.g. another worker marked it lost
         time.sleep(0.2)
-        assert trial._trial_id in beat.reaped and not beat.active()
+        assert tid in beat.reaped and not beat.active()
     finally:
         beat.stop()

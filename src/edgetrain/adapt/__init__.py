@@ -9,18 +9,26 @@ about files or the CLI (``edgetrain.train.adapt_callback`` puts it into the loop
 
     decision = edgetrain.adapt.decide(observation, config.adapt)  # pure
     decision.rows()  # decisions.csv rows
+
+:class:`BudgetController` makes every decision of the training callback from numbers
+alone. The meters and probes need torch and load on first use, so the controller, the
+policies and the memory model import without it.
 """
 
-import logging
+from __future__ import annotations
 
-from edgetrain.adapt.memory_model import MemoryModel, merge_points
-from edgetrain.adapt.meters import (
-    CudaMemoryMeter,
-    MemoryMeter,
-    ProcessMemoryMeter,
-    make_meter,
-    release_free_memory,
+import importlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from edgetrain.adapt.controller import (
+    BudgetController,
+    BudgetDecision,
+    ControllerError,
+    Settings,
 )
+from edgetrain.adapt.measurements import BudgetFit, Probe, StaticBytes
+from edgetrain.adapt.memory_model import MemoryModel, merge_points
 from edgetrain.adapt.policies import (
     POLICIES,
     Change,
@@ -35,17 +43,6 @@ from edgetrain.adapt.policies import (
     shrink_after_oom,
     shrink_after_overrun,
 )
-from edgetrain.adapt.probe import (
-    BudgetFit,
-    Probe,
-    StaticBytes,
-    accounted_model,
-    fit_memory_model,
-    measure_logical_batch,
-    probe_batch,
-    probe_step,
-    static_bytes,
-)
 from edgetrain.adapt.scores import (
     accuracy_score,
     clamp_lr,
@@ -54,13 +51,60 @@ from edgetrain.adapt.scores import (
     scale_lr,
     stagnant_epochs,
 )
+from edgetrain.adapt.state import BudgetState, StateFormatError
+
+if TYPE_CHECKING:
+    from edgetrain.adapt.meters import (
+        CudaMemoryMeter,
+        MemoryMeter,
+        ProcessMemoryMeter,
+        make_meter,
+        release_free_memory,
+    )
+    from edgetrain.adapt.probe import (
+        accounted_model,
+        fit_memory_model,
+        measure_logical_batch,
+        probe_batch,
+        probe_step,
+        static_bytes,
+    )
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
+# names that need torch, by the module that defines them (imported on first use)
+_TORCH_EXPORTS = {
+    "CudaMemoryMeter": "meters",
+    "MemoryMeter": "meters",
+    "ProcessMemoryMeter": "meters",
+    "make_meter": "meters",
+    "release_free_memory": "meters",
+    "accounted_model": "probe",
+    "fit_memory_model": "probe",
+    "measure_logical_batch": "probe",
+    "probe_batch": "probe",
+    "probe_step": "probe",
+    "static_bytes": "probe",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _TORCH_EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'edgetrain.adapt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"edgetrain.adapt.{module}"), name)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
     "POLICIES",
+    "BudgetController",
+    "BudgetDecision",
     "BudgetFit",
+    "BudgetState",
     "Change",
+    "ControllerError",
     "CudaMemoryMeter",
     "Decision",
     "EpochObservation",
@@ -68,6 +112,8 @@ __all__ = [
     "MemoryModel",
     "Probe",
     "ProcessMemoryMeter",
+    "Settings",
+    "StateFormatError",
     "StaticBytes",
     "accounted_model",
     "accuracy_score",

@@ -163,6 +163,13 @@ def _accum(batch: int, micro: int) -> int:
     return math.ceil(batch / max(1, micro))
 
 
+def _micro_change(
+    policy: str, old: int, new: int, why: str, score: float | None = None
+) -> Decision:
+    """A decision that changes the micro-batch from ``old`` to ``new`` because ``why``."""
+    return Decision(policy, MICRO, (Change(MICRO, old, new, why),), why, memory_score=score)
+
+
 # -- before training and inside steps -----------------------------------------------------
 
 
@@ -203,9 +210,7 @@ def fit_to_budget(
     score = memory_score(predicted, budget_bytes)
     if best == micro_batch_size:
         return Decision(policy, MICRO, (), f"kept: {why}", memory_score=score)
-    return Decision(
-        policy, MICRO, (Change(MICRO, micro_batch_size, best, why),), why, memory_score=score
-    )
+    return _micro_change(policy, micro_batch_size, best, why, score)
 
 
 def shrink_after_overrun(
@@ -247,9 +252,7 @@ def shrink_after_overrun(
         f"measured peak {format_bytes(peak_bytes)} passed the budget "
         f"{format_bytes(budget_bytes)} at micro-batch {micro_batch_size}; effective batch kept"
     )
-    return Decision(
-        policy, MICRO, (Change(MICRO, micro_batch_size, new, why),), why, memory_score=score
-    )
+    return _micro_change(policy, micro_batch_size, new, why, score)
 
 
 def keep_unbatched_overrun(
@@ -289,7 +292,7 @@ def shrink_after_oom(
         f"out of memory at micro-batch {micro_batch_size}: retrying the same logical batch "
         f"at {new} (no sample lost or counted twice)"
     )
-    return Decision(policy, MICRO, (Change(MICRO, micro_batch_size, new, why),), why)
+    return _micro_change(policy, micro_batch_size, new, why)
 
 
 # -- once per epoch ------------------------------------------------------------------------
@@ -442,8 +445,8 @@ def edgetrain_policy(obs: EpochObservation, cfg: AdaptConfig) -> Decision:
     }
     if pb is None and plr is None:
         return Decision("edgetrain", "", (), "kept: no score yet", **scores)
-    if plr is None or (pb is not None and pb > plr):
-        assert mem is not None
+    # pb exists exactly when the memory score does
+    if mem is not None and pb is not None and (plr is None or pb > plr):
         changes, why = _batch_rule(obs, cfg, mem)
         return Decision("edgetrain", BATCH, tuple(changes), why, **scores)
     changes, why = _lr_rule(obs, cfg)

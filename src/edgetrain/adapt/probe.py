@@ -14,7 +14,6 @@ import contextlib
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
+from edgetrain.adapt.measurements import BudgetFit, Probe, StaticBytes
 from edgetrain.adapt.memory_model import MemoryModel
 from edgetrain.adapt.meters import MemoryMeter
 from edgetrain.memory import SavedTensorCounter, report, unique_bytes
@@ -41,55 +41,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 AutocastFactory = Callable[[], contextlib.AbstractContextManager[Any]]
-
-
-@dataclass(frozen=True)
-class StaticBytes:
-    """Bytes that do not grow with the batch, from exact accounting of one real step."""
-
-    param_bytes: int
-    buffer_bytes: int
-    grad_bytes: int
-    optimizer_state_bytes: int
-
-    @property
-    def total_bytes(self) -> int:
-        return self.param_bytes + self.buffer_bytes + self.grad_bytes + self.optimizer_state_bytes
-
-
-@dataclass(frozen=True)
-class Probe:
-    """One measured forward/backward pass.
-
-    Attributes:
-        micro_batch_size: samples in the pass.
-        saved_bytes: bytes saved for backward (unique storages, parameters excluded).
-        measured_bytes: the meter's peak, plus optimizer state that a real step would
-            hold but the probe did not yet have; None without a meter reading.
-    """
-
-    micro_batch_size: int
-    saved_bytes: int
-    measured_bytes: int | None
-
-    def peak_bytes(self, static: StaticBytes) -> float:
-        """The larger of the measured peak and the exact accounting (static + saved)."""
-        accounted = static.total_bytes + self.saved_bytes
-        return float(max(accounted, self.measured_bytes or 0))
-
-
-@dataclass(frozen=True)
-class BudgetFit:
-    """What probing found: the static bytes, every probe, the fitted model."""
-
-    static: StaticBytes
-    probes: tuple[Probe, ...]
-    memory: MemoryModel
-    ceiling: int | None  # smallest micro-batch that ran out of memory while probing
-    verified: int  # largest micro-batch measured within the limit (0: none)
-    calibration: Probe | None = None  # a whole logical batch at the last doubled size
-    overhead_bytes: float = 0.0  # calibration minus the single pass at its size
-    probe_peak_bytes: int | None = None  # the largest peak the probes themselves reached
 
 
 def probe_batch(

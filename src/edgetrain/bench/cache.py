@@ -1,14 +1,14 @@
 """The page cache: evict a data set's files and measure how much of them is resident.
 
-Eviction (:func:`evict`) tries, in order:
+Eviction (:func:`evict`) has two methods:
 
-1. ``drop_caches``: ``os.sync()`` then ``1`` written to ``/proc/sys/vm/drop_caches``
-   (the whole page cache; needs root and a writable /proc/sys);
-2. ``fadvise``: per file, ``fsync`` then ``posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)``
-   (no root needed; dirty pages are written first so that they can go).
-
-When residency can be measured and files are still resident after ``drop_caches``
-(a container may accept the write and ignore it), the per-file method runs as well.
+* ``fadvise`` (the default; ``auto`` means the same): per file, ``fsync`` then
+  ``posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)``. Only the bench's own files leave the
+  cache; no root needed (dirty pages are written first so that they can go).
+* ``drop_caches``, only when asked for by name: ``os.sync()`` then ``1`` written to
+  ``/proc/sys/vm/drop_caches``. This empties the page cache of the whole machine, which
+  slows down everyone else on a shared machine; it needs root and a writable /proc/sys,
+  and fails softly (a note, no eviction) without them.
 
 Residency (:func:`residency`) maps each file and asks ``mincore(2)`` through ctypes; mapping
 a file does not read it, so measuring does not change what is measured. Where that is
@@ -33,6 +33,8 @@ __all__ = ["DROP_CACHES", "Eviction", "Residency", "evict", "evict_files", "resi
 log = logging.getLogger(__name__)
 
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+#: ``auto`` is the polite default: the per-file method. The machine-wide ``drop_caches``
+#: is never chosen automatically.
 METHODS = ("auto", "drop_caches", "fadvise")
 
 
@@ -61,7 +63,7 @@ class Eviction:
     """What :func:`evict` did.
 
     Attributes:
-        method: ``drop_caches``, ``fadvise``, ``drop_caches+fadvise`` or ``none``.
+        method: ``fadvise``, ``drop_caches`` or ``none``.
         files: number of files it was asked to evict.
         failed: files the per-file method could not open or advise.
         before: residency before (None: unknown).
@@ -203,10 +205,11 @@ def evict(
 
     Args:
         files: the data set's files.
-        method: ``auto`` (drop_caches when permitted, else per file), ``drop_caches``
-            (only that; fails softly) or ``fadvise`` (only per file).
+        method: ``auto`` or ``fadvise`` (only these files, per file: the default) or
+            ``drop_caches`` (the whole machine's page cache; only when asked for, as it
+            slows down every other user of the machine; fails softly without root).
         drop_caches_path: the drop_caches file (default ``DROP_CACHES``; tests point it
-            elsewhere).
+            elsewhere). Only ``drop_caches`` writes it.
 
     Returns:
         What was done; never raises for a missing permission or platform feature.
@@ -215,31 +218,25 @@ def evict(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     files = list(files)
     before = residency(files)
-    used: list[str] = []
-    notes: list[str] = []
+    used = ""
+    note = ""
     failed = 0
-    if method in ("auto", "drop_caches"):
-        why = _drop_caches(Path(drop_caches_path) if drop_caches_path else DROP_CACHES)
-        if why:
-            notes.append(why)
-        else:
-            used.append("drop_caches")
-    after = residency(files) if used else None
-    still_resident = after is None or after.resident_bytes > 0
-    if method == "fadvise" or (method == "auto" and still_resident):
+    if method == "drop_caches":
+        note = _drop_caches(Path(drop_caches_path) if drop_caches_path else DROP_CACHES)
+        used = "" if note else "drop_caches"
+    else:
         try:
             _, failed = evict_files(files)
-            used.append("fadvise")
+            used = "fadvise"
         except OSError as exc:
-            notes.append(str(exc))
-        after = residency(files)
+            note = str(exc)
     result = Eviction(
-        method="+".join(used) or "none",
+        method=used or "none",
         files=len(files),
         failed=failed,
         before=before,
-        after=after,
-        note="; ".join(notes),
+        after=residency(files) if used else None,
+        note=note,
     )
     log.info("page cache: %s on %d files (%s)", result.method, len(files), result.note or "ok")
     return result

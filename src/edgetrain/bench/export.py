@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from edgetrain.errors import EdgeTrainError
+from edgetrain.safefs import claim_dir
 
 __all__ = ["FORMATS", "MANIFEST", "ExportResult", "export_dataset", "export_samples"]
 
@@ -131,8 +131,8 @@ def _prepare_dir(
                 f"export target {root} is not empty and holds no identical export; "
                 "choose another directory or use --overwrite"
             )
-        shutil.rmtree(root)
-    root.mkdir(parents=True, exist_ok=True)
+    # only a directory edgetrain marked as an export is ever cleared (docs/design.md)
+    claim_dir(root, "export", overwrite=overwrite, what="export target")
     return None
 
 

@@ -40,6 +40,7 @@ from edgetrain.bench.summary import (
 from edgetrain.bench.timing import BATCH_COLUMNS, EPOCH_TIMING_COLUMNS, BatchTimer, EpochTiming
 from edgetrain.config import TrainConfig, config_to_dict, load_config, read_yaml, validate_config
 from edgetrain.errors import EdgeTrainError, suggest
+from edgetrain.safefs import DirLock, claim_dir, refuse_dangerous
 from edgetrain.train.callbacks import Callback, TrainState
 from edgetrain.train.rundir import CsvLog, atomic_write_text
 
@@ -167,22 +168,35 @@ def _int_setting(name: str, value: Any, minimum: int) -> int:
     return value
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
+def _prepare_out(out: Path, overwrite: bool) -> DirLock:
+    """Claim ``out`` as a bench directory (see docs/design.md, "Files and safety") and lock it.
+
+    Earlier results are removed only with ``overwrite`` and only from a directory edgetrain
+    marked as a bench directory.
+    """
     if out.exists() and not out.is_dir():
         raise EdgeTrainError(f"bench directory {out} exists and is not a directory")
-    present = [name for name in BENCH_FILES if (out / name).exists()]
+    present = [name for name in BENCH_FILES if out.is_dir() and (out / name).exists()]
     if present and not overwrite:
         raise EdgeTrainError(
             f"bench directory {out} already holds results ({', '.join(present)}); "
             "use --overwrite to replace them or choose another --out"
         )
-    for name in present:
-        target = out / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        else:
-            target.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    lock = DirLock(out, "bench directory")
+    claim_dir(out, "bench", reuse=True, what="bench directory", lock=lock)
+    try:
+        if present:
+            refuse_dangerous(out, "bench directory")
+        for name in present:
+            target = out / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def _data_key(cfg: TrainConfig) -> str:
@@ -422,47 +436,53 @@ def run_bench(
         raise EdgeTrainError(f"no valid configuration in the grid; first problem: {skipped[0][1]}")
     grid_keys = [axis.key for axis in axes]
     out = Path(out) if out is not None else _default_out(config)
-    _prepare_out(out, overwrite)
-
-    plans = _plan_all(points, out, opts.export, overwrite)
-    notes = [f"configuration {GridPoint(p.settings).label()} skipped: {why}" for p, why in skipped]
-    notes += [plan.note for plan in plans.values() if plan.note]
-    for note in notes:
-        say(note)
-    paths = [str(p.data_path) for p in plans.values() if p.data_path is not None]
-    device = _device_record(config, axes, opts, paths, notes)
-    atomic_write_text(out / "device.json", json.dumps(device, indent=2, default=str) + "\n")
-
-    logs = _Logs(out, grid_keys)
+    lock = _prepare_out(out, overwrite)
     try:
-        for k, (point, cfg) in enumerate(points):
-            extra = f" ({'; '.join(point.notes)})" if point.notes else ""
-            say(f"[{k + 1}/{len(points)}] {point.label()}: training {opts.epochs} epochs{extra}")
-            started = time.perf_counter()
-            summary = _run_one(k, point, cfg, plans[_data_key(cfg)], out, opts, logs)
-            logs.add_summary(summary)
-            took_s = time.perf_counter() - started
-            say(_done_line(k, len(points), point.label(), summary, took_s))
-        for point, why in skipped:
-            logs.add_summary({"status": "skipped", "note": why, **point.settings})
-    finally:
-        logs.close()
+        plans = _plan_all(points, out, opts.export, overwrite)
+        notes = [
+            f"configuration {GridPoint(p.settings).label()} skipped: {why}" for p, why in skipped
+        ]
+        notes += [plan.note for plan in plans.values() if plan.note]
+        for note in notes:
+            say(note)
+        paths = [str(p.data_path) for p in plans.values() if p.data_path is not None]
+        device = _device_record(config, axes, opts, paths, notes)
+        atomic_write_text(out / "device.json", json.dumps(device, indent=2, default=str) + "\n")
 
-    summary_frame = pd.DataFrame(logs.summary_rows, columns=summary_columns(grid_keys))
-    if not (summary_frame["status"] == "completed").any():
-        raise EdgeTrainError(
-            f"every configuration failed; first problem: {summary_frame['note'].iloc[0]}"
+        logs = _Logs(out, grid_keys)
+        try:
+            for k, (point, cfg) in enumerate(points):
+                extra = f" ({'; '.join(point.notes)})" if point.notes else ""
+                say(
+                    f"[{k + 1}/{len(points)}] {point.label()}: training {opts.epochs} epochs{extra}"
+                )
+                started = time.perf_counter()
+                summary = _run_one(k, point, cfg, plans[_data_key(cfg)], out, opts, logs)
+                logs.add_summary(summary)
+                took_s = time.perf_counter() - started
+                say(_done_line(k, len(points), point.label(), summary, took_s))
+            for point, why in skipped:
+                logs.add_summary({"status": "skipped", "note": why, **point.settings})
+        finally:
+            logs.close()
+
+        summary_frame = pd.DataFrame(logs.summary_rows, columns=summary_columns(grid_keys))
+        if not (summary_frame["status"] == "completed").any():
+            raise EdgeTrainError(
+                f"every configuration failed; first problem: {summary_frame['note'].iloc[0]}"
+            )
+        plot = draw_breakdown(breakdown_table(summary_frame, grid_keys), out / PLOT_FILE)
+        return BenchResult(
+            out=out,
+            summary=summary_frame,
+            epochs=pd.DataFrame(logs.epoch_rows, columns=logs.epoch_columns),
+            grid_keys=grid_keys,
+            device=device,
+            plot=plot,
+            notes=notes,
         )
-    plot = draw_breakdown(breakdown_table(summary_frame, grid_keys), out / PLOT_FILE)
-    return BenchResult(
-        out=out,
-        summary=summary_frame,
-        epochs=pd.DataFrame(logs.epoch_rows, columns=logs.epoch_columns),
-        grid_keys=grid_keys,
-        device=device,
-        plot=plot,
-        notes=notes,
-    )
+    finally:
+        lock.release()
 
 
 def _run_one(

@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 from rich.table import Table
+from rich.text import Text
 
 __all__ = [
     "EPOCH_COST_COLUMNS",
@@ -159,7 +160,9 @@ def summary_table(summary: pd.DataFrame, grid_keys: Sequence[str], title: str = 
             or "base"
         )
         if row.get("status") != "completed":
-            table.add_row(str(row.get("config", "")), settings, f"[yellow]{row.get('status')}[/]")
+            table.add_row(
+                str(row.get("config", "")), settings, Text(str(row.get("status")), style="yellow")
+            )
             continue
         cache = str(row.get("cache_method") or "-")
         before, after = _value(row, "resident_before_frac"), _value(row, "resident_after_frac")

@@ -42,14 +42,21 @@ def bench(
         bool | None,
         typer.Option(
             "--drop-cache/--keep-cache",
-            help="Evict the data files from the page cache before each configuration.",
+            help=(
+                "Evict the data files from the page cache before each configuration "
+                "(only those files, unless --cache-method drop_caches)."
+            ),
         ),
     ] = None,
     cache_method: Annotated[
         str | None,
         typer.Option(
             "--cache-method",
-            help="auto (drop_caches if permitted, else per file), drop_caches or fadvise.",
+            help=(
+                "How --drop-cache evicts: auto or fadvise (the default: only the data files, "
+                "per file) or drop_caches (the WHOLE machine's page cache, which slows down "
+                "everyone on it; needs root)."
+            ),
         ),
     ] = None,
     export: Annotated[

@@ -12,7 +12,7 @@ from edgetrain.errors import EdgeTrainError
 
 __all__ = ["data_app", "export", "register"]
 
-_out = Console()
+_out = Console(markup=False)
 
 data_app = typer.Typer(
     name="data",

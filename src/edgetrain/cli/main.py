@@ -1,8 +1,11 @@
 """``edgetrain``: train | monitor | plot | report | env.
 
 Every command parses its arguments, calls one library function and prints the result.
-An :class:`EdgeTrainError` becomes one line on stderr and exit code 2 (``--debug`` shows
-the traceback); Ctrl-C exits 130 after the run directory is left readable.
+An :class:`EdgeTrainError` becomes one line on stderr and exit code 2 (3 for a diverged
+run; ``--debug`` shows the traceback); an OS error (disk full, read-only, permission) is
+one line too. Ctrl-C exits 130 and SIGTERM 143, after the run directory is left readable
+and resumable. Everything is printed verbatim: consoles have Rich markup turned off, so a
+``[`` in a path or message is shown as typed.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from edgetrain.errors import EdgeTrainError
+from edgetrain.safefs import os_error_message
 
 __all__ = ["app", "main"]
 
@@ -28,9 +33,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+out = Console(markup=False)
+err = Console(stderr=True, markup=False)
 _DEBUG = False
+_SIGNAL: list[int] = []  # the signal that stopped the command, for its exit code
 
 ConfigArg = Annotated[
     Path | None, typer.Argument(help="YAML config file (optional; --set works without one).")
@@ -75,13 +81,21 @@ def train(
     if not quiet:
         best = s.get("best") or {}
         test = s.get("test") or {}
-        line = f"[bold green]done[/] {s.get('epochs_completed')} epochs in {s.get('total_time_s', 0):.1f} s"
+        line = Text.assemble(
+            ("done", "bold green"),
+            f" {s.get('epochs_completed')} epochs in {s.get('total_time_s', 0):.1f} s",
+        )
         if best.get("val_acc") is not None:
-            line += f", best val_acc {best['val_acc']:.4f} (epoch {best.get('epoch')})"
+            line.append(f", best val_acc {best['val_acc']:.4f} (epoch {best.get('epoch')})")
         if test.get("test_acc") is not None:
-            line += f", test_acc {test['test_acc']:.4f}"
+            line.append(f", test_acc {test['test_acc']:.4f}")
         if s.get("total_energy_j") is not None:
-            line += f", {s['total_energy_j']:.1f} J ({s.get('energy_source')})"
+            line.append(f", {s['total_energy_j']:.1f} J ({s.get('energy_source')})")
+        if s.get("nonfinite_steps_skipped"):
+            line.append(
+                f"; {s['nonfinite_steps_skipped']} step(s) with a non-finite loss skipped",
+                style="bold yellow",
+            )
         out.print(line, highlight=False, soft_wrap=True)
         budget_line = _budget_line(s.get("adapt") or {})
         if budget_line:
@@ -89,26 +103,27 @@ def train(
     out.print(f"run directory: {result.run_dir}", highlight=False)
 
 
-def _budget_line(adapt: dict[str, Any]) -> str | None:
+def _budget_line(adapt: dict[str, Any]) -> Text | None:
     """How the run kept to ``budget.memory`` (None without a budget)."""
     from edgetrain.units import format_bytes
 
     budget, peak = adapt.get("budget_bytes"), adapt.get("measured_peak_bytes")
     if not budget or peak is None:
         return None
-    line = (
+    line = Text(
         f"memory: peak {format_bytes(peak)} of the budget {format_bytes(budget)} "
         f"({100 * peak / budget:.0f}%, {adapt.get('memory_source')}), micro-batch "
         f"{adapt.get('micro_batch_size')} x {adapt.get('accum_steps')} accumulated"
     )
     violations = adapt.get("budget_violations") or 0
     if violations:
-        line += (
-            f"; [bold yellow]passed the budget in {violations} training step(s)[/] "
-            "(why: decisions.csv)"
-        )
+        line.append("; ")
+        line.append(f"passed the budget in {violations} training step(s)", style="bold yellow")
+        line.append(" (why: decisions.csv)")
     elif peak > budget:
-        line += "; [bold yellow]passed the budget during evaluation[/] (why: decisions.csv)"
+        line.append("; ")
+        line.append("passed the budget during evaluation", style="bold yellow")
+        line.append(" (why: decisions.csv)")
     return line
 
 
@@ -199,7 +214,18 @@ _register_command_modules()
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
+    _SIGNAL.append(signum)
     raise KeyboardInterrupt  # leave the run directory in a readable, resumable state
+
+
+def _interrupt_code() -> int:
+    """128 + the signal that stopped the command, as shells report it (SIGINT unless told)."""
+    return 128 + (_SIGNAL[-1] if _SIGNAL else int(signal.SIGINT))
+
+
+def _error(label: str, message: str) -> None:
+    """One line on stderr, the message verbatim (no markup, no highlighting)."""
+    err.print(Text.assemble((label, "bold red"), " ", message), highlight=False, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -216,30 +242,36 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rc = app(args=args, prog_name="edgetrain", standalone_mode=False)
         if isinstance(rc, int) and rc:
-            sys.exit(rc)  # Typer turns Ctrl-C into 130 and returns it in this mode
+            # Typer turns Ctrl-C into 130 and returns it in this mode; SIGTERM is 143
+            sys.exit(_interrupt_code() if rc == 130 else rc)
     except EdgeTrainError as exc:
         if _DEBUG:
             traceback.print_exc()
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        _error("error:", " ".join(str(exc).split()))
+        sys.exit(exc.exit_code)
+    except OSError as exc:  # disk full, read-only, permission, name too long, ...
+        if _DEBUG:
+            traceback.print_exc()
+        _error("error:", os_error_message(exc, "cannot complete the command at"))
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted", highlight=False)
-        sys.exit(130)
+        sys.exit(_interrupt_code())
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:
         # usage errors of Typer/Click (Typer may vendor Click, so match by shape, not class)
         if type(exc).__name__ == "Abort":
-            sys.exit(130)
+            sys.exit(_interrupt_code())
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):
             exc.show()
             sys.exit(2)
         if _DEBUG:
             raise
         traceback.print_exc()
-        err.print(
-            f"[bold red]internal error[/] ({type(exc).__name__}): {exc}. This is a bug in edgetrain;"
-            " please report it with the traceback above.",
-            highlight=False,
+        _error(
+            "internal error",
+            f"({type(exc).__name__}): {exc}. This is a bug in edgetrain; please report it "
+            "with the traceback above.",
         )
         sys.exit(1)

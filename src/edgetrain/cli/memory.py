@@ -10,7 +10,7 @@ from rich.console import Console
 
 __all__ = ["register"]
 
-out = Console()
+out = Console(markup=False)
 
 
 def memory(

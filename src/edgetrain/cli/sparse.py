@@ -11,8 +11,8 @@ from rich.table import Table
 
 __all__ = ["register"]
 
-out = Console()
-err = Console(stderr=True)
+out = Console(markup=False)
+err = Console(stderr=True, markup=False)
 
 
 def _fmt(value: Any, digits: int = 4) -> str:

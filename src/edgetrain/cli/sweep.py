@@ -48,8 +48,10 @@ def _run(
         typer.Option(
             "--trials",
             "-n",
-            help="Finished trials wanted in the study (completed + failed; lost and interrupted "
-            "ones are re-run). Re-running resumes; a larger N extends the sweep.",
+            help="Answered trials wanted in the study (completed + failed by their "
+            "configuration; lost, interrupted, killed and refused ones are replaced). "
+            "Re-running resumes (and records finished results a killed run left in DIR/trials); "
+            "a larger N extends the sweep.",
         ),
     ],
     workers: Annotated[

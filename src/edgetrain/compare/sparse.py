@@ -35,6 +35,7 @@ from torch.utils.data import Dataset
 from edgetrain.config import TrainConfig, config_to_dict, load_config
 from edgetrain.config.sparse import BUDGETED_SCHEMES, SCHEMES
 from edgetrain.errors import EdgeTrainError, MissingExtraError, suggest
+from edgetrain.safefs import DirLock, claim_dir
 from edgetrain.train import Callback, TrainState, evaluate, prepare_data, train
 from edgetrain.train.sparse_callback import SparseUpdateCallback
 
@@ -355,24 +356,30 @@ def sparse_compare(
     if out is None:
         out = Path("runs") / f"sparse-compare-{time.strftime('%Y%m%d-%H%M%S')}"
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    plan = grid(schemes, budgets, [base.seed + i for i in range(seeds)])
-    rows: list[dict[str, Any]] = []
-    runs_csv = out / "runs.csv"
-    for index, (scheme, budget, seed) in enumerate(plan):
-        label = run_label(scheme, budget, seed)
-        if on_run:
-            on_run(index, len(plan), label, None)
-        sparse = {"scheme": scheme, "budget": budget if scheme in BUDGETED_SCHEMES else None}
-        data = config_to_dict(base)
-        data["seed"] = seed
-        data["sparse_update"] = {**data["sparse_update"], **sparse}
-        cfg = load_config(data)
-        row = run_one(cfg, label, out)
-        rows.append(row)
-        pd.DataFrame(rows).to_csv(runs_csv, index=False)  # readable if stopped mid-grid
-        if on_run:
-            on_run(index, len(plan), label, row)
+    # a comparison of edgetrain's own may be run again into the same directory; a folder of
+    # the user's is refused (docs/design.md, "Files and safety")
+    lock = DirLock(out, "comparison directory")
+    claim_dir(out, "sparse-compare", reuse=True, what="comparison directory", lock=lock)
+    try:
+        plan = grid(schemes, budgets, [base.seed + i for i in range(seeds)])
+        rows: list[dict[str, Any]] = []
+        runs_csv = out / "runs.csv"
+        for index, (scheme, budget, seed) in enumerate(plan):
+            label = run_label(scheme, budget, seed)
+            if on_run:
+                on_run(index, len(plan), label, None)
+            sparse = {"scheme": scheme, "budget": budget if scheme in BUDGETED_SCHEMES else None}
+            data = config_to_dict(base)
+            data["seed"] = seed
+            data["sparse_update"] = {**data["sparse_update"], **sparse}
+            cfg = load_config(data)
+            row = run_one(cfg, label, out)
+            rows.append(row)
+            pd.DataFrame(rows).to_csv(runs_csv, index=False)  # readable if stopped mid-grid
+            if on_run:
+                on_run(index, len(plan), label, row)
+    finally:
+        lock.release()
     runs = pd.DataFrame(rows)
     table = summarize_runs(runs)
     csv_path = out / "results.csv"

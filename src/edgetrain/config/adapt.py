@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -30,7 +31,7 @@ class BudgetConfig(Section):
         if value is None:
             return None
         rule = "budget.memory must be a size such as '1.5GiB', '300MiB' or a number of bytes"
-        if isinstance(value, bool):
+        if isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value)):
             raise ValueError(f"{rule}, got {value!r}")
         if isinstance(value, int | float) and value <= 0:
             raise ValueError(f"budget.memory must be > 0 bytes, got {value!r}")

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from edgetrain.config.base import BOOL_NOT_INTEGER, BOOL_NOT_NUMBER
 from edgetrain.config.schema import TrainConfig
 from edgetrain.errors import EdgeTrainError, suggest
 
@@ -107,9 +108,22 @@ def _lookup(data: Mapping[str, Any], loc: tuple[Any, ...]) -> Any:
     return node
 
 
+def _key(loc: tuple[Any, ...]) -> str:
+    """'a.b' for a nested key, 'split[0]' for an item of a list."""
+    if len(loc) == 1:
+        return str(loc[0])
+    key = ""
+    for part in loc:
+        if isinstance(part, int):
+            key += f"[{part}]"
+        else:
+            key += f".{part}" if key else str(part)
+    return key
+
+
 def _describe(error: Mapping[str, Any], data: Mapping[str, Any]) -> str:
     loc = tuple(error["loc"])
-    key = ".".join(str(p) for p in loc if not isinstance(p, int) or len(loc) == 1)
+    key = _key(loc)
     kind = error["type"]
     value = _lookup(data, loc)
     if kind == "extra_forbidden":
@@ -125,6 +139,7 @@ def _describe(error: Mapping[str, Any], data: Mapping[str, Any]) -> str:
         "int_parsing": "must be an integer",
         "int_from_float": "must be an integer",
         "float_parsing": "must be a number",
+        "finite_number": "must be a finite number",
         "bool_parsing": "must be true or false",
         "bool_type": "must be true or false",
         "dict_type": "must be a mapping",
@@ -136,7 +151,10 @@ def _describe(error: Mapping[str, Any], data: Mapping[str, Any]) -> str:
     if kind == "value_error":
         message = str(ctx.get("error", error["msg"]))
         return message if not key or message.startswith(key) else f"{key}: {message}"
-    rule = rules.get(kind, error["msg"].lower())
+    if kind in (BOOL_NOT_INTEGER, BOOL_NOT_NUMBER):
+        rule = error["msg"]  # the section's own wording (an item or the value itself)
+    else:
+        rule = rules.get(kind, error["msg"].lower())
     return f"{key} {rule}, got {value!r}"
 
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from edgetrain.config.adapt import AdaptConfig, BudgetConfig, PruneConfig
-from edgetrain.config.base import Section
+from edgetrain.config.base import SEED_MAX, Section
 from edgetrain.config.sparse import SparseUpdateConfig
 
 __all__ = ["MonitorConfig", "TrainConfig"]
@@ -23,6 +23,10 @@ PREPROCESSING = ("none", "standardize", "minmax", "robust")
 AUGMENTATIONS = ("none", "flip", "crop", "flip_crop", "mixup", "cutmix")
 PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
 DEVICES = ("auto", "cpu", "cuda")
+#: Pixels per side: built-in models take any size >= 1; larger than this is a mistake
+#: that would only fail deep in training (out of memory while resizing).
+IMAGE_SIZE_MAX = 4096
+CHANNELS = (1, 3)
 
 
 class MonitorConfig(Section):
@@ -46,8 +50,8 @@ class TrainConfig(Section):
     data: str = "digits"
     data_path: Path | None = None
     data_args: dict[str, Any] = Field(default_factory=dict)
-    image_size: int | None = Field(None, ge=1)
-    channels: int | None = Field(None, ge=1)
+    image_size: int | None = Field(None, ge=1, le=IMAGE_SIZE_MAX)
+    channels: int | None = None  # 1 or 3 (1 -> 3 repeats, 3 -> 1 averages)
     split: list[float] = Field(default_factory=lambda: [0.8, 0.1, 0.1])
 
     # how
@@ -67,11 +71,13 @@ class TrainConfig(Section):
     mix_alpha: float = Field(0.2, gt=0)
     precision: Literal["fp32", "bf16", "fp16", "fp64"] = "fp32"
     compile: bool = False
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = Field(0, ge=0)
     prefetch_factor: int | None = Field(None, ge=1)
     max_batches_per_epoch: int | None = Field(None, ge=1)
+    # a non-finite training loss: stop (status "diverged", exit 3), skip the step, or continue
+    on_nonfinite: Literal["stop", "skip", "continue"] = "stop"
 
     # where
     out: Path | None = None
@@ -89,13 +95,21 @@ class TrainConfig(Section):
     def _off_is_not_false(cls, value: object) -> object:
         return "off" if value is False else value  # YAML reads a bare `off` as false
 
+    @field_validator("channels")
+    @classmethod
+    def _channels_one_or_three(cls, value: int | None) -> int | None:
+        if value is not None and value not in CHANNELS:
+            raise ValueError(f"channels must be 1 or 3, got {value}")
+        return value
+
     @field_validator("split")
     @classmethod
     def _split_sums_to_one(cls, value: list[float]) -> list[float]:
+        # items are already finite numbers (Section: allow_inf_nan=False, no booleans)
         if len(value) != 3:
             raise ValueError(f"split must be three fractions [train, val, test], got {list(value)}")
-        if any(f < 0 for f in value):
-            raise ValueError(f"split fractions must be >= 0, got {list(value)}")
+        if any(not 0 <= f <= 1 for f in value):
+            raise ValueError(f"split fractions must each be in [0, 1], got {list(value)}")
         if value[0] <= 0:
             raise ValueError(f"split needs a training fraction > 0, got {list(value)}")
         if abs(sum(value) - 1.0) > 1e-6:

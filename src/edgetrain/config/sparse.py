@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from edgetrain.config.base import Section
+from edgetrain.config.base import SEED_MAX, Section
 from edgetrain.errors import EdgeTrainError
 from edgetrain.units import parse_bytes
 
@@ -40,7 +40,8 @@ class SparseUpdateConfig(Section):
     # the static scheme chooses among this fraction of the neuron layers, counted from the
     # last (backward stops at the first trainable layer: a smaller depth costs less memory)
     static_depth: float = Field(0.75, gt=0, le=1)
-    seed: int | None = None  # random selection seed; None = the run's seed
+    # random selection seed; None = the run's seed
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
     # keep requires_grad on layers with no selected neuron and only drop their gradients
     # (NEq's masking; for measuring what real freezing saves)
     mask_only: bool = False

@@ -16,8 +16,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from edgetrain.errors import EdgeTrainError
 from edgetrain.measure import proctree
@@ -239,7 +239,7 @@ def render_summary(result: MonitoredCommandResult) -> Table:
         shown = shown[:99] + "…"
     title = f"{shown}  (exit {result.exit_code}, {result.status})"
     # wide enough for the title on one line (a console narrower than that still wraps it)
-    table = Table(title=escape(title), min_width=len(title) + 2)
+    table = Table(title=Text(title), min_width=len(title) + 2)
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_column("note")
@@ -249,9 +249,9 @@ def render_summary(result: MonitoredCommandResult) -> Table:
         f"{w.n_samples} samples, {result.sample_rate_hz:.1f} Hz",
     )
     energy = "-" if w.energy_j is None else f"{w.energy_j:.1f} J"
-    table.add_row("energy", energy, escape(w.energy_source))
+    table.add_row("energy", energy, Text(str(w.energy_source)))
     for source, joules in w.energy_by_source_j.items():
-        table.add_row(f"  {escape(source)}", f"{joules:.1f} J", "")
+        table.add_row(Text(f"  {source}"), f"{joules:.1f} J", "")
     table.add_row("average power", _watts(w.avg_power_w), "")
     table.add_row("peak power", _watts(result.peak_power_w), "over samples")
     table.add_row("peak RSS", format_bytes(w.peak_rss_bytes), "process tree")

@@ -14,8 +14,8 @@ from typing import Any
 
 import psutil
 from rich.console import Group
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from edgetrain.measure.sensor import SensorStatus
 from edgetrain.units import format_bytes
@@ -158,28 +158,28 @@ def render_environment(info: dict[str, Any]) -> Group:
     machine.add_row("torch", f"{torch_info.get('version')} ({torch_info.get('threads')} threads)")
     devices = ", ".join(cuda.get("devices") or []) or "-"
     state = "available" if cuda.get("available") else "not available"
-    machine.add_row("CUDA", escape(f"{state}: {devices}"))
+    machine.add_row("CUDA", Text(f"{state}: {devices}"))
     machine.add_row(
         "CPU",
-        escape(
+        Text(
             f"{cpu.get('model')} ({cpu.get('cores_physical')} physical / "
             f"{cpu.get('cores_logical')} logical cores)"
         ),
     )
     machine.add_row("memory", format_bytes(info.get("memory_total_bytes")))
-    machine.add_row("OS", escape(str(os_info.get("platform"))))
-    machine.add_row("host", escape(str(info.get("hostname"))))
+    machine.add_row("OS", Text(str(os_info.get("platform"))))
+    machine.add_row("host", Text(str(info.get("hostname"))))
 
     sensors = Table(title="Sensors")
     for column in ("sensor", "available", "energy source", "details"):
         sensors.add_column(column)
     for s in info.get("sensors", []):
-        ok = "[green]yes[/green]" if s.get("available") else "[red]no[/red]"
+        ok = Text("yes", style="green") if s.get("available") else Text("no", style="red")
         sensors.add_row(
-            escape(str(s.get("name"))),
+            Text(str(s.get("name"))),
             ok,
-            escape(str(s.get("source_label") or "-")),
-            escape(str(s.get("reason"))),
+            Text(str(s.get("source_label") or "-")),
+            Text(str(s.get("reason"))),
         )
 
     extras = Table(title="Optional extras")
@@ -187,9 +187,9 @@ def render_environment(info: dict[str, Any]) -> Group:
         extras.add_column(column)
     for name, e in info.get("extras", {}).items():
         installed = (
-            f"[green]{e.get('version') or 'yes'}[/green]"
+            Text(str(e.get("version") or "yes"), style="green")
             if e.get("installed")
-            else f"[red]no[/red]: {escape(str(e.get('install')))}"
+            else Text.assemble(("no", "red"), f": {e.get('install')}")
         )
         extras.add_row(name, str(e.get("package")), installed, str(e.get("feature")))
     return Group(machine, sensors, extras)

@@ -7,7 +7,8 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
 
 from edgetrain.errors import EdgeTrainError
@@ -15,7 +16,7 @@ from edgetrain.measure.energy import EnergyIntegrator, compose
 from edgetrain.measure.estimate import DEFAULT_CPU_TDP_W
 from edgetrain.measure.factory import discover_sensors
 from edgetrain.measure.sensor import Sensor, SensorStatus
-from edgetrain.measure.window import Window, WindowResult, _Peaks, _WindowState
+from edgetrain.measure.window import Window, WindowResult
 
 __all__ = ["DEFAULT_HISTORY", "DEFAULT_INTERVAL_S", "Listener", "Monitor", "Sample"]
 
@@ -36,6 +37,56 @@ DEFAULT_HISTORY = 1024
 
 Sample = dict[str, float]
 Listener = Callable[[Sample], None]
+
+
+class _Peaks:
+    """Running maxima over samples (incremental, constant memory)."""
+
+    def __init__(self) -> None:
+        self.rss: float | None = None
+        self.device_mem: float | None = None
+        self.power: float | None = None
+        self.hwm_first: float | None = None
+        self.hwm_last: float | None = None
+        self.n = 0
+
+    def update(self, sample: Mapping[str, float]) -> None:
+        self.n += 1
+        self.rss = _max(self.rss, sample.get("proc_rss_bytes"))
+        self.device_mem = _max(self.device_mem, sample.get("gpu_mem_bytes"))
+        self.power = _max(self.power, sample.get("power_w"))
+        hwm = sample.get("proc_hwm_bytes")
+        if hwm is not None:
+            if self.hwm_first is None:
+                self.hwm_first = hwm
+            self.hwm_last = hwm
+
+    def peak_rss_bytes(self) -> int | None:
+        peak = self.rss
+        if (
+            self.hwm_last is not None
+            and self.hwm_first is not None
+            and self.hwm_last > self.hwm_first
+        ):
+            peak = _max(peak, self.hwm_last)  # the main process set a new peak in the window
+        return None if peak is None else int(peak)
+
+
+def _max(a: float | None, b: float | None) -> float | None:
+    if b is None:
+        return a
+    return b if a is None or b > a else a
+
+
+@dataclass
+class _WindowState:
+    """An open window: the cumulative energy at opening and running peaks."""
+
+    name: str
+    start_s: float
+    energy_at_open_j: dict[str, float]
+    label: str
+    peaks: _Peaks = field(default_factory=_Peaks)
 
 
 def _sync_cuda() -> None:

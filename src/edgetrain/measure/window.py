@@ -1,15 +1,17 @@
-"""Measurement windows: what one named stretch of time cost."""
+"""Measurement windows: what one named stretch of time cost.
+
+This module knows nothing of :mod:`edgetrain.measure.monitor`: a :class:`Window` talks to
+whatever opened it through the small :class:`WindowHost` protocol, and the monitor (which
+keeps the running state of open windows) imports this module, never the other way round.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from types import TracebackType
-
-    from edgetrain.measure.monitor import Monitor
 
 __all__ = ["Window", "WindowResult"]
 
@@ -56,54 +58,12 @@ class WindowResult:
         return asdict(self)
 
 
-class _Peaks:
-    """Running maxima over samples (incremental, constant memory)."""
+class WindowHost(Protocol):
+    """What a :class:`Window` needs from the object that measures it (the monitor)."""
 
-    def __init__(self) -> None:
-        self.rss: float | None = None
-        self.device_mem: float | None = None
-        self.power: float | None = None
-        self.hwm_first: float | None = None
-        self.hwm_last: float | None = None
-        self.n = 0
+    def _open_window(self, name: str) -> None: ...
 
-    def update(self, sample: Mapping[str, float]) -> None:
-        self.n += 1
-        self.rss = _max(self.rss, sample.get("proc_rss_bytes"))
-        self.device_mem = _max(self.device_mem, sample.get("gpu_mem_bytes"))
-        self.power = _max(self.power, sample.get("power_w"))
-        hwm = sample.get("proc_hwm_bytes")
-        if hwm is not None:
-            if self.hwm_first is None:
-                self.hwm_first = hwm
-            self.hwm_last = hwm
-
-    def peak_rss_bytes(self) -> int | None:
-        peak = self.rss
-        if (
-            self.hwm_last is not None
-            and self.hwm_first is not None
-            and self.hwm_last > self.hwm_first
-        ):
-            peak = _max(peak, self.hwm_last)  # the main process set a new peak in the window
-        return None if peak is None else int(peak)
-
-
-def _max(a: float | None, b: float | None) -> float | None:
-    if b is None:
-        return a
-    return b if a is None or b > a else a
-
-
-@dataclass
-class _WindowState:
-    """An open window: the cumulative energy at opening and running peaks."""
-
-    name: str
-    start_s: float
-    energy_at_open_j: dict[str, float]
-    label: str
-    peaks: _Peaks = field(default_factory=_Peaks)
+    def _close_window(self, name: str) -> WindowResult: ...
 
 
 class Window:
@@ -114,7 +74,7 @@ class Window:
     single steps.
     """
 
-    def __init__(self, monitor: Monitor, name: str) -> None:
+    def __init__(self, monitor: WindowHost, name: str) -> None:
         self._monitor = monitor
         self.name = name
         self.result: WindowResult | None = None

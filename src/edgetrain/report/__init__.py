@@ -1,9 +1,10 @@
 """Reports from run directories: tables, figures, a PDF and an Excel workbook.
 
-Reads only files (the run-directory contract in DESIGN.md, and the tables that
+Reads only files (the run-directory contract in docs/design.md, and the tables that
 ``edgetrain sweep analyze``, ``edgetrain bench`` and ``edgetrain sparse-compare`` write),
-so a report can be made on another machine than the one that trained.
-:func:`make_report` detects the kind of directory (:data:`KINDS`).
+so a report can be made on another machine than the one that trained; it imports no torch.
+:func:`make_report` detects the kind of directory (:data:`KINDS`): each kind is a
+:class:`ReportKind` registered in :data:`REPORT_KINDS` (module :mod:`.kinds`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from edgetrain.report.compare import (
     compare_totals,
     config_differences,
 )
+from edgetrain.report.kinds import KINDS, REPORT_KINDS, detect_kind
 from edgetrain.report.make import make_report, plot_resources
-from edgetrain.report.rundir import KINDS, Run, detect_kind, load_run
+from edgetrain.report.reportkind import ReportKind
+from edgetrain.report.rundir import Run, load_run
 from edgetrain.report.sparse import SparseCompare, load_sparse_compare
 from edgetrain.report.sweep import Sweep, load_sweep
 from edgetrain.report.tables import (
@@ -43,7 +46,9 @@ from edgetrain.report.tables import (
 
 __all__ = [
     "KINDS",
+    "REPORT_KINDS",
     "Bench",
+    "ReportKind",
     "Run",
     "SparseCompare",
     "Sweep",

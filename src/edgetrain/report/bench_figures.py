@@ -14,9 +14,15 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from edgetrain.report.figures import _epoch_axis, _figure, _finite, _note
 from edgetrain.report.labels import energy_source_text, is_estimated
-from edgetrain.report.sweep_figures import set_value_axis
+from edgetrain.report.plotting import (
+    add_note,
+    epoch_axis,
+    finite_values,
+    new_figure,
+    set_value_axis,
+    std_or_zero,
+)
 
 __all__ = ["batches_figure", "breakdown_figure", "throughput_figure", "warmup_figure"]
 
@@ -46,12 +52,6 @@ def _config_axis(ax: Axes, labels: Sequence[str]) -> None:
     ax.set_ylim(len(labels) - 0.4, -0.6)  # the first configuration on top
 
 
-def _std(table: pd.DataFrame, column: str) -> np.ndarray:
-    if column not in table.columns:
-        return np.zeros(len(table))
-    return np.nan_to_num(table[column].to_numpy(dtype=float))
-
-
 def breakdown_figure(breakdown: pd.DataFrame, title: str) -> Figure | None:
     """Stacked bars per configuration: loader start, stall, copy, compute and the rest.
 
@@ -66,8 +66,8 @@ def breakdown_figure(breakdown: pd.DataFrame, title: str) -> Figure | None:
         return None
     totals = breakdown[[p[0] for p in parts]].fillna(0).sum(axis=1).to_numpy(dtype=float)
     scale, unit = _seconds_scale(float(totals.max()))
-    figure = _figure(f"{title}: where a measured epoch's time goes")
-    _note(figure, "bars: mean over the measured epochs (warm-up left out); error bars: ±1 std")
+    figure = new_figure(f"{title}: where a measured epoch's time goes")
+    add_note(figure, "bars: mean over the measured epochs (warm-up left out); error bars: ±1 std")
     ax = figure.subplots()
     y = np.arange(len(breakdown))
     left = np.zeros(len(breakdown))
@@ -84,7 +84,7 @@ def breakdown_figure(breakdown: pd.DataFrame, title: str) -> Figure | None:
             label=label,
             edgecolor="white",
         )
-        std = _std(breakdown, f"{column}_std") * scale
+        std = std_or_zero(breakdown, f"{column}_std") * scale
         if std.any():
             ax.errorbar(
                 left + values,
@@ -153,20 +153,23 @@ def throughput_figure(table: pd.DataFrame, title: str, sources: Sequence[str]) -
     if not panels:
         return None
     estimated = is_estimated(sources)
-    figure = _figure(f"{title}: throughput and energy per sample")
+    figure = new_figure(f"{title}: throughput and energy per sample")
     if "energy_per_sample_j" in panels:
-        _note(figure, "energy source: " + energy_source_text(sources))
+        add_note(figure, "energy source: " + energy_source_text(sources))
     axes = figure.subplots(1, len(panels), squeeze=False, sharey=True)[0]
     labels = table["label"].astype(str).tolist()
     for ax, column in zip(axes, panels, strict=True):
         if column == "samples_per_s":
-            values, std = table[column].to_numpy(dtype=float), _std(table, "samples_per_s_std")
+            values, std = (
+                table[column].to_numpy(dtype=float),
+                std_or_zero(table, "samples_per_s_std"),
+            )
             _bars(ax, labels, values, std, "tab:blue", None)
             ax.set_xlabel("throughput (samples/s)")
             ax.set_title("throughput (higher is better)", fontsize=11)
         else:
             values = table[column].to_numpy(dtype=float) * 1000
-            std = _std(table, "energy_per_sample_j_std") * 1000
+            std = std_or_zero(table, "energy_per_sample_j_std") * 1000
             _bars(ax, labels, values, std, "tab:orange", "//" if estimated else None)
             unit = "mJ, estimated" if estimated else "mJ"
             ax.set_xlabel(f"energy per training sample ({unit})")
@@ -186,7 +189,7 @@ def warmup_figure(
     has_bars = not times.empty and times[["warmup", "measured"]].notna().any().any()
     if not (has_epochs or has_bars):
         return None
-    figure = _figure(f"{title}: warm-up against measured epochs")
+    figure = new_figure(f"{title}: warm-up against measured epochs")
     axes = figure.subplots(1, int(has_epochs) + int(has_bars), squeeze=False)[0]
     if has_epochs:
         ax = axes[0]
@@ -206,14 +209,14 @@ def warmup_figure(
         set_value_axis(ax, values, axis="y")
         ax.set_ylabel("epoch time (s)")
         ax.set_title("time of each epoch", fontsize=11)
-        _epoch_axis(ax)
+        epoch_axis(ax)
         ax.legend(fontsize=7, loc="best", framealpha=0.85)
     if has_bars:
         ax = axes[-1]
         labels = times["label"].astype(str).tolist()
         warm = times["warmup"].to_numpy(dtype=float)
         mean = times["measured"].to_numpy(dtype=float)
-        std = np.nan_to_num(times["measured_std"].to_numpy(dtype=float))
+        std = std_or_zero(times, "measured_std")
         y = np.arange(len(times))
         ax.barh(y - 0.2, np.nan_to_num(warm), height=0.4, color="0.6", label="warm-up epoch(s)")
         ax.barh(y + 0.2, np.nan_to_num(mean), height=0.4, color="tab:blue", label="measured mean")
@@ -245,14 +248,14 @@ def batches_figure(batches: pd.DataFrame, title: str) -> Figure | None:
     panels = [c for c in ("stall_s", "compute_s") if batches[c].notna().any()]
     if not panels:
         return None
-    figure = _figure(f"{title}: time per minibatch (measured epochs)")
+    figure = new_figure(f"{title}: time per minibatch (measured epochs)")
     axes = figure.subplots(1, len(panels), squeeze=False, sharey=True)[0]
     groups = list(batches.groupby("label", sort=False))
     labels = [str(label) for label, _ in groups]
     names = {"stall_s": "data stall", "compute_s": "compute"}
     for ax, column in zip(axes, panels, strict=True):
         scale, unit = _seconds_scale(float(np.nanmax(batches[column].to_numpy(dtype=float))))
-        data = [_finite(rows[column]) * scale for _, rows in groups]
+        data = [finite_values(rows[column]) * scale for _, rows in groups]
         ax.boxplot(
             data,
             positions=np.arange(len(data)),

@@ -10,9 +10,10 @@ from pathlib import Path
 import pandas as pd
 
 from edgetrain.errors import EdgeTrainError
-from edgetrain.report import figures as fig
+from edgetrain.report import compare_figures as cfig
 from edgetrain.report import tables as tab
-from edgetrain.report.pdf import save_pdf, save_png
+from edgetrain.report.pdf import assemble, drawn_figures, save_pdf, save_pngs
+from edgetrain.report.reportkind import ReportKind
 from edgetrain.report.rundir import Run, is_run_directory, load_run, require_directory
 from edgetrain.report.textpages import (
     LANDSCAPE,
@@ -22,11 +23,14 @@ from edgetrain.report.textpages import (
     frame_sections,
     key_value_lines,
     page_width_chars,
+    table_pages,
     text_pages,
 )
 from edgetrain.report.xlsx import write_xlsx
+from edgetrain.safefs import claim_dir
 
 __all__ = [
+    "COMPARE_KIND",
     "compare_curves",
     "compare_runs",
     "compare_totals",
@@ -149,7 +153,7 @@ def compare_runs(paths: Sequence[Path | str], out: Path | str | None = None) -> 
 
 def _write_comparison(runs: list[Run], labels: list[str], out: Path) -> None:
     """Write the comparison's PNGs, PDF and workbook into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
+    claim_dir(out, "report", reuse=True, what="report directory")
 
     curves = compare_curves(runs, labels)
     totals = compare_totals(runs, labels)
@@ -160,23 +164,19 @@ def _write_comparison(runs: list[Run], labels: list[str], out: Path) -> None:
         if str(source).startswith("estimated")
     ]
     drawn = {
-        "comparison_curves": fig.overlay_figure(
+        "comparison_curves": cfig.overlay_figure(
             curves, ["val_acc", "train_loss"], "Comparison: accuracy and loss per epoch"
         ),
-        "comparison_energy": fig.overlay_figure(
+        "comparison_energy": cfig.overlay_figure(
             curves,
             ["energy_j", "time_s"],
             "Comparison: energy and time per epoch",
             notes={"energy_j": f"estimated for: {', '.join(estimated)}"} if estimated else None,
         ),
-        "comparison_totals": fig.totals_figure(totals, "Comparison: totals per run"),
+        "comparison_totals": cfig.totals_figure(totals, "Comparison: totals per run"),
     }
-    for name in COMPARE_FIGURES:
-        if drawn[name] is not None:
-            save_png(drawn[name], out / f"{name}.png")
-        elif (out / f"{name}.png").exists():
-            (out / f"{name}.png").unlink()
-    figures = [figure for figure in drawn.values() if figure is not None]
+    figures = drawn_figures(drawn, COMPARE_FIGURES, out)
+    save_pngs(figures, COMPARE_FIGURES, out)
 
     width = page_width_chars(PORTRAIT)
     runs_lines = key_value_lines(
@@ -191,15 +191,31 @@ def _write_comparison(runs: list[Run], labels: list[str], out: Path) -> None:
     )
     title = f"Comparison of {len(runs)} runs"
     front = text_pages(front_sections, title, intro=[f"output: {out.resolve()}"])
-    back = text_pages(
+    back = table_pages(
         frame_sections(curves, "Per-epoch values", page_width_chars(LANDSCAPE, TABLE_FONT_SIZE)),
         "Tables: comparison",
-        size=LANDSCAPE,
-        font_size=TABLE_FONT_SIZE,
     )
-    save_pdf(
-        [*front, *figures, *back], out / "report.pdf", title=title, footer="edgetrain comparison"
-    )
+    pages, _ = assemble(("title", front), figures, ("tables", back))
+    save_pdf(pages, out / "report.pdf", title=title, footer="edgetrain comparison")
     write_xlsx(
         {"totals": totals, "curves": curves, "config_differences": differences}, out / "report.xlsx"
     )
+
+
+def holds_runs(path: Path) -> bool:
+    """Whether ``path`` holds two or more run directories (then they are compared)."""
+    return len(run_children(path)) >= 2
+
+
+def report_runs_directory(path: Path, out: Path) -> Path:
+    """Compare the run directories inside ``path``; the report goes into ``out``."""
+    return compare_runs(run_children(path), out=out)
+
+
+COMPARE_KIND = ReportKind(
+    name="compare",
+    description="a directory holding two or more run directories (compared side by side)",
+    detect=holds_runs,
+    write=report_runs_directory,
+    out_dir="comparison",
+)

@@ -1,24 +1,33 @@
-"""Drawing: one function per figure, each taking the tables from :mod:`.tables`.
+"""Drawing the run report: one function per figure, each taking the tables from :mod:`.tables`.
 
-Figures are plain :class:`matplotlib.figure.Figure` objects (no pyplot state, Agg
-rendering). A function returns None when its data are absent, so no empty plot is made.
-Every axis names its unit, and limits come from the data with a margin.
+A function returns None when its data are absent, so no empty plot is made. Every axis
+names its unit. The helpers that all figure modules share are in :mod:`.plotting`; the
+comparison of several runs is drawn by :mod:`.compare_figures` (re-exported here).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.layout_engine import ConstrainedLayoutEngine
 from matplotlib.ticker import MaxNLocator
 
-from edgetrain.report.labels import axis_label, pretty_name, time_unit
+from edgetrain.report.compare_figures import is_fraction, overlay_figure, totals_figure
+from edgetrain.report.labels import axis_label, energy_sources_in, pretty_name, time_unit
+from edgetrain.report.plotting import (
+    PAGE_SIZE,
+    add_legend,
+    add_note,
+    epoch_axis,
+    finite_values,
+    new_figure,
+    set_limits,
+    set_unit_ylim,
+)
 
 __all__ = [
     "PAGE_SIZE",
@@ -26,6 +35,7 @@ __all__ = [
     "controller_figure",
     "correlation_figure",
     "energy_figure",
+    "is_fraction",
     "overlay_figure",
     "pairs_figure",
     "resources_figure",
@@ -35,87 +45,23 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PAGE_SIZE = (11.69, 8.27)  # A4 landscape, inches: PNGs and PDF pages share it
 _SERIES_STYLE = {"train": "-", "val": "--"}
 _DECISION_COLOR = "tab:red"
-_FOOT = 0.035  # fraction of the page height kept free at the bottom
-_RUN_STYLES = [("-", "o"), ("--", "s"), ("-.", "^"), (":", "D"), ("-", "v"), ("--", "P")]
-
-
-def _figure(title: str) -> Figure:
-    figure = Figure(figsize=PAGE_SIZE)
-    # The bottom strip stays free for the PDF footer and notes such as the energy source.
-    figure.set_layout_engine(ConstrainedLayoutEngine(rect=(0, _FOOT, 1, 1 - _FOOT)))
-    figure.suptitle(title, fontsize=14, fontweight="bold")
-    return figure
-
-
-def _note(figure: Figure, text: str) -> None:
-    """A line in the free bottom strip, left-aligned (the footer sits on the right)."""
-    figure.text(0.01, 0.006, text, ha="left", va="bottom", fontsize=9)
-
-
-def _finite(values: Sequence[float] | pd.Series | np.ndarray) -> np.ndarray:
-    array = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce"), dtype=float)
-    return array[np.isfinite(array)]
-
-
-def _set_ylim(ax: Axes, values: np.ndarray, *, floor: float | None = None) -> None:
-    """Limits from the data with a 6% margin, so that no legal value sits on the frame.
-
-    Args:
-        ax: The axes.
-        values: Every value drawn on the axes (already scaled).
-        floor: A bound the margin must not cross when the data do not (e.g. 0 for a
-            fraction, so that an accuracy of 0.02 does not show a negative axis).
-    """
-    values = _finite(values)
-    if values.size == 0:
-        return
-    low, high = float(values.min()), float(values.max())
-    span = high - low
-    margin = 0.06 * span if span > 0 else max(abs(high) * 0.1, 0.05)
-    bottom, top = low - margin, high + margin
-    if floor is not None and low >= floor:
-        bottom = max(bottom, floor - 0.02 * (top - floor))
-    ax.set_ylim(bottom, top)
-
-
-def _set_unit_ylim(ax: Axes, values: np.ndarray, *, fraction: bool = False) -> None:
-    """Accuracy, fractions and scores: all of 0..1 (or 0..100 %) visible, widened for outliers.
-
-    ``fraction``: the values are fractions even above 1 (a memory score over the budget),
-    never percentages.
-    """
-    values = _finite(values)
-    top = 100.0 if values.size and values.max() > 1.0 and not fraction else 1.0
-    low = min(0.0, float(values.min())) if values.size else 0.0
-    high = max(top, float(values.max())) if values.size else top
-    margin = 0.04 * (high - low)
-    ax.set_ylim(low - margin, high + margin)
-
-
-def _epoch_axis(ax: Axes) -> None:
-    """Label the x axis 'epoch' with whole-number ticks (every epoch when there are few)."""
-    ax.set_xlabel("epoch")
-    low, high = ax.get_xlim()
-    if high - low <= 21:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=21, steps=[1, 2, 5, 10]))
-    else:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(True, alpha=0.3)
-
-
-def _legend(ax: Axes) -> None:
-    handles, _ = ax.get_legend_handles_labels()
-    if handles:
-        ax.legend(fontsize=9, loc="best", framealpha=0.8)
 
 
 def _outside_legend(ax: Axes) -> None:
     handles, _ = ax.get_legend_handles_labels()
     if handles:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+
+
+def _lr_axis(ax: Axes, values: np.ndarray) -> None:
+    """A learning-rate axis: log scale when the rate spans more than a decade, else from 0."""
+    finite = finite_values(values)
+    if finite.size and finite.min() > 0 and np.ptp(np.log10(finite)) > 1:
+        ax.set_yscale("log")
+    else:
+        set_limits(ax, np.append(values, 0.0), floor=0.0)
 
 
 def training_curves_figure(curves: pd.DataFrame, title: str) -> Figure | None:
@@ -126,7 +72,7 @@ def training_curves_figure(curves: pd.DataFrame, title: str) -> Figure | None:
     panels = [group for group in (losses, accs, ["lr"] if show_lr else []) if group]
     if curves.empty or not (losses or accs):
         return None
-    figure = _figure(f"{title}: training curves")
+    figure = new_figure(f"{title}: training curves")
     ratios = [1.0 if group == ["lr"] else 2.0 for group in panels]
     axes = figure.subplots(1, len(panels), squeeze=False, width_ratios=ratios)[0]
     for ax, columns in zip(axes, panels, strict=True):
@@ -138,21 +84,21 @@ def training_curves_figure(curves: pd.DataFrame, title: str) -> Figure | None:
             drawn.append(values)
         values = np.concatenate(drawn)
         if columns is losses:
-            _set_ylim(ax, values, floor=0.0)
+            set_limits(ax, values, floor=0.0)
             label = "loss"
         elif columns is accs:
-            _set_unit_ylim(ax, values)
-            label = "accuracy (%)" if _finite(values).max(initial=0) > 1 else "accuracy (fraction)"
+            set_unit_ylim(ax, values)
+            label = (
+                "accuracy (%)"
+                if finite_values(values).max(initial=0) > 1
+                else "accuracy (fraction)"
+            )
         else:
-            finite = _finite(values)
-            if finite.size and finite.min() > 0 and np.ptp(np.log10(finite)) > 1:
-                ax.set_yscale("log")
-            else:
-                _set_ylim(ax, np.append(values, 0.0), floor=0.0)
+            _lr_axis(ax, values)
             label = "learning rate"
         ax.set_ylabel(label)
-        _epoch_axis(ax)
-        _legend(ax)
+        epoch_axis(ax)
+        add_legend(ax)
     return figure
 
 
@@ -179,7 +125,7 @@ def resources_figure(usage: pd.DataFrame, boundaries: pd.DataFrame, title: str) 
         return None
     divisor, unit = time_unit(float(usage["t_s"].max()))
     time = usage["t_s"].to_numpy(dtype=float) / divisor
-    figure = _figure(f"{title}: resources over time")
+    figure = new_figure(f"{title}: resources over time")
     axes = figure.subplots(len(groups), 1, sharex=True, squeeze=False)[:, 0]
     for ax, (name, columns) in zip(axes, groups, strict=True):
         data = usage[columns].to_numpy(dtype=float)
@@ -194,7 +140,7 @@ def resources_figure(usage: pd.DataFrame, boundaries: pd.DataFrame, title: str) 
             ax.plot(
                 time, usage[column].to_numpy(dtype=float) / scale, lw=1.2, label=pretty_name(column)
             )
-        _set_ylim(ax, data.ravel() / scale, floor=0.0)
+        set_limits(ax, data.ravel() / scale, floor=0.0)
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
         for start in boundaries["start_t_s"]:
@@ -223,11 +169,11 @@ def energy_figure(energy: pd.DataFrame, title: str) -> Figure | None:
     panels = [c for c in ("energy_j", "time_s", "energy_per_sample_j") if c in energy.columns]
     if energy.empty or not panels:
         return None
-    sources = sorted({str(s) for s in energy.get("energy_source", pd.Series()).dropna()})
+    sources = energy_sources_in(energy)
     estimated = any(s.startswith("estimated") for s in sources)
-    figure = _figure(f"{title}: energy and time per epoch")
+    figure = new_figure(f"{title}: energy and time per epoch")
     if sources:
-        _note(figure, "energy source: " + ", ".join(sources))
+        add_note(figure, "energy source: " + ", ".join(sources))
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
     styles = {
         "energy_j": ("energy", "J", 1.0, "tab:orange"),
@@ -241,8 +187,8 @@ def energy_figure(energy: pd.DataFrame, title: str) -> Figure | None:
         ax.bar(energy["epoch"], values, color=color, width=0.7, hatch="//" if is_estimate else None)
         ax.set_ylabel(f"{name} ({unit}, estimated)" if is_estimate else f"{name} ({unit})")
         ax.set_title(f"{name} (estimate)" if is_estimate else name)
-        _set_ylim(ax, np.append(values, 0.0), floor=0.0)
-        _epoch_axis(ax)
+        set_limits(ax, np.append(values, 0.0), floor=0.0)
+        epoch_axis(ax)
     return figure
 
 
@@ -279,7 +225,7 @@ def controller_figure(
     ]
     if not panels:
         return None
-    figure = _figure(f"{title}: adaptation controller")
+    figure = new_figure(f"{title}: adaptation controller")
     axes = figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     epochs = controller["epoch"].to_numpy(dtype=float)
     for ax, panel in zip(axes, panels, strict=True):
@@ -294,7 +240,7 @@ def controller_figure(
                     drawstyle="steps-mid",
                     label=pretty_name(column),
                 )
-            _set_ylim(ax, np.concatenate(drawn), floor=0.0)
+            set_limits(ax, np.concatenate(drawn), floor=0.0)
             ax.set_ylabel("batch size (samples)")
             if "accum_steps" in controller.columns:
                 twin = ax.twinx()
@@ -309,7 +255,7 @@ def controller_figure(
                     drawstyle="steps-mid",
                     label="accumulation steps",
                 )
-                _set_ylim(twin, np.append(steps, 0.0), floor=0.0)
+                set_limits(twin, np.append(steps, 0.0), floor=0.0)
                 twin.set_ylabel("accumulation (steps)")
                 twin.yaxis.set_major_locator(MaxNLocator(integer=True))
                 handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
@@ -327,11 +273,7 @@ def controller_figure(
                 color="tab:purple",
                 label="learning rate",
             )
-            finite = _finite(values)
-            if finite.size and finite.min() > 0 and np.ptp(np.log10(finite)) > 1:
-                ax.set_yscale("log")
-            else:
-                _set_ylim(ax, np.append(values, 0.0), floor=0.0)
+            _lr_axis(ax, values)
             ax.set_ylabel("learning rate")
             _outside_legend(ax)
         else:
@@ -345,7 +287,7 @@ def controller_figure(
                 ax.axhline(
                     1.0, color=_DECISION_COLOR, ls=":", lw=1, label="memory = budget (or device)"
                 )
-            _set_unit_ylim(ax, np.concatenate(drawn), fraction=True)
+            set_unit_ylim(ax, np.concatenate(drawn), fraction=True)
             ax.set_ylabel("score (0..1)")
             _outside_legend(ax)
         ax.grid(True, alpha=0.3)
@@ -375,8 +317,8 @@ def controller_figure(
         shown = legend[:6] + (
             [f"… {len(legend) - 6} more in the tables"] if len(legend) > 6 else []
         )
-        _note(figure, "changes (red lines):  " + "   ".join(shown))
-    _epoch_axis(axes[-1])
+        add_note(figure, "changes (red lines):  " + "   ".join(shown))
+    epoch_axis(axes[-1])
     return figure
 
 
@@ -385,7 +327,7 @@ def correlation_figure(corr: pd.DataFrame, title: str) -> Figure | None:
     if corr.empty:
         return None
     size = len(corr)
-    figure = _figure(f"{title}: correlation between per-epoch quantities")
+    figure = new_figure(f"{title}: correlation between per-epoch quantities")
     ax = figure.subplots()
     image = ax.imshow(corr.to_numpy(dtype=float), cmap="RdBu_r", vmin=-1, vmax=1)
     names = [pretty_name(c) for c in corr.columns]
@@ -420,7 +362,7 @@ def pairs_figure(
     if pairs.empty or per_epoch.empty:
         return None
     shown = pairs.drop_duplicates("cost").head(limit)
-    figure = _figure(f"{title}: strongest cost/performance correlations")
+    figure = new_figure(f"{title}: strongest cost/performance correlations")
     columns = 2 if len(shown) > 1 else 1
     axes = figure.subplots(math.ceil(len(shown) / columns), columns, squeeze=False).ravel()
     points = None
@@ -443,7 +385,7 @@ def pairs_figure(
             f"{pretty_name(row.performance)} vs {pretty_name(row.cost)}: r = {row.r:+.2f}",
             fontsize=10,
         )
-        _set_ylim(ax, y)  # zoomed on the data: the point here is the relation, not the level
+        set_limits(ax, y)  # zoomed on the data: the point here is the relation, not the level
         if x.size:
             span = float(np.ptp(x))
             pad = 0.08 * span if span > 0 else max(abs(float(x.max())) * 0.1, 0.05)
@@ -464,7 +406,7 @@ def activation_figure(activation: pd.DataFrame, title: str) -> Figure | None:
     panels = [group for group in (memory, fractions) if group]
     if activation.empty or not panels:
         return None
-    figure = _figure(f"{title}: activation memory and trainable parameters")
+    figure = new_figure(f"{title}: activation memory and trainable parameters")
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
     for ax, columns in zip(axes, panels, strict=True):
         data = activation[columns].to_numpy(dtype=float)
@@ -483,130 +425,10 @@ def activation_figure(activation: pd.DataFrame, title: str) -> Figure | None:
                 ax.plot(activation["epoch"], values, marker="o", ms=4, label=pretty_name(column))
         if columns is fractions:
             label = "fraction of parameters (0..1)"
-            _set_unit_ylim(ax, data.ravel())
+            set_unit_ylim(ax, data.ravel())
         else:
-            _set_ylim(ax, np.append(data.ravel() / scale, 0.0), floor=0.0)
+            set_limits(ax, np.append(data.ravel() / scale, 0.0), floor=0.0)
         ax.set_ylabel(label)
-        _epoch_axis(ax)
-        _legend(ax)
-    return figure
-
-
-def overlay_figure(
-    curves: pd.DataFrame,
-    columns: Sequence[str],
-    title: str,
-    notes: dict[str, str] | None = None,
-) -> Figure | None:
-    """Several runs on shared axes: one panel per column, one line per run.
-
-    Args:
-        curves: Long table with ``run``, ``epoch`` and the columns.
-        columns: The quantities to draw (panels without data are left out).
-        title: Figure title.
-        notes: Text added to a panel's title, by column (e.g. which runs are estimates).
-    """
-    notes = notes or {}
-    present = [c for c in columns if c in curves.columns and curves[c].notna().any()]
-    if curves.empty or not present:
-        return None
-    figure = _figure(title)
-    axes = figure.subplots(1, len(present), squeeze=False)[0]
-    for ax, column in zip(axes, present, strict=True):
-        values = curves[column].to_numpy(dtype=float)
-        scale, label = axis_label(column, values)
-        for number, (run, rows) in enumerate(curves.groupby("run", sort=False)):
-            line, marker = _RUN_STYLES[number % len(_RUN_STYLES)]
-            ax.plot(
-                rows["epoch"],
-                rows[column].to_numpy(dtype=float) / scale,
-                ls=line,
-                marker=marker,
-                ms=5,
-                lw=1.5,
-                alpha=0.85,
-                label=str(run),
-            )
-        if is_fraction(column):
-            _set_unit_ylim(ax, values / scale)
-        else:
-            floor = 0.0 if column.endswith(("_j", "_s", "_bytes")) else None
-            _set_ylim(ax, values / scale, floor=floor)
-        ax.set_ylabel(label)
-        note = notes.get(column)
-        ax.set_title(label.split(" (")[0] + (f"\n({note})" if note else ""), fontsize=11)
-        _epoch_axis(ax)
-        _legend(ax)
-    return figure
-
-
-def is_fraction(column: str) -> bool:
-    """Whether a column is an accuracy or a fraction (never negative)."""
-    return "acc" in column or column.endswith(("_frac", "sparsity"))
-
-
-def totals_figure(totals: pd.DataFrame, title: str) -> Figure | None:
-    """One bar per run: total energy (hatched when estimated), wall time, best val accuracy."""
-    panels = [
-        (column, label)
-        for column, label in (
-            ("total_energy_j", "total energy (J)"),
-            ("wall_time_s", "wall time (s)"),
-            ("best_val_acc", "best val accuracy"),
-        )
-        if column in totals.columns and totals[column].notna().any()
-    ]
-    if totals.empty or not panels:
-        return None
-    figure = _figure(title)
-    axes = figure.subplots(1, len(panels), squeeze=False)[0]
-    runs = totals["run"].astype(str).tolist()
-    sources = totals.get("energy_source", pd.Series([None] * len(totals)))
-    estimated = [str(s).startswith("estimated") for s in sources]
-    if any(estimated):
-        _note(
-            figure,
-            "hatched bars: estimated energy ("
-            + ", ".join(
-                f"{run}: {source}"
-                for run, source, est in zip(runs, sources, estimated, strict=True)
-                if est
-            )
-            + ")",
-        )
-    for ax, (column, label) in zip(axes, panels, strict=True):
-        values = totals[column].to_numpy(dtype=float)
-        if column == "best_val_acc":
-            label += " (%)" if np.nanmax(values) > 1 else " (fraction)"
-        bars = ax.bar(range(len(runs)), np.nan_to_num(values), color="tab:blue", width=0.6)
-        if column == "total_energy_j":
-            for bar, est in zip(bars, estimated, strict=True):
-                if est:
-                    bar.set_hatch("//")
-                    bar.set_facecolor("tab:orange")
-        for x, value in enumerate(values):
-            if np.isfinite(value):
-                text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
-                ax.annotate(
-                    text,
-                    (x, value),
-                    xytext=(0, 3),
-                    textcoords="offset points",
-                    ha="center",
-                    fontsize=8,
-                )
-        tilt = len(runs) > 3 or max(map(len, runs)) > 14
-        ax.set_xticks(
-            range(len(runs)),
-            labels=runs,
-            rotation=30 if tilt else 0,
-            ha="right" if tilt else "center",
-        )
-        ax.set_ylabel(label)
-        ax.set_title(label.split(" (")[0])
-        if column == "best_val_acc":
-            _set_unit_ylim(ax, values)
-        else:
-            _set_ylim(ax, np.append(values * 1.05, 0.0), floor=0.0)
-        ax.grid(True, axis="y", alpha=0.3)
+        epoch_axis(ax)
+        add_legend(ax)
     return figure

@@ -20,6 +20,9 @@ __all__ = [
     "axis_label",
     "bytes_unit",
     "energy_source_text",
+    "energy_sources_in",
+    "estimated_note",
+    "finite_number",
     "format_value",
     "is_estimated",
     "is_performance",
@@ -155,6 +158,17 @@ def is_performance(column: str) -> bool:
     return any(word in column for word in PERFORMANCE_WORDS)
 
 
+def finite_number(value: Any) -> float | None:
+    """A cell or JSON value as a finite float; None for words, booleans, None, NaN and inf."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def format_value(column: str, value: Any) -> str:
     """Short display string for one cell; bytes in binary units, empty cells as '-'."""
     if value is None or value is pd.NA:
@@ -182,6 +196,17 @@ def format_value(column: str, value: Any) -> str:
 def is_estimated(sources: Iterable[Any]) -> bool:
     """Whether any energy source is an estimate (``estimated:...``)."""
     return any(str(s).startswith("estimated") for s in sources if s is not None)
+
+
+def energy_sources_in(frame: pd.DataFrame) -> list[str]:
+    """The distinct values of a table's ``energy_source`` column, sorted ([] without one)."""
+    column = frame.get("energy_source", pd.Series(dtype=object))
+    return sorted({str(s) for s in column.dropna()})
+
+
+def estimated_note(sources: Iterable[Any]) -> str:
+    """' (energy estimated, not measured)' for a heading when any source is an estimate."""
+    return " (energy estimated, not measured)" if is_estimated(sources) else ""
 
 
 def energy_source_text(sources: Iterable[Any]) -> str:

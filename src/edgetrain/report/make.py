@@ -1,32 +1,21 @@
-"""The run report, written into ``RUN/report/``, and :func:`make_report` for every kind."""
+""":func:`make_report`: the report of a directory, whatever kind it is (see :mod:`.kinds`).
+
+The run report itself is written by :mod:`.run_report`; its names are re-exported here.
+"""
 
 from __future__ import annotations
 
-import logging
-from datetime import datetime
 from pathlib import Path
 
-import pandas as pd
-from matplotlib.figure import Figure
-
 from edgetrain.errors import EdgeTrainError
-from edgetrain.report import figures as fig
-from edgetrain.report import tables as tab
-from edgetrain.report.labels import format_value
-from edgetrain.report.pdf import assemble, save_pdf, save_png, save_pngs
-from edgetrain.report.rundir import KINDS, Run, detect_kind, load_run
-from edgetrain.report.textpages import (
-    LANDSCAPE,
-    PORTRAIT,
-    TABLE_FONT_SIZE,
-    Section,
-    frame_sections,
-    key_value_lines,
-    opening_sections,
-    page_width_chars,
-    text_pages,
+from edgetrain.report.kinds import KINDS, find_kind
+from edgetrain.report.run_report import (
+    FIGURE_NAMES,
+    plot_resources,
+    run_figures,
+    run_tables,
+    write_run_report,
 )
-from edgetrain.report.xlsx import MAX_SHEET_ROWS, write_xlsx
 
 __all__ = [
     "FIGURE_NAMES",
@@ -36,197 +25,6 @@ __all__ = [
     "run_tables",
     "write_run_report",
 ]
-
-logger = logging.getLogger(__name__)
-
-REPORT_DIR = "report"
-PLOT_MAX_ROWS = 20_000  # monitor samples drawn per series; peaks in the tables use all
-DECISION_ROWS_IN_PDF = 200
-FIGURE_NAMES = (
-    "training_curves",
-    "resources",
-    "energy",
-    "controller",
-    "correlation",
-    "correlation_pairs",
-    "activation",
-)
-
-
-def run_tables(run: Run) -> dict[str, pd.DataFrame]:
-    """Every table of a run report, by name (empty tables included)."""
-    correlation = tab.correlation_matrix(run)
-    return {
-        "totals": tab.totals_table(run),
-        "metrics": tab.metrics_table(run),
-        "curves": tab.training_curves(run),
-        "energy": tab.energy_per_epoch(run),
-        "resources": tab.resource_usage(run),
-        "boundaries": tab.epoch_boundaries(run),
-        "resource_summary": tab.resource_summary(run),
-        "controller": tab.controller_table(run),
-        "decisions": tab.decisions_table(run),
-        "per_epoch": tab.epoch_numeric_table(run),
-        "correlation": correlation,
-        "strongest_pairs": tab.strongest_pairs(correlation),
-        "activation": tab.activation_table(run),
-        "config": tab.config_table(run),
-        "environment": tab.environment_table(run),
-        "sensors": tab.sensors_table(run),
-    }
-
-
-def run_figures(run: Run, tables: dict[str, pd.DataFrame]) -> dict[str, Figure]:
-    """The figures that have data, by name, in report order."""
-    name = run.name
-    drawn = {
-        "training_curves": fig.training_curves_figure(tables["curves"], name),
-        "resources": fig.resources_figure(
-            tab.downsample(tables["resources"], PLOT_MAX_ROWS), tables["boundaries"], name
-        ),
-        "energy": fig.energy_figure(tables["energy"], name),
-        "controller": fig.controller_figure(tables["controller"], tables["decisions"], name),
-        "correlation": fig.correlation_figure(tables["correlation"], name),
-        "correlation_pairs": fig.pairs_figure(
-            tables["per_epoch"], tab.strongest_pairs(tables["correlation"], n=None), name
-        ),
-        "activation": fig.activation_figure(tables["activation"], name),
-    }
-    skipped = [key for key, figure in drawn.items() if figure is None]
-    if skipped:
-        logger.info("%s: no data for figure(s) %s; skipped", run.path, ", ".join(skipped))
-    return {key: figure for key, figure in drawn.items() if figure is not None}
-
-
-def _text(value: object) -> str:
-    """A cell as text; empty for None and NaN."""
-    return "" if value is None or (isinstance(value, float) and value != value) else str(value)
-
-
-def _sensor_pairs(sensors: pd.DataFrame) -> list[tuple[str, str]]:
-    pairs = []
-    for row in sensors.itertuples(index=False):
-        label = f" ({row.source_label})" if _text(row.source_label) else ""
-        if row.available is True or str(row.available).lower() == "true":
-            pairs.append((str(row.name), f"available{label}"))
-        else:
-            reason = _text(row.reason) or "no reason given"
-            pairs.append((str(row.name), f"not available{label}: {reason}"))
-    return pairs
-
-
-def title_sections(run: Run, tables: dict[str, pd.DataFrame]) -> list[Section]:
-    """The first pages: totals, notes, environment, sensors and the configuration."""
-    width = page_width_chars(PORTRAIT)
-    totals = tables["totals"]
-    pairs = zip(totals["quantity"], totals["text"], strict=True)
-    sections = opening_sections("Totals", pairs, run.problems, width)
-    environment = tables["environment"]
-    if not environment.empty:
-        values = [v if len(v) <= 300 else v[:299] + "…" for v in environment["value"]]
-        sections.append(
-            Section(
-                "Environment", key_value_lines(zip(environment["key"], values, strict=True), width)
-            )
-        )
-    if not tables["sensors"].empty:
-        sections.append(
-            Section("Sensors", key_value_lines(_sensor_pairs(tables["sensors"]), width))
-        )
-    config = tables["config"]
-    lines = key_value_lines(zip(config["key"], config["value"], strict=True), width)
-    sections.append(Section("Configuration (config.yaml)", lines or ["(no config.yaml)"]))
-    return sections
-
-
-def _summary_for_text(summary: pd.DataFrame) -> pd.DataFrame:
-    """Resource summary with min/mean/max written in the column's unit (bytes as MiB/GiB)."""
-    display = summary.copy()
-    for stat in ("min", "mean", "max"):
-        display[stat] = [
-            format_value(column, value)
-            for column, value in zip(summary["column"], summary[stat], strict=True)
-        ]
-    return display
-
-
-def table_sections(tables: dict[str, pd.DataFrame]) -> list[Section]:
-    """The tables at the end of the report, as landscape text sections."""
-    width = page_width_chars(LANDSCAPE, TABLE_FONT_SIZE)
-    sections = frame_sections(tables["metrics"], "Metrics per epoch (metrics.csv)", width)
-    if not tables["energy"].empty:
-        sections += frame_sections(tables["energy"], "Energy and time per epoch", width)
-    if not tables["resource_summary"].empty:
-        summary = _summary_for_text(tables["resource_summary"])
-        sections += frame_sections(summary, "Resource usage (resources.csv)", width)
-    if not tables["controller"].empty:
-        sections += frame_sections(tables["controller"], "Controller per epoch", width)
-    if not tables["decisions"].empty:
-        sections += frame_sections(
-            tables["decisions"], "Controller decisions (decisions.csv)", width, DECISION_ROWS_IN_PDF
-        )
-    if not tables["strongest_pairs"].empty:
-        pairs = tables["strongest_pairs"][["cost", "performance", "r"]].copy()
-        pairs["r"] = [f"{r:+.3f}" for r in pairs["r"]]
-        sections += frame_sections(pairs, "Strongest cost/performance correlations", width)
-    return sections
-
-
-def _intro(run: Run, status: str) -> list[str]:
-    return [
-        f"run directory: {run.path.resolve()}",
-        f"status: {status}",
-        f"report made: {datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
-    ]
-
-
-def write_run_report(run: Run, out: Path) -> list[str]:
-    """Write PNGs, ``report.pdf`` and ``report.xlsx`` for a loaded run into ``out``.
-
-    Returns:
-        The title of every PDF page, in order.
-    """
-    out.mkdir(parents=True, exist_ok=True)
-    tables = run_tables(run)
-    drawn = run_figures(run, tables)
-    save_pngs(drawn, FIGURE_NAMES, out)
-
-    status = str(tab.run_totals(run)["status"])
-    title = f"Training report: {run.name}"
-    front = text_pages(title_sections(run, tables), title, intro=_intro(run, status))
-    back = text_pages(
-        table_sections(tables), f"Tables: {run.name}", size=LANDSCAPE, font_size=TABLE_FONT_SIZE
-    )
-    pages, names = assemble(("title", front), drawn, ("tables", back))
-    save_pdf(pages, out / "report.pdf", title=title, footer=f"edgetrain report: {run.name}")
-
-    resources = tables["resources"]
-    if len(resources) > MAX_SHEET_ROWS:
-        logger.info("resources sheet thinned from %d to %d rows", len(resources), MAX_SHEET_ROWS)
-        resources = tab.downsample(resources, MAX_SHEET_ROWS)
-    correlation = tables["correlation"]
-    sheets = {
-        "totals": tables["totals"],
-        "metrics": tables["metrics"],
-        "energy": tables["energy"],
-        "resources": resources,
-        "resource_summary": tables["resource_summary"],
-        "controller": tables["controller"],
-        "decisions": tables["decisions"],
-        "correlation": correlation.rename_axis("column").reset_index()
-        if not correlation.empty
-        else correlation,
-        "strongest_pairs": tables["strongest_pairs"],
-        "config": tables["config"],
-        "environment": pd.concat(
-            [tables["environment"], tables["sensors"].rename(columns={"name": "sensor"})],
-            ignore_index=True,
-        )
-        if not tables["sensors"].empty
-        else tables["environment"],
-    }
-    write_xlsx(sheets, out / "report.xlsx")
-    return names
 
 
 def make_report(path: Path | str) -> Path:
@@ -246,54 +44,16 @@ def make_report(path: Path | str) -> Path:
             sweep) has not been analysed yet.
     """
     path = Path(path)
-    kind = detect_kind(path)
-    if kind == "compare":
-        from edgetrain.report.compare import compare_runs, run_children
-
-        return compare_runs(run_children(path), out=path / "comparison")
-    if kind == "unknown":
+    kind = find_kind(path)
+    if kind is None:
         known = "; ".join(f"{name}: {what}" for name, what in KINDS.items())
         raise EdgeTrainError(
             f"{path} is not a run directory (no metrics.csv) nor any other directory edgetrain "
             f"reports on; known kinds are {known}"
         )
-    out = path / REPORT_DIR
+    out = path / kind.out_dir
     try:
-        if kind == "run":
-            write_run_report(load_run(path), out)
-        elif kind == "sweep":
-            from edgetrain.report.sweep import load_sweep, write_sweep_report
-
-            write_sweep_report(load_sweep(path), out)
-        elif kind == "bench":
-            from edgetrain.report.bench import load_bench, write_bench_report
-
-            write_bench_report(load_bench(path), out)
-        else:
-            from edgetrain.report.sparse import load_sparse_compare, write_sparse_report
-
-            write_sparse_report(load_sparse_compare(path), out)
+        kind.write(path, out)
     except OSError as exc:
         raise EdgeTrainError(f"cannot write the report into {out}: {exc}") from exc
     return out
-
-
-def plot_resources(path: Path | str) -> Path:
-    """Draw only the resources-over-time figure into ``RUN/report/resources.png``.
-
-    Raises:
-        EdgeTrainError: if the run has no monitor samples.
-    """
-    run = load_run(path)
-    usage = tab.resource_usage(run, max_rows=PLOT_MAX_ROWS)
-    figure = fig.resources_figure(usage, tab.epoch_boundaries(run), run.name)
-    if figure is None:
-        raise EdgeTrainError(
-            f"{run.path} has no resource samples (resources.csv is missing or empty)"
-        )
-    out = run.path / REPORT_DIR
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        return save_png(figure, out / "resources.png")
-    except OSError as exc:
-        raise EdgeTrainError(f"cannot write {out / 'resources.png'}: {exc}") from exc

@@ -12,7 +12,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
-__all__ = ["save_pdf", "save_png"]
+__all__ = ["assemble", "drawn_figures", "save_pdf", "save_png", "save_pngs"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,18 @@ def assemble(
             pages += list(figures)
             names += [f"{label} {i + 1}" for i in range(len(figures))]
     return pages, names
+
+
+def drawn_figures(
+    drawn: Mapping[str, Figure | None], names: Iterable[str], where: object
+) -> dict[str, Figure]:
+    """The figures of ``names`` that were drawn, in that order; the others (None or absent:
+    no data) are logged as skipped, with ``where`` (the directory) in the message."""
+    names = list(names)
+    skipped = [name for name in names if drawn.get(name) is None]
+    if skipped:
+        logger.info("%s: no data for figure(s) %s; skipped", where, ", ".join(skipped))
+    return {name: figure for name in names if (figure := drawn.get(name)) is not None}
 
 
 def save_pngs(drawn: Mapping[str, Figure], names: Iterable[str], out: Path) -> None:

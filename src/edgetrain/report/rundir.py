@@ -1,4 +1,7 @@
-"""Reading run directories (the contract in DESIGN.md, "The run directory").
+"""Reading run directories (the contract in docs/design.md, "The run directory").
+
+Also the file checks that tell the kinds of directory apart (:mod:`.kinds` puts them in
+order) and the readers the other kinds share (:func:`read_csv_rows`, :func:`read_mapping`).
 
 Every file may be missing and every optional column may be empty. CSV rows are appended
 and flushed one at a time, so a complete row always ends with a newline: a last line
@@ -22,11 +25,10 @@ from edgetrain.errors import EdgeTrainError
 
 __all__ = [
     "DECISIONS_COLUMNS",
-    "KINDS",
     "METRICS_COLUMNS",
     "RESOURCES_COLUMNS",
     "Run",
-    "detect_kind",
+    "csv_header",
     "is_bench_directory",
     "is_run_directory",
     "is_sparse_compare_directory",
@@ -34,6 +36,7 @@ __all__ = [
     "is_sweep_directory",
     "load_run",
     "read_csv_rows",
+    "read_mapping",
     "require_directory",
 ]
 
@@ -119,39 +122,6 @@ def require_directory(path: Path | str) -> Path:
     return path
 
 
-KINDS: dict[str, str] = {
-    "run": "a run directory (metrics.csv, or summary.json with config.yaml)",
-    "sweep": "a sweep directory (sweep.json, space.yaml or analysis/trials.csv)",
-    "bench": "a benchmark directory from `edgetrain bench` (summary.csv with batches.csv)",
-    "sparse-compare": (
-        "a sparse-update comparison from `edgetrain sparse-compare` "
-        "(results.csv or runs.csv with a scheme column)"
-    ),
-    "compare": "a directory holding two or more run directories (compared side by side)",
-}
-
-
-def detect_kind(path: Path | str) -> str:
-    """Classify a directory: one of :data:`KINDS`, or 'unknown'.
-
-    A run is recognised first; then a sweep (its files, or an analysis directory written
-    elsewhere), a benchmark, a sparse-update comparison, and last a directory of runs.
-    """
-    path = require_directory(path)
-    if is_run_directory(path):
-        return "run"
-    if is_sweep_directory(path):
-        return "sweep"
-    if is_bench_directory(path):
-        return "bench"
-    if is_sparse_compare_directory(path):
-        return "sparse-compare"
-    children = [child for child in sorted(path.iterdir()) if child.is_dir()]
-    if sum(is_run_directory(child) for child in children) >= 2:
-        return "compare"
-    return "unknown"
-
-
 def is_sweep_directory(path: Path) -> bool:
     """A sweep: sweep.json, space.yaml, analysis/trials.csv or trials/; or its analysis/."""
     return (
@@ -175,15 +145,15 @@ def is_bench_directory(path: Path) -> bool:
     summary = path / "summary.csv"
     if not summary.is_file():
         return False
-    return (path / "batches.csv").is_file() or "stall_s_mean" in _csv_header(summary)
+    return (path / "batches.csv").is_file() or "stall_s_mean" in csv_header(summary)
 
 
 def is_sparse_compare_directory(path: Path) -> bool:
     """A sparse-update comparison: results.csv or runs.csv with a ``scheme`` column."""
-    return any("scheme" in _csv_header(path / name) for name in ("results.csv", "runs.csv"))
+    return any("scheme" in csv_header(path / name) for name in ("results.csv", "runs.csv"))
 
 
-def _csv_header(path: Path) -> list[str]:
+def csv_header(path: Path) -> list[str]:
     """The column names of a CSV file ([] when it is missing or unreadable)."""
     try:
         with path.open(encoding="utf-8", errors="replace", newline="") as handle:
@@ -210,9 +180,9 @@ def load_run(path: Path | str) -> Run:
     if not is_run_directory(path):
         raise EdgeTrainError(f"{path} is not a run directory (no metrics.csv)")
     problems: list[str] = []
-    config = _read_mapping(path / "config.yaml", problems)
-    env = _read_mapping(path / "env.json", problems)
-    summary = _read_mapping(path / "summary.json", problems)
+    config = read_mapping(path / "config.yaml", problems)
+    env = read_mapping(path / "env.json", problems)
+    summary = read_mapping(path / "summary.json", problems)
     metrics = _tidy_metrics(read_csv_rows(path / "metrics.csv", METRICS_COLUMNS, problems))
     resources = read_csv_rows(path / "resources.csv", RESOURCES_COLUMNS, problems)
     decisions = read_csv_rows(path / "decisions.csv", DECISIONS_COLUMNS, problems)
@@ -221,7 +191,7 @@ def load_run(path: Path | str) -> Run:
     return Run(path, config, env, summary, metrics, resources, decisions, tuple(problems))
 
 
-def _read_mapping(path: Path, problems: list[str]) -> dict[str, Any]:
+def read_mapping(path: Path, problems: list[str]) -> dict[str, Any]:
     """Read a JSON or YAML mapping; a missing file is {}, a broken one is {} and a problem."""
     if not path.is_file():
         return {}

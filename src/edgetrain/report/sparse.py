@@ -4,9 +4,8 @@ Reads ``results.csv`` (mean and std over seeds per scheme and budget), ``runs.cs
 row per run) and, for the energy each run took, ``runs/<label>/summary.json``. Without
 results.csv (a comparison stopped mid-grid) the means are computed from runs.csv.
 
-``budget`` is written as given: a fraction of the parameters (0.25), a number of
-parameters (50000) or a size of training memory ('300MiB'); schemes without a budget
-(full, last_k, bias_only) have an empty budget.
+``budget`` is written as given (see :mod:`.sparse_budget`, whose names are re-exported
+here); the figures are drawn by :mod:`.sparse_figures`.
 """
 
 from __future__ import annotations
@@ -22,9 +21,22 @@ import pandas as pd
 
 from edgetrain.errors import EdgeTrainError
 from edgetrain.report import sparse_figures as sfig
-from edgetrain.report.labels import MIB, energy_source_text, is_estimated, mean_std_text
-from edgetrain.report.pdf import assemble, save_pdf, save_png
-from edgetrain.report.rundir import _read_mapping, read_csv_rows, require_directory
+from edgetrain.report.labels import (
+    energy_source_text,
+    energy_sources_in,
+    estimated_note,
+    is_estimated,
+    mean_std_text,
+)
+from edgetrain.report.pdf import assemble, drawn_figures, save_pdf, save_pngs
+from edgetrain.report.reportkind import ReportKind
+from edgetrain.report.rundir import (
+    is_sparse_compare_directory,
+    read_csv_rows,
+    read_mapping,
+    require_directory,
+)
+from edgetrain.report.sparse_budget import BudgetAxis, budget_axis, parse_budget
 from edgetrain.report.textpages import (
     LANDSCAPE,
     PORTRAIT,
@@ -32,14 +44,16 @@ from edgetrain.report.textpages import (
     frame_sections,
     opening_sections,
     page_width_chars,
+    table_pages,
     text_pages,
 )
 from edgetrain.report.xlsx import write_xlsx
-from edgetrain.units import parse_bytes
+from edgetrain.safefs import claim_dir
 
 __all__ = [
     "RESULT_METRICS",
     "SPARSE_FIGURES",
+    "SPARSE_KIND",
     "BudgetAxis",
     "SparseCompare",
     "budget_axis",
@@ -96,8 +110,7 @@ class SparseCompare:
     @property
     def energy_sources(self) -> list[str]:
         """The energy sources of the runs."""
-        column = self.runs.get("energy_source", pd.Series(dtype=object))
-        return sorted({str(s) for s in column.dropna()})
+        return energy_sources_in(self.runs)
 
 
 def _group_keys(frame: pd.DataFrame) -> pd.Series:
@@ -153,7 +166,7 @@ def _add_energy(root: Path, runs: pd.DataFrame, problems: list[str]) -> pd.DataF
     energy, sources, missing = [], [], 0
     for written in runs.get("run", pd.Series([None] * len(runs))):
         directory = _run_directory(root, written)
-        summary = _read_mapping(directory / "summary.json", problems) if directory else {}
+        summary = read_mapping(directory / "summary.json", problems) if directory else {}
         value = summary.get("total_energy_j")
         ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
         missing += not ok
@@ -206,31 +219,6 @@ def load_sparse_compare(path: Path | str) -> SparseCompare:
 # -- tables -------------------------------------------------------------------------------
 
 
-def parse_budget(text: Any) -> tuple[float, str | None]:
-    """A budget as written -> (value, kind): kind 'fraction', 'params', 'bytes' or None.
-
-    '0.25' is a fraction of the parameters, '50000' a number of parameters, '300MiB' bytes
-    of training memory; an empty budget (an unbudgeted scheme) is (nan, None).
-    """
-    if text is None or (isinstance(text, float) and math.isnan(text)) or str(text).strip() == "":
-        return math.nan, None
-    raw = str(text).strip()
-    try:
-        return float(int(raw)), "params"
-    except ValueError:
-        pass
-    try:
-        value = float(raw)
-    except ValueError:
-        try:
-            return float(parse_bytes(raw)), "bytes"
-        except Exception:
-            return math.nan, "words"
-    if value <= 1.0:
-        return value, "fraction"
-    return value, "params"
-
-
 def sparse_results(sc: SparseCompare) -> pd.DataFrame:
     """The results with the budget parsed: ``scheme, budget, budget_value, budget_kind,
     seeds`` then ``<metric>_mean, <metric>_std`` for the metrics present."""
@@ -241,46 +229,6 @@ def sparse_results(sc: SparseCompare) -> pd.DataFrame:
     results.insert(2, "budget_value", [value for value, _ in parsed])
     results.insert(3, "budget_kind", [kind for _, kind in parsed])
     return results.reset_index(drop=True)
-
-
-@dataclass(frozen=True)
-class BudgetAxis:
-    """How budgets are placed on an x axis.
-
-    Attributes:
-        kind: 'fraction', 'params', 'bytes' or 'category' (budgets of mixed kinds).
-        label: The axis label, with unit.
-        scale: Divide budget values by this (bytes are drawn in MiB).
-        order: For 'category', the budgets as written, in order.
-    """
-
-    kind: str
-    label: str
-    scale: float = 1.0
-    order: tuple[str, ...] = ()
-
-    def positions(self, results: pd.DataFrame) -> np.ndarray:
-        """The x of each row of :func:`sparse_results` (NaN for unbudgeted schemes)."""
-        if self.kind == "category":
-            index = {text: i for i, text in enumerate(self.order)}
-            return np.array(
-                [index.get(str(b), np.nan) if pd.notna(b) else np.nan for b in results["budget"]],
-                dtype=float,
-            )
-        return results["budget_value"].to_numpy(dtype=float) / self.scale
-
-
-def budget_axis(results: pd.DataFrame) -> BudgetAxis:
-    """The x axis for the budgeted schemes (the kind all budgets share, else categories)."""
-    kinds = {k for k in results["budget_kind"] if isinstance(k, str)}
-    if kinds == {"fraction"}:
-        return BudgetAxis("fraction", "budget (fraction of the parameters)")
-    if kinds == {"params"}:
-        return BudgetAxis("params", "budget (parameters)")
-    if kinds == {"bytes"}:
-        return BudgetAxis("bytes", "budget (training memory, MiB)", float(MIB))
-    order = tuple(dict.fromkeys(str(b) for b in results["budget"] if pd.notna(b)))
-    return BudgetAxis("category", "budget (as given)", order=order)
 
 
 def sparse_overview(sc: SparseCompare) -> pd.DataFrame:
@@ -340,7 +288,7 @@ def write_sparse_report(sc: SparseCompare, out: Path) -> list[str]:
     Returns:
         The title of every PDF page, in order.
     """
-    out.mkdir(parents=True, exist_ok=True)
+    claim_dir(out, "report", reuse=True, what="report directory")
     results = sparse_results(sc)
     axis = budget_axis(results)
     sources = sc.energy_sources
@@ -348,13 +296,8 @@ def write_sparse_report(sc: SparseCompare, out: Path) -> list[str]:
         "sparse_accuracy": sfig.accuracy_figure(results, sc.runs, axis, sc.name),
         "sparse_costs": sfig.costs_figure(results, axis, sc.name, sources),
     }
-    for name in SPARSE_FIGURES:
-        png = out / f"{name}.png"
-        if drawn[name] is not None:
-            save_png(drawn[name], png)
-        elif png.exists():
-            png.unlink()
-    figures = {name: figure for name, figure in drawn.items() if figure is not None}
+    figures = drawn_figures(drawn, SPARSE_FIGURES, sc.path)
+    save_pngs(figures, SPARSE_FIGURES, out)
 
     overview = sparse_overview(sc)
     width = page_width_chars(PORTRAIT)
@@ -367,17 +310,32 @@ def write_sparse_report(sc: SparseCompare, out: Path) -> list[str]:
     title = f"Sparse-update comparison: {sc.name}"
     front = text_pages(sections, title, intro=[f"directory: {sc.path.resolve()}"])
     wide = page_width_chars(LANDSCAPE, TABLE_FONT_SIZE)
-    note = " (energy estimated, not measured)" if is_estimated(sources) else ""
     back_sections = frame_sections(
-        _results_text(results), f"Mean ± std over seeds per scheme and budget{note}", wide
+        _results_text(results),
+        f"Mean ± std over seeds per scheme and budget{estimated_note(sources)}",
+        wide,
     )
     if not sc.runs.empty:
         runs = sc.runs.drop(columns=["run"], errors="ignore")
         back_sections += frame_sections(runs, "Every run (runs.csv)", wide, 400)
-    back = text_pages(
-        back_sections, f"Tables: {sc.name}", size=LANDSCAPE, font_size=TABLE_FONT_SIZE
-    )
+    back = table_pages(back_sections, f"Tables: {sc.name}")
     pages, names = assemble(("title", front), figures, ("tables", back))
     save_pdf(pages, out / "report.pdf", title=title, footer=f"edgetrain sparse-compare: {sc.name}")
     write_xlsx({"overview": overview, "results": results, "runs": sc.runs}, out / "report.xlsx")
     return names
+
+
+def report_sparse_directory(path: Path, out: Path) -> list[str]:
+    """Read the sparse-update comparison ``path`` and write its report into ``out``."""
+    return write_sparse_report(load_sparse_compare(path), out)
+
+
+SPARSE_KIND = ReportKind(
+    name="sparse-compare",
+    description=(
+        "a sparse-update comparison from `edgetrain sparse-compare` "
+        "(results.csv or runs.csv with a scheme column)"
+    ),
+    detect=is_sparse_compare_directory,
+    write=report_sparse_directory,
+)

@@ -8,19 +8,22 @@ scheme can be read against the same axes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from edgetrain.report.figures import _figure, _finite, _note, _set_ylim
 from edgetrain.report.labels import axis_label, energy_source_text, is_estimated
-from edgetrain.report.sweep_figures import set_value_axis
-
-if TYPE_CHECKING:
-    from edgetrain.report.sparse import BudgetAxis
+from edgetrain.report.plotting import (
+    add_note,
+    finite_values,
+    new_figure,
+    set_limits,
+    set_value_axis,
+    std_or_zero,
+)
+from edgetrain.report.sparse_budget import BudgetAxis, parse_budget
 
 __all__ = ["accuracy_figure", "costs_figure"]
 
@@ -42,12 +45,6 @@ def _accuracy_column(results: pd.DataFrame) -> str | None:
     return None
 
 
-def _std(frame: pd.DataFrame, column: str) -> np.ndarray:
-    if column not in frame.columns:
-        return np.zeros(len(frame))
-    return np.nan_to_num(frame[column].to_numpy(dtype=float))
-
-
 def _against_budget(
     ax: Axes,
     results: pd.DataFrame,
@@ -59,7 +56,7 @@ def _against_budget(
     """Draw ``metric`` against the budget; returns every value drawn (scaled, with ±std)."""
     x = axis.positions(results)
     mean = results[f"{metric}_mean"].to_numpy(dtype=float) / scale
-    std = _std(results, f"{metric}_std") / scale
+    std = std_or_zero(results, f"{metric}_std") / scale
     budgeted = np.isfinite(x)
     drawn = [mean - std, mean + std]
     for scheme, (color, marker) in styles.items():
@@ -103,14 +100,12 @@ def accuracy_figure(
         return None
     styles = _styles(results)
     what = "test accuracy" if metric == "test_acc" else "best val accuracy"
-    figure = _figure(f"{title}: {what} against the update budget")
-    _note(figure, "mean ± std over seeds; dashed lines and bands: schemes without a budget")
+    figure = new_figure(f"{title}: {what} against the update budget")
+    add_note(figure, "mean ± std over seeds; dashed lines and bands: schemes without a budget")
     frac = "trainable_frac_mean" in results.columns and results["trainable_frac_mean"].notna().any()
     axes = figure.subplots(1, 2 if frac else 1, squeeze=False)[0]
     values = _against_budget(axes[0], results, metric, axis, 1.0, styles)
     if not runs.empty and {metric, "scheme"} <= set(runs.columns) and axis.kind != "category":
-        from edgetrain.report.sparse import parse_budget
-
         budget = np.array([parse_budget(b)[0] for b in runs.get("budget", [])], dtype=float)
         for scheme, (color, _) in styles.items():
             rows = (runs["scheme"].astype(str) == scheme).to_numpy() & np.isfinite(budget)
@@ -123,7 +118,7 @@ def accuracy_figure(
                 zorder=1,
             )
         values = np.concatenate([values, runs[metric].to_numpy(dtype=float)])
-    _set_ylim(axes[0], values, floor=0.0)
+    set_limits(axes[0], values, floor=0.0)
     _, label = axis_label(metric, values)
     axes[0].set_ylabel(label)
     axes[0].set_title(f"{what} by budget (small dots: single runs)", fontsize=11)
@@ -132,7 +127,10 @@ def accuracy_figure(
         ax = axes[1]
         x = results["trainable_frac_mean"].to_numpy(dtype=float)
         y = results[f"{metric}_mean"].to_numpy(dtype=float)
-        xerr, yerr = _std(results, "trainable_frac_std"), _std(results, f"{metric}_std")
+        xerr, yerr = (
+            std_or_zero(results, "trainable_frac_std"),
+            std_or_zero(results, f"{metric}_std"),
+        )
         for scheme, (color, marker) in styles.items():
             rows = (results["scheme"].astype(str) == scheme).to_numpy()
             ax.errorbar(
@@ -146,7 +144,7 @@ def accuracy_figure(
                 capsize=3,
                 label=scheme,
             )
-        _set_ylim(ax, np.concatenate([y - yerr, y + yerr]), floor=0.0)
+        set_limits(ax, np.concatenate([y - yerr, y + yerr]), floor=0.0)
         low = float(np.nanmin(x - xerr)) if np.isfinite(x).any() else 0.0
         ax.set_xlim(min(0.0, low) - 0.03, max(1.0, float(np.nanmax(x + xerr))) + 0.03)
         ax.set_xlabel("parameters updated per step (fraction of all, 0..1)")
@@ -170,18 +168,18 @@ def costs_figure(
         return None
     styles = _styles(results)
     estimated = is_estimated(sources)
-    figure = _figure(f"{title}: memory, time and energy against the update budget")
+    figure = new_figure(f"{title}: memory, time and energy against the update budget")
     note = "mean ± std over seeds; dashed lines and bands: schemes without a budget"
     if "energy_j" in panels:
         note += "; energy source: " + energy_source_text(sources)
-    _note(figure, note)
+    add_note(figure, note)
     columns = 2 if len(panels) > 1 else 1
     rows = int(np.ceil(len(panels) / columns))
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     for ax, metric in zip(axes, panels, strict=False):
         means = results[f"{metric}_mean"].to_numpy(dtype=float)
         if metric == "peak_train_bytes":
-            scale, label = axis_label(metric, _finite(means))
+            scale, label = axis_label(metric, finite_values(means))
             label = label.replace("peak train", "peak training memory")
             name = "peak training memory"
         elif metric == "step_time_s":
@@ -193,7 +191,7 @@ def costs_figure(
             label = "energy per run (J, estimated)" if estimated else "energy per run (J)"
             name = "energy per run" + (" (estimate)" if estimated else "")
         values = _against_budget(ax, results, metric, axis, scale, styles)
-        _set_ylim(ax, values, floor=0.0)
+        set_limits(ax, values, floor=0.0)
         ax.set_ylabel(label)
         ax.set_title(name, fontsize=11)
     for ax in axes[len(panels) :]:

@@ -1,7 +1,8 @@
 """Drawing the sweep report: Pareto front, parameter importance, per-parameter distributions.
 
-Each function takes a table from :mod:`edgetrain.report.sweep` and returns a Figure, or
-None when the table is empty.
+Each function takes a table from :mod:`edgetrain.report.sweep_stats` and returns a Figure,
+or None when the table is empty. :func:`set_value_axis`, :func:`spans_decade` and
+:func:`log_limits` live in :mod:`edgetrain.report.plotting` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -11,12 +12,18 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from edgetrain.report.figures import _figure, _finite, _note, _set_ylim
 from edgetrain.report.labels import energy_source_text, is_estimated
+from edgetrain.report.plotting import (
+    add_note,
+    finite_values,
+    log_limits,
+    new_figure,
+    set_limits,
+    set_value_axis,
+    spans_decade,
+)
 
 __all__ = [
     "effects_figure",
@@ -31,54 +38,12 @@ _LABEL_POINTS = 40  # trials annotated with their number up to this many
 _MAX_TICK_CHARS = 16
 
 
-def spans_decade(values: Sequence[float] | np.ndarray) -> bool:
-    """Whether positive values span more than a factor of 10 (then a log axis reads better)."""
-    finite = _finite(values)
-    return bool(finite.size and finite.min() > 0 and finite.max() / finite.min() > 10)
-
-
-def log_limits(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
-    """Log-axis limits with a margin of a quarter of the axis' decades on each side."""
-    finite = _finite(values)
-    low, high = math.log10(finite.min()), math.log10(finite.max())
-    pad = max(0.06 * (high - low), 0.05)
-    return 10 ** (low - pad), 10 ** (high + pad)
-
-
-def set_value_axis(
-    ax: Axes, values: np.ndarray, axis: str = "y", floor: float | None = 0.0
-) -> None:
-    """Log scale when the values span more than 10x, else linear with a margin."""
-    finite = _finite(values)
-    if finite.size == 0:
-        return
-    if spans_decade(finite):
-        low, high = log_limits(finite)
-        (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
-        (ax.set_ylim if axis == "y" else ax.set_xlim)(low, high)
-        # plain numbers (20, 50, 100) rather than powers of ten; 1-2-5 steps on short spans
-        subs = (1.0, 2.0, 5.0) if math.log10(high / low) <= 2.5 else (1.0,)
-        target = ax.yaxis if axis == "y" else ax.xaxis
-        target.set_major_locator(LogLocator(base=10, subs=subs))
-        target.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-        target.set_minor_formatter(NullFormatter())
-    elif axis == "y":
-        _set_ylim(ax, finite, floor=floor)
-    else:
-        low, high = float(finite.min()), float(finite.max())
-        pad = 0.06 * (high - low) if high > low else max(abs(high) * 0.1, 0.05)
-        left = low - pad
-        if floor is not None and low >= floor:
-            left = max(low - pad, floor - 0.02 * (high + pad - floor))
-        ax.set_xlim(left, high + pad)
-
-
 def _energy_label(sources: Sequence[str], what: str = "energy per trial") -> str:
     return f"{what} (J, estimated)" if is_estimated(sources) else f"{what} (J)"
 
 
 def _accuracy_label(values: np.ndarray) -> str:
-    finite = _finite(values)
+    finite = finite_values(values)
     return "val accuracy (%)" if finite.size and finite.max() > 1 else "val accuracy (fraction)"
 
 
@@ -86,8 +51,8 @@ def pareto_figure(points: pd.DataFrame, title: str, sources: Sequence[str]) -> F
     """Accuracy against energy for every completed trial; the Pareto front and knee marked."""
     if points.empty:
         return None
-    figure = _figure(f"{title}: accuracy vs energy, Pareto front")
-    _note(figure, "energy source: " + energy_source_text(sources))
+    figure = new_figure(f"{title}: accuracy vs energy, Pareto front")
+    add_note(figure, "energy source: " + energy_source_text(sources))
     ax = figure.subplots()
     energy = points["energy_j"].to_numpy(dtype=float)
     accuracy = points["val_acc"].to_numpy(dtype=float)
@@ -129,7 +94,7 @@ def pareto_figure(points: pd.DataFrame, title: str, sources: Sequence[str]) -> F
                 f"{int(number)}", (x, y), xytext=(5, 4), textcoords="offset points", fontsize=8
             )
     set_value_axis(ax, energy, axis="x")
-    _set_ylim(ax, accuracy, floor=0.0)
+    set_limits(ax, accuracy, floor=0.0)
     ax.set_xlabel(_energy_label(sources) + (", log scale" if spans_decade(energy) else ""))
     ax.set_ylabel(_accuracy_label(accuracy))
     ax.set_title("each point is a completed trial, labelled with its number", fontsize=10)
@@ -150,8 +115,8 @@ def importance_figure(bars: dict[str, pd.DataFrame], title: str) -> Figure | Non
     panels = {target: table for target, table in bars.items() if not table.empty}
     if not panels:
         return None
-    figure = _figure(f"{title}: parameter importance")
-    _note(
+    figure = new_figure(f"{title}: parameter importance")
+    add_note(
         figure,
         "fANOVA: share of the target's variance explained by the parameter; "
         "ε²: Kruskal-Wallis effect size of the parameter's groups (both 0..1)",
@@ -206,9 +171,9 @@ def effects_figure(
     rows = math.ceil(count / columns)
     energy = column == "energy_j"
     what = "energy" if energy else "accuracy"
-    figure = _figure(f"{title}: {what} of the trials by parameter value")
+    figure = new_figure(f"{title}: {what} of the trials by parameter value")
     if energy:
-        _note(figure, "energy source: " + energy_source_text(sources))
+        add_note(figure, "energy source: " + energy_source_text(sources))
     axes = figure.subplots(rows, columns, squeeze=False, sharey=True).ravel()
     values = effects[column].to_numpy(dtype=float)
     for ax, name in zip(axes, params, strict=False):
@@ -255,7 +220,7 @@ def effects_figure(
         set_value_axis(axes[0], values, axis="y")
         label = _energy_label(sources) + (", log" if spans_decade(values) else "")
     else:
-        _set_ylim(axes[0], values, floor=0.0)
+        set_limits(axes[0], values, floor=0.0)
         label = _accuracy_label(values)
     for row in range(rows):
         axes[row * columns].set_ylabel(label, fontsize=9)

@@ -25,6 +25,7 @@ __all__ = [
     "frame_sections",
     "key_value_lines",
     "page_width_chars",
+    "table_pages",
     "text_pages",
 ]
 
@@ -246,3 +247,8 @@ def text_pages(
                 y -= step
         figures.append(figure)
     return figures
+
+
+def table_pages(sections: list[Section], title: str) -> list[Figure]:
+    """Lay table sections out on landscape pages in the table font (a report's last pages)."""
+    return text_pages(sections, title, size=LANDSCAPE, font_size=TABLE_FONT_SIZE)

@@ -5,14 +5,21 @@ edgetrain keeps one mechanism for both:
 
 - Each worker process runs one :class:`Heartbeat` thread that, every ``interval_s``,
   bumps a counter in a system attribute of each trial it is running.
-- :class:`StaleTrialReaper` (run by every worker before it asks for a trial) marks a
-  RUNNING trial failed, with reason ``lost``, when its worker is a dead process on this
-  host (known at once, e.g. on resume after a kill), or when its counter has not changed
-  for ``grace_s`` seconds of the reaper's own clock. Comparing counters, not timestamps,
-  makes machines' clock differences irrelevant.
+- :class:`StaleTrialReaper` (run by every worker before it asks for a trial) finds a
+  RUNNING trial whose worker is gone: a dead process on this host (known at once, e.g. on
+  resume after a kill; also a trial of this very process that no worker runs any more),
+  or a counter that has not changed for ``grace_s`` seconds of the reaper's own clock.
+  Comparing counters, not timestamps, makes machines' clock differences irrelevant.
 
-A lost trial says nothing about its configuration, so it is re-queued once with the same
+If the trial had finished (its ``trial.json`` says so, see :mod:`edgetrain.sweep.recover`),
+its result is told to the study; otherwise it is marked failed with reason ``lost``. A
+lost trial says nothing about its configuration, so it is re-queued once with the same
 parameters (user attribute ``retry_of``) and does not count towards ``--trials``.
+
+Only Optuna's public API is used: storage methods of ``optuna.storages.BaseStorage`` on
+trial ids found with ``get_trial_id_from_study_id_trial_number``. Optuna's own heartbeat
+(``RDBStorage(heartbeat_interval=...)`` with ``RetryFailedTrialCallback``) is not used: it
+exists for database storages only and is driven by ``study.optimize``, not ask/tell.
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ __all__ = [
     "StaleTrialReaper",
     "fail_trial",
     "owner_record",
+    "requeue",
+    "study_id_of",
+    "trial_id_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -42,6 +52,20 @@ log = logging.getLogger(__name__)
 HEARTBEAT_ATTR = "edgetrain:heartbeat"
 OWNER_ATTR = "edgetrain:owner"
 FAIL_REASON_ATTR = "edgetrain:fail_reason"
+
+# owner tokens of the trials that workers of this process are running now
+_LIVE_TOKENS: set[str] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def study_id_of(storage: Any, study: Any) -> int:
+    """The storage's id of a study (public storage API)."""
+    return int(storage.get_study_id_from_name(study.study_name))
+
+
+def trial_id_of(storage: Any, study_id: int, number: int) -> int:
+    """The storage's id of trial ``number`` (public storage API)."""
+    return int(storage.get_trial_id_from_study_id_trial_number(study_id, number))
 
 
 def _process_start(pid: int) -> float | None:
@@ -54,7 +78,11 @@ def _process_start(pid: int) -> float | None:
 
 
 def owner_record(worker: int = 0) -> dict[str, Any]:
-    """Who runs a trial: host, worker process (pid and its start time) and worker thread."""
+    """Who runs a trial: host, worker process (pid and its start time) and worker thread.
+
+    A worker adds ``token`` (unique per trial, also written into the trial's
+    ``trial.json``) and ``run_dir`` (the trial directory's absolute path).
+    """
     pid = os.getpid()
     return {
         "host": socket.gethostname(),
@@ -65,7 +93,7 @@ def owner_record(worker: int = 0) -> dict[str, Any]:
 
 
 def _owner_dead(owner: Any) -> bool:
-    """True only when the owner is on this host and its process is certainly gone."""
+    """True only when the owner is on this host and certainly runs the trial no more."""
     if not isinstance(owner, dict) or owner.get("host") != socket.gethostname():
         return False
     pid, start = owner.get("pid"), owner.get("pid_start")
@@ -74,7 +102,13 @@ def _owner_dead(owner: Any) -> bool:
     now_start = _process_start(pid)
     if now_start is None:
         return True  # no such process
-    return start is not None and abs(now_start - float(start)) > 1.0  # pid reused
+    if start is not None and abs(now_start - float(start)) > 1.0:
+        return True  # pid reused
+    token = owner.get("token")
+    if pid == os.getpid() and isinstance(token, str):
+        with _LIVE_LOCK:  # ours, but no worker of this process runs it (an earlier call's)
+            return token not in _LIVE_TOKENS
+    return False
 
 
 def fail_trial(storage: Any, trial_id: int, reason: str, error: str) -> bool:
@@ -96,27 +130,39 @@ class Heartbeat:
     Args:
         storage: the study's Optuna storage.
         interval_s: seconds between beats.
+        url: the storage URL as given (masked out of messages).
     """
 
-    def __init__(self, storage: Any, interval_s: float = 10.0) -> None:
+    def __init__(self, storage: Any, interval_s: float = 10.0, url: str | None = None) -> None:
         self.storage = storage
         self.interval_s = float(interval_s)
+        self.url = url
         self._active: dict[int, int] = {}
+        self._tokens: dict[int, str] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.reaped: set[int] = set()  # own trials another worker marked failed
 
-    def add(self, trial_id: int) -> None:
-        """Start beating for a trial (one beat now)."""
+    def add(self, trial_id: int, token: str | None = None) -> None:
+        """Start beating for a trial (one beat now); ``token``: its owner token."""
+        if token is not None:
+            with _LIVE_LOCK:
+                _LIVE_TOKENS.add(token)
         with self._lock:
             self._active[trial_id] = 0
+            if token is not None:
+                self._tokens[trial_id] = token
         self._beat(trial_id)
 
     def remove(self, trial_id: int) -> None:
         """Stop beating for a trial."""
         with self._lock:
             self._active.pop(trial_id, None)
+            token = self._tokens.pop(trial_id, None)
+        if token is not None:
+            with _LIVE_LOCK:
+                _LIVE_TOKENS.discard(token)
 
     def active(self) -> set[int]:
         """Trial ids this process is running."""
@@ -135,7 +181,15 @@ class Heartbeat:
             self.reaped.add(trial_id)
             self.remove(trial_id)
         except Exception as exc:  # a storage hiccup must not end the sweep
-            log.warning("heartbeat for trial id %d failed: %s", trial_id, exc)
+            from edgetrain.sweep.storage import mask_text
+
+            text = mask_text(str(exc), self.url).strip().splitlines()
+            log.warning(
+                "heartbeat for trial id %d failed: %s: %s",
+                trial_id,
+                type(exc).__name__,
+                text[0] if text else "",
+            )
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -156,20 +210,35 @@ class Heartbeat:
 
 
 class StaleTrialReaper:
-    """Finds RUNNING trials whose worker is gone and marks them failed (reason ``lost``).
+    """Finds RUNNING trials whose worker is gone: recovers their result or fails them.
 
     Args:
+        storage: the study's Optuna storage.
         grace_s: how long a trial's heartbeat may stay unchanged before it is stale.
         own: returns the trial ids this process runs (never reaped).
+        recover: ``recover(frozen_trial, trial_id) -> bool``: tell the study a finished
+            result the trial left on disk (True), instead of failing it.
     """
 
-    def __init__(self, grace_s: float, own: Any = None) -> None:
+    def __init__(self, storage: Any, grace_s: float, own: Any = None, recover: Any = None) -> None:
+        self.storage = storage
         self.grace_s = float(grace_s)
         self._own = own or (lambda: set())
+        self._recover = recover
         self._seen: dict[int, tuple[str, float]] = {}
+        self._ids: dict[int, int] = {}
+        self._sid: int | None = None
+        self.recovered: list[int] = []  # numbers of trials whose result was recovered
+
+    def _id_of(self, study: Any, number: int) -> int:
+        if self._sid is None:
+            self._sid = study_id_of(self.storage, study)
+        if number not in self._ids:
+            self._ids[number] = trial_id_of(self.storage, self._sid, number)
+        return self._ids[number]
 
     def reap(self, study: Any) -> list[int]:
-        """Mark stale trials failed and re-queue their parameters once; returns their numbers."""
+        """Recover or fail stale trials (re-queueing failed ones once); returns the failed."""
         from optuna.trial import TrialState
 
         now = time.monotonic()
@@ -177,7 +246,7 @@ class StaleTrialReaper:
         lost = []
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         for trial in running:
-            tid = trial._trial_id
+            tid = self._id_of(study, trial.number)
             if tid in own:
                 continue
             owner = trial.system_attrs.get(OWNER_ATTR)
@@ -198,10 +267,13 @@ class StaleTrialReaper:
                     else "an unknown worker"
                 )
                 why = f"no heartbeat from its worker ({who}) for {now - prev[1]:.1f} s"
-            if fail_trial(study._storage, tid, "lost", f"worker lost: {why}"):
+            self._seen.pop(tid, None)
+            if self._recover is not None and self._recover(trial, tid):
+                self.recovered.append(trial.number)
+                continue
+            if fail_trial(self.storage, tid, "lost", f"worker lost: {why}"):
                 log.warning("trial %d marked failed: %s", trial.number, why)
                 lost.append(trial.number)
-                self._seen.pop(tid, None)
                 requeue(study, trial)
         return lost
 

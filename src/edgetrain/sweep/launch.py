@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetrain.errors import EdgeTrainError
-from edgetrain.sweep.trial import EXIT_INTERRUPTED, TRIAL_FILE, read_trial_file
+from edgetrain.sweep.trial import EXIT_INTERRUPTED, TRIAL_FILE, fsync_dir, read_trial_file
 
 __all__ = [
     "LAUNCHERS",
@@ -345,8 +345,12 @@ def run_trial_process(
     timeout_s: float | None = None,
     stop: threading.Event | None = None,
     launcher: SubprocessLauncher | ZygoteLauncher | None = None,
+    trial: dict[str, Any] | None = None,
 ) -> TrialOutcome:
     """Run one trial in a child process and classify how it ended.
+
+    A trial whose ``trial.json`` says ``completed`` is complete even when its process was
+    killed afterwards (the result is on disk, fsynced, before the process exits).
 
     Args:
         run_dir: the trial's run directory (``trials/<n>``); must be new.
@@ -356,6 +360,7 @@ def run_trial_process(
         timeout_s: stop the trial after this many seconds (None: no limit).
         stop: set by the sweep to stop early; the trial is then ``interrupted``.
         launcher: starts the process (default: a fresh ``python`` per trial).
+        trial: the study trial's identity, written into ``trial.json`` (for recovery).
     """
     run_dir = Path(run_dir).resolve()
     _prepare_dir(run_dir)
@@ -368,6 +373,8 @@ def run_trial_process(
     launcher = launcher or SubprocessLauncher(threads)
     launcher.prepare()  # a zygote's one-time start is not part of this trial's start-up
     spec = {"run_dir": str(run_dir), "config": config, "quantize": quantize, "threads": threads}
+    if trial is not None:
+        spec["trial"] = trial
     spec["launched_at"] = time.time()
     spec_path.write_text(json.dumps(spec, indent=2, default=str))
     log_path.write_bytes(b"")
@@ -393,6 +400,7 @@ def run_trial_process(
     run_dir.mkdir(parents=True, exist_ok=True)
     shutil.move(str(log_path), run_dir / "trial.log")
     shutil.move(str(spec_path), run_dir / "trial_spec.json")
+    fsync_dir(run_dir)
     if rc == EXIT_INTERRUPTED and not stop.is_set():
         stop.wait(0.5)  # a Ctrl-C reaches the trial and the sweep at the same moment
     report = read_trial_file(run_dir) or {}
@@ -403,7 +411,7 @@ def run_trial_process(
         wall_s=wall_s,
         returncode=rc,
     )
-    if rc == 0 and report.get("status") == "completed":
+    if report.get("status") == "completed":
         outcome.state = "complete"
     elif timed_out:
         outcome.fail_reason = "timeout"

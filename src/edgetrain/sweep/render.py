@@ -32,7 +32,11 @@ def render_sweep(result: SweepResult) -> Table:
     table.add_row("completed", str(c.complete))
     table.add_row("failed", str(c.failed))
     if c.not_counted:
-        table.add_row("lost/interrupted (re-queued, not counted)", str(c.not_counted))
+        table.add_row("lost/interrupted/killed/refused (replaced, not counted)", str(c.not_counted))
+    if result.recovered:
+        table.add_row(
+            "recovered from trial directories", ", ".join(str(n) for n in result.recovered)
+        )
     if c.running:
         table.add_row("running (other workers)", str(c.running))
     table.add_row("run by this command", f"{len(result.records)} in {result.wall_s:.1f} s")

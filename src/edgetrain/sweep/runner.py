@@ -5,12 +5,21 @@ time. More processes, on this machine or others, may join the same study at any 
 (``edgetrain sweep run`` with the same space and storage): the study's trial count is the
 shared target.
 
-``trials`` is the number of finished trials the study should have, counting completed
-and failed ones (a configuration that fails is an answer too) but not trials that were
-interrupted or lost with their worker (those are re-queued once with the same
-parameters). Running the same command again therefore resumes a sweep, and a larger
-``trials`` extends it. Workers that start at the same moment on several machines may
-overshoot the target by at most one trial each.
+``trials`` is the number of answered trials the study should have: completed ones, and
+configurations that failed by themselves (an error, the time limit). Trials that say
+nothing about their configuration are replaced: interrupted ones, those lost with their
+worker, those whose process was killed from outside the sweep (re-queued once with the
+same parameters; a retry that is killed again counts as failed: the configuration dies,
+e.g. out of memory), and those refused because their parameters (from the storage) do not
+fit the local space. Running the same command again therefore resumes a sweep, and a
+larger ``trials`` extends it. Workers that start at the same moment on several machines
+may overshoot the target by at most one trial each.
+
+No finished trial is lost: a trial's ``trial.json`` is on disk before the worker tells the
+study, storage calls are retried through database restarts (``EDGETRAIN_STORAGE_RETRY_S``),
+and results the study never heard of are recovered from the trial directories (see
+:mod:`edgetrain.sweep.recover`). Parameters are checked against the local space before
+a trial runs (:meth:`~edgetrain.sweep.space.SearchSpace.check_params`).
 """
 
 from __future__ import annotations
@@ -19,8 +28,10 @@ import logging
 import os
 import threading
 import time
+import uuid
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +45,30 @@ from edgetrain.sweep.heartbeat import (
     fail_trial,
     owner_record,
     requeue,
+    study_id_of,
+    trial_id_of,
 )
 from edgetrain.sweep.launch import TrialOutcome, choose_launcher, make_launcher, run_trial_process
 from edgetrain.sweep.objectives import objective_values
+from edgetrain.sweep.recover import (
+    import_result,
+    import_results,
+    recover_running,
+    result_attrs,
+    trial_identity,
+)
 from edgetrain.sweep.space import SearchSpace, load_space
-from edgetrain.sweep.storage import is_database_url, storage_label
+from edgetrain.sweep.storage import (
+    StorageRetry,
+    StorageUnavailableError,
+    is_database_url,
+    storage_label,
+)
 from edgetrain.sweep.study import (
     TrialCounts,
     count_trials,
     default_study_name,
-    open_study,
+    open_sweep_study,
     read_sweep_info,
 )
 
@@ -69,7 +94,11 @@ class TrialRecord:
 
 @dataclass
 class SweepResult:
-    """What one ``run_sweep`` call did, and where the study stands."""
+    """What one ``run_sweep`` call did, and where the study stands.
+
+    ``recovered``: trials whose finished result was found in their trial directory and
+    told to the study by this call (their worker had died before it could).
+    """
 
     sweep_dir: Path
     study_name: str
@@ -79,6 +108,7 @@ class SweepResult:
     wall_s: float
     records: list[TrialRecord] = field(default_factory=list)
     lost: list[int] = field(default_factory=list)
+    recovered: list[int] = field(default_factory=list)
 
 
 class _Shared:
@@ -88,6 +118,7 @@ class _Shared:
         self.lock = threading.Lock()  # ask: count, reap, ask and sample as one step
         self.records: list[TrialRecord] = []
         self.lost: list[int] = []
+        self.recovered: list[int] = []
         self.running: set[int] = set()
         self.max_concurrent: dict[int, int] = {}
         self.errors: list[BaseException] = []
@@ -104,18 +135,16 @@ class _Shared:
             return self.max_concurrent.pop(number, 1)
 
 
-def _trial_attrs(outcome: TrialOutcome, run_dir: str, host: str, concurrent: int) -> dict[str, Any]:
-    attrs: dict[str, Any] = {k: v for k, v in outcome.metrics.items() if v is not None}
-    attrs.update(
-        wall_s=outcome.wall_s,
-        startup_s=outcome.timing.get("startup_s"),
-        run_dir=run_dir,
-        host=host,
-        concurrent_trials=concurrent,
-    )
-    if outcome.error:
-        attrs["error"] = outcome.error
-    return {k: v for k, v in attrs.items() if v is not None}
+@dataclass
+class _Claim:
+    """A trial this worker holds: its Optuna trial, storage id, owner token, and why its
+    parameters are refused (None: they fit the local space)."""
+
+    trial: Any
+    trial_id: int
+    token: str
+    run_dir: Path
+    problem: str | None = None
 
 
 class _Worker:
@@ -123,6 +152,8 @@ class _Worker:
         self,
         index: int,
         study: Any,
+        storage: Any,
+        study_id: int,
         space: SearchSpace,
         sweep_dir: Path,
         target: int,
@@ -134,9 +165,12 @@ class _Worker:
         timeout_s: float | None,
         on_event: Any,
         launcher: str,
+        retry: StorageRetry,
     ) -> None:
         self.index = index
         self.study = study
+        self.storage = storage
+        self.study_id = study_id
         self.space = space
         self.sweep_dir = sweep_dir
         self.target = target
@@ -147,32 +181,61 @@ class _Worker:
         self.threads = threads
         self.timeout_s = timeout_s
         self.on_event = on_event
-        self.dists = space.distributions()
+        self.retry = retry
         self.owner = owner_record(index)
         self.launcher = make_launcher(launcher, threads)
         self.done = threading.Event()
 
-    def _next_trial(self) -> Any | None:
+    def _next_trial(self) -> _Claim | None:
+        call = self.retry.call
         with self.shared.lock:
-            lost = self.reaper.reap(self.study)
-            self.shared.lost.extend(lost)
-            counts = count_trials(self.study)
+            self.shared.lost.extend(call("checking for lost trials", self.reaper.reap, self.study))
+            counts = call("counting trials", count_trials, self.study)
             if counts.done + counts.running >= self.target:
                 return None
+            trial = call("asking for a trial", self.study.ask)
+            number = trial.number
+            tid = call(
+                f"looking up trial {number}", trial_id_of, self.storage, self.study_id, number
+            )
+            token = uuid.uuid4().hex
+            run_dir = (self.sweep_dir / "trials" / str(number)).resolve()
+            owner = {**self.owner, "token": token, "run_dir": str(run_dir)}
+            self.heartbeat.add(tid, token)
+            call(
+                f"recording the owner of trial {number}",
+                self.storage.set_trial_system_attr,
+                tid,
+                OWNER_ATTR,
+                owner,
+            )
+            claim = _Claim(trial, tid, token, run_dir)
+            claim.problem = self._sample(trial)
+            return claim
+
+    def _sample(self, trial: Any) -> str | None:
+        """Suggest the local space's parameters; why they are refused (None: they fit)."""
+        try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                trial = self.study.ask(fixed_distributions=self.dists)
-            self.study._storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, self.owner)
-            self.heartbeat.add(trial._trial_id)
-            return trial
+                # Optuna only warns about an enqueued value outside a range: refused below
+                warnings.simplefilter("ignore", UserWarning)
+                for spec in self.space.params.values():
+                    self.retry.call(f"sampling trial {trial.number}", spec.suggest, trial)
+        except StorageUnavailableError:
+            raise
+        except Exception as exc:  # e.g. an enqueued value that is not a choice
+            text = str(exc).strip().splitlines()
+            return f"its parameters do not fit the local space: {text[0] if text else exc!r}"
+        problems = self.space.check_params(trial.params)
+        return "; ".join(problems) or None
 
     def run(self) -> None:
         try:
             while not self.stop.is_set():
-                trial = self._next_trial()
-                if trial is None:
+                claim = self._next_trial()
+                if claim is None:
                     return
-                self._run_one(trial)
+                self._run_one(claim)
         except BaseException as exc:  # surfaced by run_sweep in the main thread
             self.shared.errors.append(exc)
             self.stop.set()
@@ -180,10 +243,39 @@ class _Worker:
             self.launcher.close()
             self.done.set()
 
-    def _run_one(self, trial: Any) -> None:
+    def _finish(self, record: TrialRecord) -> None:
+        with self.shared.lock:
+            self.shared.records.append(record)
+        self.on_event("end", record.number, record)
+
+    def _refuse(self, claim: _Claim) -> None:
+        """Fail a trial whose parameters the local space does not allow; never run it."""
+        number = claim.trial.number
+        error = f"refused: {claim.problem}"
+        log.warning("trial %d %s", number, error)
+        try:
+            self.retry.call(
+                f"refusing trial {number}",
+                fail_trial,
+                self.storage,
+                claim.trial_id,
+                "refused",
+                error,
+            )
+        finally:
+            self.heartbeat.remove(claim.trial_id)
+        self._finish(TrialRecord(number, "failed", None, {}, error, 0.0, 0.0))
+
+    def _run_one(self, claim: _Claim) -> None:
+        if claim.problem is not None:
+            self._refuse(claim)
+            return
+        trial, tid = claim.trial, claim.trial_id
         number = trial.number
-        config, quantize = self.space.trial_config(trial.params)
+        params = trial.params
+        config, quantize = self.space.trial_config(params)
         rel = f"trials/{number}"
+        identity = trial_identity(self.study.study_name, number, claim.token, params)
         self.shared.started(number)
         self.on_event("start", number)
         try:
@@ -195,10 +287,20 @@ class _Worker:
                 timeout_s=self.timeout_s,
                 stop=self.stop,
                 launcher=self.launcher,
+                trial=identity,
             )
         except Exception as exc:  # the harness itself failed: record it, then stop
-            fail_trial(self.study._storage, trial._trial_id, "error", f"sweep worker error: {exc}")
-            self.heartbeat.remove(trial._trial_id)
+            try:
+                self.retry.call(
+                    f"failing trial {number}",
+                    fail_trial,
+                    self.storage,
+                    tid,
+                    "error",
+                    f"sweep worker error: {exc}",
+                )
+            finally:
+                self.heartbeat.remove(tid)
             raise
         finally:
             concurrent = self.shared.finished(number)
@@ -209,53 +311,97 @@ class _Worker:
                 values = objective_values(outcome.metrics, self.space.objectives)
             except EdgeTrainError as exc:
                 outcome.state, outcome.fail_reason, outcome.error = "failed", "error", str(exc)
-        self._record(trial, outcome, values, rel, concurrent)
-        self.heartbeat.remove(trial._trial_id)
+        try:
+            self.retry.call(
+                f"recording trial {number}",
+                self._record,
+                claim,
+                outcome,
+                values,
+                rel,
+                concurrent,
+            )
+        except StorageUnavailableError as exc:
+            if values is None:
+                raise
+            raise StorageUnavailableError(
+                f"{exc}; trial {number} finished and its result is safe in "
+                f"{self.sweep_dir / rel}: the next 'edgetrain sweep run' records it"
+            ) from None
+        finally:
+            self.heartbeat.remove(tid)
         storage_s = time.perf_counter() - t_tell
-        record = TrialRecord(
-            number,
-            outcome.state,
-            tuple(values) if values else None,
-            outcome.metrics,
-            outcome.error,
-            outcome.wall_s,
-            storage_s,
+        self._finish(
+            TrialRecord(
+                number,
+                outcome.state,
+                tuple(values) if values else None,
+                outcome.metrics,
+                outcome.error,
+                outcome.wall_s,
+                storage_s,
+            )
         )
-        with self.shared.lock:
-            self.shared.records.append(record)
-        self.on_event("end", number, record)
 
     def _record(
         self,
-        trial: Any,
+        claim: _Claim,
         outcome: TrialOutcome,
         values: list[float] | None,
         rel: str,
         concurrent: int,
     ) -> None:
+        """Tell the study how the trial ended (idempotent: retried as a whole)."""
         from optuna.trial import TrialState
 
-        attrs = _trial_attrs(outcome, rel, self.owner["host"], concurrent)
-        storage = self.study._storage
+        number, tid = claim.trial.number, claim.trial_id
+        attrs = result_attrs(
+            outcome.metrics,
+            outcome.timing,
+            wall_s=outcome.wall_s,
+            run_dir=rel,
+            host=self.owner["host"],
+            concurrent=concurrent,
+            error=outcome.error,
+        )
+        reason = outcome.fail_reason or "interrupted"
         try:
             for key, value in attrs.items():
-                storage.set_trial_user_attr(trial._trial_id, key, value)
-            if values is not None:
-                self.study.tell(trial, values, skip_if_finished=True)
-                return
-            reason = outcome.fail_reason or "interrupted"
-            storage.set_trial_system_attr(trial._trial_id, FAIL_REASON_ATTR, reason)
-            self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                self.storage.set_trial_user_attr(tid, key, value)
+            if values is None:
+                self.storage.set_trial_system_attr(tid, FAIL_REASON_ATTR, reason)
+                frozen = self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+            else:
+                frozen = self.study.tell(number, values, skip_if_finished=True)
         except optuna.exceptions.UpdateFinishedTrialError:
+            frozen = self.storage.get_trial(tid)  # finished: by us (a retried call) or not
+        if values is not None:
+            if frozen.state == TrialState.COMPLETE and list(frozen.values or ()) == list(values):
+                return
+            if import_result(self.study, self.space, frozen, values, attrs):
+                log.warning(
+                    "trial %d was marked failed by another worker while it ran (heartbeat "
+                    "lost?); its result was added to the study as a new trial",
+                    number,
+                )
+                with self.shared.lock:
+                    self.shared.recovered.append(number)
+            return
+        if frozen.state != TrialState.FAIL or _fail_reason_attr(frozen) != reason:
             log.warning(
-                "trial %d was marked failed by another worker while it ran (heartbeat lost?); "
+                "trial %d was finished by another worker while it ran (heartbeat lost?); "
                 "its run directory %s is kept",
-                trial.number,
+                number,
                 rel,
             )
             return
-        if outcome.state == "interrupted":
-            requeue(self.study, self.study._storage.get_trial(trial._trial_id))
+        if reason in ("interrupted", "killed"):
+            requeue(self.study, frozen)
+
+
+def _fail_reason_attr(trial: Any) -> str | None:
+    """The fail reason recorded on a trial (None if none: not failed by edgetrain)."""
+    return trial.system_attrs.get(FAIL_REASON_ATTR)
 
 
 def _default_threads(workers: int) -> int:
@@ -278,11 +424,12 @@ def run_sweep(
     progress: bool = True,
     console: Any = None,
 ) -> SweepResult:
-    """Run (or resume, or join) a sweep until the study has ``trials`` finished trials.
+    """Run (or resume, or join) a sweep until the study has ``trials`` answered trials.
 
     Args:
         space: a :class:`SearchSpace` or a space file.
-        trials: finished trials wanted in the study (completed + failed; see module doc).
+        trials: answered trials wanted in the study (completed + failed by their
+            configuration; see module doc).
         workers: trials run at the same time by this process.
         out: the sweep directory (default ``sweeps/<space file stem>``).
         storage: database URL or journal path (default ``DIR/study.journal``).
@@ -299,7 +446,9 @@ def run_sweep(
         console: a rich Console for the progress bar.
 
     Raises:
-        EdgeTrainError: a bad space, argument or storage.
+        EdgeTrainError: a bad space, argument or storage; the storage failed for longer
+            than ``EDGETRAIN_STORAGE_RETRY_S`` (finished results stay in their trial
+            directories and are recorded by the next call).
         KeyboardInterrupt: after stopping the running trials (they are re-queued).
     """
     if isinstance(space, str | Path):
@@ -318,8 +467,20 @@ def run_sweep(
             "journal storage or PostgreSQL for --workers > 1"
         )
     sweep_dir = Path(out) if out is not None else Path("sweeps") / default_study_name(space.source)
-    study = open_study(space, sweep_dir, storage=storage, study_name=study_name)
+    retry = StorageRetry(storage)  # checks EDGETRAIN_STORAGE_RETRY_S before anything runs
+    study, backend, resolved = open_sweep_study(
+        space, sweep_dir, storage=storage, study_name=study_name
+    )
+    retry.url = resolved
     (sweep_dir / "trials").mkdir(parents=True, exist_ok=True)
+    study_id = retry.call("opening the study", study_id_of, backend, study)
+    recovered = retry.call(
+        "importing finished results from trial directories",
+        import_results,
+        study,
+        space,
+        sweep_dir,
+    )
     grace = grace_s if grace_s is not None else max(60.0, 6 * heartbeat_s)
     threads = threads if threads is not None else _default_threads(workers)
     if workers > 1 and any(o in ("energy", "efficiency") for o in space.objectives):
@@ -336,8 +497,13 @@ def run_sweep(
             "the space sweeps data keys (%s): trials are validated on different samples",
             ", ".join(space.data_params()),
         )
-    heartbeat = Heartbeat(study._storage, heartbeat_s).start()
-    reaper = StaleTrialReaper(grace, own=heartbeat.active)
+    heartbeat = Heartbeat(backend, heartbeat_s, url=resolved).start()
+    reaper = StaleTrialReaper(
+        backend,
+        grace,
+        own=heartbeat.active,
+        recover=partial(recover_running, study, backend, space, sweep_dir),
+    )
     shared = _Shared()
     stop = threading.Event()
     label = read_sweep_info(sweep_dir).get("storage") or storage_label(storage, sweep_dir)
@@ -346,6 +512,8 @@ def run_sweep(
         _Worker(
             i,
             study,
+            backend,
+            study_id,
             space,
             sweep_dir,
             trials,
@@ -357,6 +525,7 @@ def run_sweep(
             trial_timeout_s,
             display.event,
             launcher,
+            retry,
         )
         for i in range(workers)
     ]
@@ -390,10 +559,11 @@ def run_sweep(
         study_name=study.study_name,
         storage=label,
         target=trials,
-        counts=count_trials(study),
+        counts=retry.call("counting trials", count_trials, study),
         wall_s=time.perf_counter() - t0,
         records=sorted(shared.records, key=lambda r: r.number),
         lost=shared.lost,
+        recovered=sorted({*recovered, *reaper.recovered, *shared.recovered}),
     )
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,56 @@ class ParamSpec:
             out["type"] = "float"
         return out
 
+    def check_value(self, value: Any) -> str | None:
+        """Why ``value`` (as Optuna stores it) is not a value of this parameter, or None.
+
+        A categorical value must be one of the choices exactly (same JSON text: ``1`` is
+        not ``1.0`` nor ``true``); so a code reference (``module:callable``) passes only
+        when the space lists that very string. A range value must be a finite number
+        within the bounds (and on the step's grid).
+        """
+        where = f"parameter '{self.name}' = {value!r}"
+        if self.kind == "categorical":
+            allowed = [encode_choice(c) for c in self.choices]
+            text = _json_text(value)
+            if text is not None and any(text == _json_text(a) for a in allowed):
+                return None
+            what = (
+                "a code reference that the local space does not list as a choice"
+                if isinstance(value, str) and _looks_like_code(value)
+                else "not one of the local space's choices"
+            )
+            return f"{where} is {what} {allowed!r}"
+        if not _is_number(value) or not math.isfinite(value):
+            return f"{where} must be a number in [{self.low}, {self.high}] (local space)"
+        if self.kind == "int" and not _is_int(value):
+            return f"{where} must be an integer in [{self.low}, {self.high}] (local space)"
+        if not self.low <= value <= self.high:
+            return f"{where} is outside the local space's range [{self.low}, {self.high}]"
+        if self.step is not None:
+            k = (value - self.low) / self.step
+            if abs(k - round(k)) > 1e-8:
+                return (
+                    f"{where} is not on the local space's grid (low {self.low}, step {self.step})"
+                )
+        return None
+
+    def suggest(self, trial: Any) -> Any:
+        """Ask an Optuna trial for this parameter (public ``suggest_*`` API)."""
+        if self.kind == "categorical":
+            return trial.suggest_categorical(self.name, [encode_choice(c) for c in self.choices])
+        if self.kind == "int":
+            return trial.suggest_int(
+                self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log
+            )
+        return trial.suggest_float(
+            self.name,
+            float(self.low),
+            float(self.high),
+            step=None if self.step is None else float(self.step),
+            log=self.log,
+        )
+
     def distribution(self) -> Any:
         """The Optuna distribution of this parameter (choices encoded as scalars)."""
         from edgetrain.sweep._optuna import optuna
@@ -162,6 +213,27 @@ class SearchSpace:
             "vary_data": self.vary_data,
         }
 
+    def check_params(self, params: Mapping[str, Any]) -> list[str]:
+        """Why a trial's parameters (from the study storage) may not run here; [] if they may.
+
+        Every parameter of the local space must have a value it allows, and there must be
+        no other parameter: values that another worker, or anyone with access to a
+        shared database, put into the storage never reach a training config unchecked.
+        """
+        problems = [
+            f"parameter '{name}' is not in the local space ({', '.join(self.params)})"
+            for name in params
+            if name not in self.params
+        ]
+        for name, spec in self.params.items():
+            if name not in params:
+                problems.append(f"parameter '{name}' of the local space has no value")
+                continue
+            problem = spec.check_value(params[name])
+            if problem:
+                problems.append(problem)
+        return problems
+
     def trial_config(self, params: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
         """The training config of a trial and whether its model is quantised afterwards.
 
@@ -198,6 +270,19 @@ def decode_choice(value: Any) -> Any:
         except ValueError:
             return value
     return value
+
+
+def _json_text(value: Any) -> str | None:
+    try:
+        return json.dumps(value, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+
+
+def _looks_like_code(value: str) -> bool:
+    """``package.module:callable`` (what the zoo imports and calls)."""
+    head, sep, tail = value.partition(":")
+    return bool(sep and head and tail and "/" not in value and " " not in value)
 
 
 def _set_dotted(target: dict[str, Any], keys: list[str], value: Any) -> None:

@@ -1,39 +1,57 @@
 """Where a study lives: an embedded journal file, or a database that several machines share.
 
-- Default: Optuna's ``JournalStorage`` with a file backend, ``DIR/study.journal``. Worker
-  processes on one machine (or on machines sharing the directory over NFS) append to it
-  under a file lock, so they can run at the same time.
+- Default: Optuna's ``JournalStorage`` with a file backend, ``DIR/study.journal`` (see
+  :mod:`edgetrain.sweep.journal`). Worker processes on one machine (or on machines sharing
+  the directory over NFS) append to it under a ``flock`` that dies with its holder, so they
+  can run at the same time; a record torn by a crash is set aside, not fatal.
 - ``postgresql://user:password@host/db`` (or any database URL Optuna supports): workers on
   several machines join the same study. SQLite is accepted for a single worker only
   (parallel writers get "database is locked").
 
 Passwords in URLs are never written to files or logs: everything that shows a storage
 goes through :func:`mask_url`.
+
+A database that restarts, or a network that drops for a while, does not end a sweep: the
+worker's storage calls go through :class:`StorageRetry`, which retries transient errors
+with exponential backoff for ``EDGETRAIN_STORAGE_RETRY_S`` seconds (default 300).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import random
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from edgetrain.errors import EdgeTrainError, MissingExtraError
 
 __all__ = [
+    "DEFAULT_RETRY_S",
     "JOURNAL_FILE",
+    "RETRY_ENV",
+    "StorageRetry",
+    "StorageUnavailableError",
     "has_secret",
     "is_database_url",
     "mask_text",
     "mask_url",
     "open_storage",
+    "retry_patience_s",
     "storage_label",
+    "transient_storage_error",
 ]
 
 log = logging.getLogger(__name__)
 
 JOURNAL_FILE = "study.journal"
+RETRY_ENV = "EDGETRAIN_STORAGE_RETRY_S"
+DEFAULT_RETRY_S = 300.0
+_T = TypeVar("_T")
 _MASK = "***"
 _SECRET_QUERY_KEYS = ("password", "passwd", "pass", "pwd", "secret", "token", "sslpassword")
 
@@ -168,14 +186,22 @@ def open_storage(storage: str | None, sweep_dir: Path | None) -> Any:
     from edgetrain.sweep._optuna import optuna
 
     if not is_database_url(storage):
-        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
-
         path = journal_path(storage, sweep_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
-        # an open(O_EXCL) lock file: works on local disks and NFSv3+; a lock left by a
-        # killed process is broken after the grace period
-        lock = JournalFileOpenLock(str(path), grace_period=30)
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
+        if _installed("fcntl"):
+            from edgetrain.sweep.journal import open_journal
+
+            # flock: released by the kernel when a worker dies; torn records repaired
+            return open_journal(path)
+        from optuna.storages.journal import (  # pragma: no cover - no flock (Windows)
+            JournalFileBackend,
+            JournalFileOpenLock,
+        )
+
+        lock = JournalFileOpenLock(str(path), grace_period=30)  # pragma: no cover
+        return optuna.storages.JournalStorage(  # pragma: no cover
+            JournalFileBackend(str(path), lock_obj=lock)
+        )
     given = str(storage)
     url = _with_postgres_driver(given)
 
@@ -193,3 +219,171 @@ def open_storage(storage: str | None, sweep_dir: Path | None) -> Any:
         lines = clean(str(exc)).strip().splitlines()
         reason = lines[0] if lines else type(exc).__name__
         raise EdgeTrainError(f"cannot open the study storage {mask_url(given)}: {reason}") from None
+
+
+# -- retries ------------------------------------------------------------------------------------
+#: OS errors that may pass (a network file system, a full disk that is being cleaned).
+_TRANSIENT_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "EIO",
+        "ESTALE",
+        "ENOSPC",
+        "EDQUOT",
+        "EAGAIN",
+        "EINTR",
+        "ETIMEDOUT",
+        "ENOLCK",
+        "EBUSY",
+        "ECONNRESET",
+        "ECONNREFUSED",
+        "ECONNABORTED",
+        "EHOSTUNREACH",
+        "ENETUNREACH",
+        "ENETDOWN",
+        "EPIPE",
+    )
+    if hasattr(errno, name)
+)
+
+
+class StorageUnavailableError(EdgeTrainError):
+    """The study storage kept failing for the whole retry patience."""
+
+
+def retry_patience_s() -> float:
+    """Seconds a storage call is retried: ``EDGETRAIN_STORAGE_RETRY_S`` (default 300).
+
+    Raises:
+        EdgeTrainError: the variable is not a number >= 0.
+    """
+    import math
+    import os
+
+    raw = os.environ.get(RETRY_ENV)
+    if raw is None or not raw.strip():
+        return DEFAULT_RETRY_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not (value >= 0 and math.isfinite(value)):
+        raise EdgeTrainError(f"{RETRY_ENV} must be a number of seconds >= 0, got {raw!r}")
+    return value
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    node: BaseException | None = exc
+    while node is not None and node not in seen and len(seen) < 8:
+        seen.append(node)
+        node = node.__cause__ or node.__context__
+    return seen
+
+
+def _transient_one(exc: BaseException) -> bool:
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno in _TRANSIENT_ERRNOS
+    try:
+        from sqlalchemy import exc as sa_exc
+    except ImportError:  # pragma: no cover - optuna depends on sqlalchemy
+        return False
+    if isinstance(
+        exc,
+        sa_exc.OperationalError
+        | sa_exc.InterfaceError
+        | sa_exc.DisconnectionError
+        | sa_exc.TimeoutError,
+    ):
+        return True
+    return bool(getattr(exc, "connection_invalidated", False))
+
+
+def transient_storage_error(exc: BaseException) -> BaseException | None:
+    """The transient error (a lost connection, a restarting database, an I/O hiccup) at the
+    root of ``exc``, or None when retrying cannot help (a finished trial, a bad value)."""
+    from edgetrain.sweep._optuna import optuna
+
+    if isinstance(exc, EdgeTrainError | optuna.exceptions.UpdateFinishedTrialError):
+        return None
+    for node in _chain(exc):
+        if _transient_one(node):
+            return node
+    return None
+
+
+def _one_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[0][:300] if lines else ""
+
+
+class StorageRetry:
+    """Retries storage calls that fail with a transient error, with exponential backoff.
+
+    Each retry is logged on one line (password masked). When the patience is spent the
+    call raises :class:`StorageUnavailableError`.
+
+    Args:
+        url: the storage as given (its password is masked in messages).
+        patience_s: seconds to keep trying one call (default: :func:`retry_patience_s`).
+        sleep: how to wait (tests replace it).
+    """
+
+    MAX_DELAY_S = 30.0
+
+    def __init__(
+        self,
+        url: str | None,
+        patience_s: float | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.url = url
+        self.patience_s = retry_patience_s() if patience_s is None else float(patience_s)
+        self.sleep = sleep
+        self.retries = 0  # all retries made (for tests and reports)
+
+    def describe(self, exc: BaseException) -> str:
+        """One line about an error, without the password."""
+        text = _one_line(mask_text(str(exc), self.url))
+        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+    def call(self, what: str, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """``fn(*args, **kwargs)``, retried while it fails with a transient error.
+
+        Args:
+            what: what the call does, for messages ("telling trial 3").
+        """
+        deadline = time.monotonic() + self.patience_s
+        delay = min(0.5, max(0.01, self.patience_s / 20))
+        attempt = 0
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                cause = transient_storage_error(exc)
+                if cause is None:
+                    raise
+                attempt += 1
+                left = deadline - time.monotonic()
+                reason = self.describe(cause)
+                if left <= 0:
+                    where = f" {storage_label(self.url, None)}" if self.url else ""
+                    raise StorageUnavailableError(
+                        f"the study storage{where} failed for {self.patience_s:g} s while "
+                        f"{what}: {reason}; raise {RETRY_ENV} to wait longer"
+                    ) from None
+                pause = min(delay * (0.75 + random.random() / 2), left)
+                log.warning(
+                    "storage error while %s (attempt %d; retrying in %.1f s, giving up in "
+                    "%.0f s): %s",
+                    what,
+                    attempt,
+                    pause,
+                    left,
+                    reason,
+                )
+                self.retries += 1
+                self.sleep(pause)
+                delay = min(delay * 2, self.MAX_DELAY_S)

@@ -41,9 +41,11 @@ __all__ = [
     "TRIAL_COLUMNS",
     "TrialCounts",
     "count_trials",
+    "counts_toward_target",
     "fail_reason",
     "load_study",
     "open_study",
+    "open_sweep_study",
     "trials_frame",
 ]
 
@@ -52,8 +54,10 @@ log = logging.getLogger(__name__)
 SWEEP_FILE = "sweep.json"
 SPACE_FILE = "space.yaml"
 SPACE_ATTR = "edgetrain:space"
-#: Failed trials that say nothing about their configuration: not counted towards --trials.
-NOT_COUNTED = ("lost", "interrupted")
+#: Failed trials that say nothing about their configuration: not counted towards --trials
+#: (``refused``: parameters from the storage that the local space does not allow). A trial
+#: ``killed`` from outside the sweep is not counted either, unless it was already a retry.
+NOT_COUNTED = ("lost", "interrupted", "refused")
 #: Columns of trials.csv (then one ``param_<name>`` column per parameter).
 TRIAL_COLUMNS = (
     "number",
@@ -189,6 +193,22 @@ def open_study(
         EdgeTrainError: DIR belongs to another study, or the study was made from another
             space, objectives or sampler.
     """
+    return open_sweep_study(space, sweep_dir, storage=storage, study_name=study_name)[0]
+
+
+def open_sweep_study(
+    space: SearchSpace,
+    sweep_dir: Path,
+    *,
+    storage: str | None = None,
+    study_name: str | None = None,
+) -> tuple[Any, Any, str | None]:
+    """:func:`open_study`, also returning the Optuna storage object it opened and the
+    storage as resolved (given, or recorded in ``DIR/sweep.json``; None: the journal).
+
+    Workers use that storage object for what ``Study`` has no method for (system
+    attributes, failing a trial they do not hold), through Optuna's public storage API.
+    """
     sweep_dir = Path(sweep_dir)
     storage, study_name = _resolve(sweep_dir, storage, study_name)
     study_name = study_name or default_study_name(space.source)
@@ -231,7 +251,7 @@ def open_study(
         storage_has_secret=has_secret(storage),
     )
     _write_sweep_files(sweep_dir, info, space)
-    return study
+    return study, backend, storage
 
 
 def load_study(
@@ -273,12 +293,35 @@ def load_study(
 
 
 def fail_reason(trial: Any) -> str | None:
-    """Why a failed trial failed: error | killed | timeout | interrupted | lost (None if not failed)."""
+    """Why a failed trial failed: error | killed | timeout | interrupted | lost | refused
+    (None if not failed)."""
     from optuna.trial import TrialState
 
     if trial.state != TrialState.FAIL:
         return None
     return trial.system_attrs.get(FAIL_REASON_ATTR, "error")
+
+
+def counts_toward_target(trial: Any) -> bool:
+    """Whether a trial is an answer about its configuration (counts towards ``--trials``).
+
+    Completed trials are; so are failures of the configuration itself (an error, the time
+    limit). Lost, interrupted and refused trials are not: they are replaced. A trial
+    process killed from outside the sweep (SIGKILL: the OOM killer, a user) is replaced
+    once; if its retry is killed too, the configuration counts as failed.
+    """
+    from optuna.trial import TrialState
+
+    if trial.state == TrialState.COMPLETE:
+        return True
+    if trial.state != TrialState.FAIL:
+        return False
+    reason = fail_reason(trial)
+    if reason in NOT_COUNTED:
+        return False
+    if reason == "killed":
+        return trial.user_attrs.get("retry_of") is not None
+    return True
 
 
 @dataclass(frozen=True)
@@ -297,7 +340,7 @@ class TrialCounts:
 
 
 def count_trials(study: Any) -> TrialCounts:
-    """Count trials by outcome (lost and interrupted failures are not counted as done)."""
+    """Count trials by outcome (see :func:`counts_toward_target` for what is done)."""
     from optuna.trial import TrialState
 
     c = {"complete": 0, "failed": 0, "not_counted": 0, "running": 0, "waiting": 0}
@@ -305,7 +348,7 @@ def count_trials(study: Any) -> TrialCounts:
         if t.state == TrialState.COMPLETE:
             c["complete"] += 1
         elif t.state == TrialState.FAIL:
-            c["not_counted" if fail_reason(t) in NOT_COUNTED else "failed"] += 1
+            c["failed" if counts_toward_target(t) else "not_counted"] += 1
         elif t.state == TrialState.RUNNING:
             c["running"] += 1
         elif t.state == TrialState.WAITING:

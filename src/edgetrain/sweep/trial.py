@@ -2,8 +2,11 @@
 
 The process trains the trial's config into its run directory, optionally quantises the
 model, and writes ``RUN/trial.json`` with the metrics the sweep reads (validation
-accuracy, energy, average power, times, model sizes). A crash or a kill ends only this
-process; the worker that started it records the trial as failed and goes on.
+accuracy, energy, average power, times, model sizes) and the identity of its study trial.
+``trial.json`` is on disk (fsynced) before the process exits, so a finished result
+survives its worker: the sweep re-imports it if the study never heard of it (see
+:mod:`edgetrain.sweep.recover`). A crash or a kill ends only this process; the worker
+that started it records the trial as failed and goes on.
 
 Exit codes: 0 completed, 1 failed (``trial.json`` says why), 130 interrupted.
 Test metrics are never put into ``trial.json``: test data is for the final report only.
@@ -19,7 +22,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TRIAL_FILE", "main", "read_trial_file", "run_trial", "trial_metrics"]
+__all__ = [
+    "TRIAL_FILE",
+    "durable_write_text",
+    "fsync_dir",
+    "main",
+    "read_trial_file",
+    "run_trial",
+    "trial_metrics",
+]
 
 TRIAL_FILE = "trial.json"
 EXIT_FAILED = 1
@@ -76,23 +87,59 @@ def trial_metrics(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _write(run_dir: Path, data: dict[str, Any]) -> None:
-    from edgetrain.train.rundir import atomic_write_text
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a rename, a new file) durable (best effort)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some file systems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
 
+
+def durable_write_text(path: Path, text: str) -> None:
+    """Write through a temporary file, fsync, rename, fsync the directory.
+
+    A crash or a power cut leaves the old file or the complete new one, never a part.
+    """
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def _write(run_dir: Path, data: dict[str, Any]) -> None:
+    """``trial.json``: durable before the process exits (the sweep tells the study after)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / TRIAL_FILE, json.dumps(data, indent=2, default=str) + "\n")
+    durable_write_text(run_dir / TRIAL_FILE, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def run_trial(spec: dict[str, Any], started_at: float | None = None) -> int:
     """Run the trial described by ``spec``; returns the exit code.
 
     Args:
-        spec: ``{"run_dir", "config", "quantize", "threads"}`` as written by the worker.
+        spec: ``{"run_dir", "config", "quantize", "threads", "trial"}`` as written by the
+            worker (``trial``: the study trial's identity, copied into ``trial.json``).
         started_at: when the process was created (for the start-up time).
     """
     t_enter = time.time()
     run_dir = Path(spec["run_dir"])
     result: dict[str, Any] = {"status": "failed", "error": None, "metrics": {}, "timing": {}}
+    if spec.get("trial") is not None:
+        result["trial"] = spec["trial"]  # which study trial this is (for recovery)
     timing = result["timing"]
     if started_at is not None:
         timing["interpreter_s"] = t_enter - started_at
@@ -161,9 +208,10 @@ def read_trial_file(run_dir: str | Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
-    except ValueError:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from edgetrain.train.callbacks import Callback, TrainState
+from edgetrain.train.callbacks import Callback, Forward, TrainState
 
 __all__ = ["ActivationCallback"]
 
@@ -26,15 +25,14 @@ class ActivationCallback(Callback):
         self.mode = "none" if mode == "off" else mode
         self.seed = seed
         self.ctx: Any = None
+        self._summary: dict[str, Any] = {"mode": self.mode}
 
     def on_fit_start(self, state: TrainState) -> None:
         from edgetrain.memory import compress_activations
 
         self.ctx = compress_activations(state.model, self.mode, seed=self.seed)
 
-    def wrap_forward(
-        self, forward: Callable[[torch.Tensor], torch.Tensor]
-    ) -> Callable[[torch.Tensor], torch.Tensor]:
+    def wrap_forward(self, forward: Forward) -> Forward:
         def compressed(x: torch.Tensor) -> torch.Tensor:
             if self.ctx is None or not torch.is_grad_enabled():
                 return forward(x)  # evaluation saves nothing for backward
@@ -52,7 +50,9 @@ class ActivationCallback(Callback):
             return
         stats = self.ctx.stats
         state.epoch_row["activation_bytes"] = stats.peak_stored_bytes
-        summary = state.extras.setdefault("summary", {})
-        act = summary.setdefault("activations", {"mode": self.mode})
+        act = self._summary
         act["peak_stored_bytes"] = max(act.get("peak_stored_bytes", 0), stats.peak_stored_bytes)
         act["peak_raw_bytes"] = max(act.get("peak_raw_bytes", 0), stats.peak_raw_bytes)
+
+    def summary(self) -> dict[str, Any]:
+        return {"activations": self._summary} if self.ctx is not None else {}

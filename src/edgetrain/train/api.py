@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from collections.abc import Iterable, Mapping
@@ -17,12 +18,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from edgetrain.config import TrainConfig, config_to_dict, load_config, write_yaml_text
-from edgetrain.errors import EdgeTrainError
+from edgetrain.errors import DivergedError, EdgeTrainError
+from edgetrain.safefs import os_error_message, user_errors
 from edgetrain.train.callbacks import Callback, CallbackList, TrainState
 from edgetrain.train.data import SplitData, SubsetView, fit_normalizer, split_indices
 from edgetrain.train.loop import evaluate, run_epochs
 from edgetrain.train.optim import build_optimizer, make_grad_scaler, param_dtype
-from edgetrain.train.rundir import METRICS_COLUMNS, RunDir
+from edgetrain.train.rundir import METRICS_COLUMNS, RunDir, load_tensors, save_tensors
 from edgetrain.train.writer import RunWriter, build_summary, restore_rng
 
 __all__ = [
@@ -209,19 +211,21 @@ def _run(
     all_callbacks = CallbackList([*chain.callbacks, writer])
 
     start_epoch = 0
-    if resume:
-        start_epoch = _restore(run, state, scaler, chain)
-    run.write_text("config.yaml", write_yaml_text(config_to_dict(config)))
-    forward = torch.compile(model) if config.compile else model
-    for cb in all_callbacks.callbacks:
-        wrap = getattr(cb, "wrap_forward", None)
-        if wrap is not None:
-            forward = wrap(forward)
+    try:
+        if resume:
+            start_epoch = _restore(run, state, scaler, chain)
+        with user_errors("cannot write run directory"):
+            run.write_text("config.yaml", write_yaml_text(config_to_dict(config)))
+            run.write_json("summary.json", build_summary(state, "running"))
+    except BaseException:
+        run.close()
+        raise
+    forward = all_callbacks.wrap_forward(torch.compile(model) if config.compile else model)
     status = "failed"
     extra: dict[str, Any] = {}
     try:
         all_callbacks.on_fit_start(state)
-        run.write_json("env.json", _env_info(state.extras.get("sensor_statuses")))
+        run.write_json("env.json", _env_info(state.sensor_statuses))
         run_epochs(state, forward, data.train, data.val, all_callbacks, scaler, start_epoch)
         if data.test is not None and evaluate_test:
             test_loss, test_acc = evaluate(model, forward, data.test, state)
@@ -230,29 +234,41 @@ def _run(
     except KeyboardInterrupt:
         status = "interrupted"
         raise
+    except DivergedError as exc:
+        status = "diverged"
+        extra["error"] = str(exc)
+        extra["diverged"] = {"epoch": exc.epoch, "step": exc.step, "loss": exc.loss}
+        raise
+    except OSError as exc:
+        extra["error"] = os_error_message(exc)
+        raise EdgeTrainError(extra["error"]) from exc
     except Exception as exc:
         extra["error"] = f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        all_callbacks.on_fit_end(state)
-        extra.update(state.extras.get("summary", {}))
-        summary = build_summary(state, status, **extra)
-        run.write_json("summary.json", summary)
-        if status == "completed":
-            _save_model(run, model)
-        run.close()
+        try:
+            all_callbacks.on_fit_end(state)
+        finally:
+            extra.update(state.extras.get("summary", {}))
+            extra.update(all_callbacks.summary())
+            if state.skipped_steps:
+                extra["nonfinite_steps_skipped"] = state.skipped_steps
+            summary = build_summary(state, status, **extra)
+            # the disk may be full: the error that stopped the run is the one to report
+            with contextlib.suppress(OSError):
+                run.write_json("summary.json", summary)
+            try:
+                if status == "completed":
+                    with user_errors("cannot write run directory"):
+                        _save_model(run, model)
+            finally:
+                run.close()
     history = pd.DataFrame(state.history, columns=list(METRICS_COLUMNS))
     return FitResult(model=model, history=history, run_dir=run.path, summary=summary)
 
 
 def _save_model(run: RunDir, model: nn.Module) -> None:
-    import io
-
-    from edgetrain.train.rundir import atomic_write_bytes
-
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    atomic_write_bytes(run.path / "model.pt", buf.getvalue())
+    save_tensors(run.path / "model.pt", model.state_dict())
 
 
 def _restore(
@@ -339,10 +355,11 @@ def load_pretrained(model: nn.Module, source: str | Path) -> list[str]:
         raise EdgeTrainError(
             f"init_from: no model weights at {path} (expected a run directory with model.pt)"
         )
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise EdgeTrainError(f"init_from: cannot read {path}: {exc}") from exc
+    saved = load_tensors(path, "init_from weights")
+    if not isinstance(saved, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in saved.values()
+    ):
+        raise EdgeTrainError(f"init_from: {path} is not a state dict of tensors")
     own = model.state_dict()
     matched = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
     if not matched:

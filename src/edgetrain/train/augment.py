@@ -29,7 +29,9 @@ class MixedBatch:
 
 def augment_generator(seed: int, epoch: int, step: int) -> torch.Generator:
     """A CPU generator for one batch, independent of everything but (seed, epoch, step)."""
-    return torch.Generator().manual_seed((int(seed) * 1_000_003 + epoch) * 1_000_033 + step)
+    # modulo 2**64, torch's seed range: unchanged for seeds below about 1.8e7, safe above
+    mixed = ((int(seed) * 1_000_003 + epoch) * 1_000_033 + step) % 2**64
+    return torch.Generator().manual_seed(mixed)
 
 
 def _flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

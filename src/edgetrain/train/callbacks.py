@@ -1,11 +1,17 @@
-"""Callbacks: no-op hook classes the loop calls at fit, epoch and batch boundaries."""
+"""Callbacks: no-op hook classes the loop calls at fit, epoch and batch boundaries.
+
+Every feature of training (monitor, budget, activations, sparse updates, pruning, progress)
+is one :class:`Callback`. What a callback may change, and when, is said on each hook and on
+the fields of :class:`TrainState` (docs/design.md, "How a feature plugs into training").
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -14,7 +20,11 @@ if TYPE_CHECKING:
     from edgetrain.config import TrainConfig
     from edgetrain.train.rundir import RunDir
 
-__all__ = ["BatchTiming", "Callback", "CallbackList", "TrainState"]
+__all__ = ["BatchTiming", "Callback", "CallbackList", "Forward", "TrainState"]
+
+log = logging.getLogger(__name__)
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,11 @@ class TrainState:
     epoch_row: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     stop_training: bool = False
+    skipped_steps: int = 0  # logical batches whose loss was not finite (on_nonfinite=skip)
+    # set by edgetrain's callbacks for the others and for env.json
+    sensor_statuses: list[Any] | None = None  # the monitor's sensors: available or not, why
+    sparse_selection: Any = None  # the sparse-update callback's current Selection
+    # free for a user's own callbacks to share values; edgetrain's callbacks never use it
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -71,9 +86,14 @@ class TrainState:
 
 
 class Callback:
-    """Override any hook; all are no-ops. ``state_dict`` goes into checkpoints."""
+    """Override any hook; all are no-ops. ``state_dict`` goes into checkpoints.
+
+    ``unique`` callbacks (the monitor, the budget controller, sparse updates, pruning) are
+    active once per run: a second one with the same :attr:`key` is dropped with a log line.
+    """
 
     name: str = ""
+    unique: ClassVar[bool] = False
 
     def on_fit_start(self, state: TrainState) -> None: ...
     def on_epoch_start(self, state: TrainState) -> None: ...
@@ -87,7 +107,16 @@ class Callback:
         del state, error
         return False
 
+    def wrap_forward(self, forward: Forward) -> Forward:
+        """Wrap the model's forward pass (called once, before training; default: unchanged)."""
+        return forward
+
+    def summary(self) -> Mapping[str, Any]:
+        """Sections this feature adds to summary.json (read after ``on_fit_end``)."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
+        """Checkpointed state: tensors and plain types only (loaded with weights_only)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -102,7 +131,12 @@ class CallbackList(Callback):
     """Calls each callback in order."""
 
     def __init__(self, callbacks: Iterable[Callback]) -> None:
-        self.callbacks = list(callbacks)
+        self.callbacks: list[Callback] = []
+        for cb in callbacks:
+            if cb.unique and any(c.key == cb.key for c in self.callbacks):
+                log.info("another %s callback is active on this run; dropping %r", cb.key, cb)
+                continue
+            self.callbacks.append(cb)
 
     def _each(self, hook: str, state: TrainState) -> None:
         for cb in self.callbacks:
@@ -129,6 +163,17 @@ class CallbackList(Callback):
     def on_oom(self, state: TrainState, error: BaseException) -> bool:
         # every callback hears of it; one that shrinks the step is enough to retry
         return any([cb.on_oom(state, error) for cb in self.callbacks])
+
+    def wrap_forward(self, forward: Forward) -> Forward:
+        for cb in self.callbacks:
+            forward = cb.wrap_forward(forward)
+        return forward
+
+    def summary(self) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for cb in self.callbacks:
+            merged.update(cb.summary())
+        return merged
 
     def state_dict(self) -> dict[str, Any]:
         return {cb.key: cb.state_dict() for cb in self.callbacks}

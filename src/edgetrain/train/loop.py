@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from edgetrain.errors import DivergedError
 from edgetrain.train.augment import MixedBatch, augment_batch, augment_generator
 from edgetrain.train.callbacks import BatchTiming, Callback, TrainState
 from edgetrain.train.data import epoch_loader, eval_loader
@@ -32,6 +33,7 @@ class StepResult:
     loss_sum: float
     correct: int
     samples: int
+    skipped: bool = False  # non-finite loss, on_nonfinite=skip: no optimizer step was taken
 
 
 def _loss_sum(
@@ -78,12 +80,20 @@ def train_step(
         scaler.scale(loss / n).backward()
         loss_total += loss.detach().double()
         correct += (out.detach().argmax(dim=1) == y[lo:hi]).sum()
+    # .item() is a host-device sync point: once per logical batch, not per micro-batch
+    loss_value = float(loss_total.item())
+    if not math.isfinite(loss_value):
+        policy = cfg.on_nonfinite
+        if policy == "stop":
+            raise DivergedError(state.epoch + 1, state.step + 1, loss_value)
+        if policy == "skip":
+            optimizer.zero_grad(set_to_none=True)
+            return StepResult(loss_value, int(correct.item()), n, skipped=True)
     state.in_optimizer_step = True  # stays set if the step raises
     scaler.step(optimizer)
     scaler.update()
     state.in_optimizer_step = False
-    # .item() is a host-device sync point: once per logical batch, not per micro-batch
-    return StepResult(float(loss_total.item()), int(correct.item()), n)
+    return StepResult(loss_value, int(correct.item()), n)
 
 
 @torch.no_grad()
@@ -187,7 +197,7 @@ def run_epochs(
             prefetch_factor=cfg.prefetch_factor,
             pin_memory=state.device.type == "cuda",
         )
-        loss_sum, correct, seen = 0.0, 0, 0
+        loss_sum, correct, seen, loss_seen = 0.0, 0, 0, 0
         t0 = time.perf_counter()
         batches = iter(loader)
         while True:
@@ -210,7 +220,11 @@ def run_epochs(
                 compute_s=time.perf_counter() - t_copied,
                 samples=result.samples,
             )
-            loss_sum += result.loss_sum
+            if result.skipped:
+                state.skipped_steps += 1
+            else:
+                loss_sum += result.loss_sum
+                loss_seen += result.samples
             correct += result.correct
             seen += result.samples
             state.samples_seen_epoch = seen
@@ -225,7 +239,7 @@ def run_epochs(
         state.epoch_row.update(
             epoch=epoch + 1,
             time_s=time.perf_counter() - t0,
-            train_loss=loss_sum / max(1, seen),
+            train_loss=loss_sum / loss_seen if loss_seen else math.nan,
             train_acc=correct / max(1, seen),
             val_loss=val_loss,
             val_acc=val_acc,

@@ -29,9 +29,11 @@ class MonitorCallback(Callback):
     """
 
     name = "monitor"
+    unique = True
 
     def __init__(self, config: MonitorConfig) -> None:
         self.config = config
+        self._summary: dict[str, Any] = {}
         self.monitor: Any = None
         self._window: Any = None
         self._epoch = 0
@@ -46,7 +48,7 @@ class MonitorCallback(Callback):
         if self.config.cpu_tdp_w is not None:
             kwargs["cpu_tdp_w"] = self.config.cpu_tdp_w
         self.monitor = Monitor(**kwargs)
-        state.extras["sensor_statuses"] = self.monitor.sensor_statuses
+        state.sensor_statuses = self.monitor.sensor_statuses
         if state.run is not None:
             if self._t_offset_s > 0:
                 # resumed: drop samples taken after the checkpoint (they are replayed)
@@ -95,11 +97,16 @@ class MonitorCallback(Callback):
             self._window.__exit__(None, None, None)
             self._window = None
         self.monitor.close()  # also shuts NVML down
-        state.extras.setdefault("summary", {})["monitor"] = {
-            "interval_s": self.config.interval_s,
-            "sample_rate_hz": self.monitor.sample_rate_hz,
+        self._summary = {
+            "monitor": {
+                "interval_s": self.config.interval_s,
+                "sample_rate_hz": self.monitor.sample_rate_hz,
+            }
         }
         self.monitor = None
+
+    def summary(self) -> dict[str, Any]:
+        return self._summary
 
     def state_dict(self) -> dict[str, Any]:
         return {"t_offset_s": self._last_t_s}

@@ -50,7 +50,7 @@ class ProgressCallback(Callback):
     name = "progress"
 
     def __init__(self, console: Console | None = None) -> None:
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, markup=False)
         self._progress: Progress | None = None
         self._task: TaskID | None = None
 

@@ -1,8 +1,9 @@
-"""The run directory: the contract between layers (see DESIGN.md).
+"""The run directory: the contract between layers (docs/design.md, "The run directory").
 
 Every file is written so that a run killed at any moment leaves it readable: CSV rows
 are appended and flushed one at a time; JSON, YAML and checkpoints go to a temporary
-file that is then renamed over the old one.
+file that is then renamed over the old one. The directory carries edgetrain's ownership
+marker and is locked by the one process that writes it (:mod:`edgetrain.safefs`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import io
 import json
 import math
 import os
-import shutil
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -21,6 +21,16 @@ from typing import Any
 import torch
 
 from edgetrain.errors import EdgeTrainError
+from edgetrain.safefs import (
+    DirLock,
+    atomic_write_bytes,
+    atomic_write_text,
+    claim_dir,
+    dumps_strict,
+    mark_dir,
+    read_marker,
+    user_errors,
+)
 
 __all__ = [
     "DECISIONS_COLUMNS",
@@ -74,21 +84,6 @@ DECISIONS_COLUMNS: tuple[str, ...] = (
     "new",
     "reason",
 )
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text atomically (see :func:`atomic_write_bytes`)."""
-    atomic_write_bytes(path, text.encode())
 
 
 def _cell(value: Any) -> str:
@@ -168,26 +163,30 @@ class RunDir:
 
     def __init__(self, path: str | Path, mode: str = "new") -> None:
         self.path = Path(path)
-        if mode == "new":
-            if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
-                raise EdgeTrainError(
-                    f"run directory {self.path} already exists; use --resume to continue it "
-                    "or --overwrite to replace it (overwrite=True in Python)"
-                )
-        elif mode == "overwrite":
-            if self.path.exists() and not self.path.is_dir():
-                raise EdgeTrainError(f"run directory {self.path} exists and is not a directory")
-            if self.path.exists():
-                shutil.rmtree(self.path)
+        self.lock = DirLock(self.path, "run directory")
+        if mode in ("new", "overwrite"):
+            claim_dir(
+                self.path,
+                "run",
+                overwrite=mode == "overwrite",
+                what="run directory",
+                hint="use --resume to continue it or --overwrite to replace it "
+                "(overwrite=True in Python)",
+                lock=self.lock,
+            )
         elif mode == "resume":
             if not (self.path / self.CHECKPOINT).exists():
                 raise EdgeTrainError(
                     f"cannot resume {self.path}: no checkpoint at {self.path / self.CHECKPOINT}"
                 )
+            self.lock.acquire()
+            if read_marker(self.path) is None:  # a run written before markers existed
+                with user_errors("cannot write run directory"):
+                    mark_dir(self.path, "run")
         else:
             raise ValueError(f"unknown RunDir mode {mode!r}")
-        self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / "checkpoints").mkdir(exist_ok=True)
+        with user_errors("cannot write run directory"):
+            (self.path / "checkpoints").mkdir(exist_ok=True)
         self._logs: dict[str, CsvLog] = {}
 
     # -- files -----------------------------------------------------------------------------
@@ -198,7 +197,7 @@ class RunDir:
         return target
 
     def write_json(self, name: str, data: Mapping[str, Any]) -> Path:
-        return self.write_text(name, json.dumps(data, indent=2, default=_json_default) + "\n")
+        return self.write_text(name, dumps_strict(dict(data)))
 
     def read_json(self, name: str) -> dict[str, Any]:
         p = self.path / name
@@ -229,36 +228,46 @@ class RunDir:
         return kept
 
     def save_checkpoint(self, state: Mapping[str, Any]) -> Path:
-        target = self.path / self.CHECKPOINT
-        tmp = target.with_name(target.name + ".tmp")
+        """Write ``checkpoints/last.pt`` atomically; it must hold tensors and plain types only
+        (it is read back with ``weights_only=True``)."""
+        return save_tensors(self.path / self.CHECKPOINT, state)
+
+    def load_checkpoint(self) -> dict[str, Any]:
+        return load_tensors(self.path / self.CHECKPOINT, "checkpoint")
+
+    def close(self) -> None:
+        for log in self._logs.values():
+            log.close()
+        self._logs.clear()
+        self.lock.release()
+
+
+def save_tensors(target: Path, state: Mapping[str, Any]) -> Path:
+    """``torch.save`` to a temporary file and a rename; no ``.tmp`` is left on failure."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
         # straight to the file: going through BytesIO held a second copy of the state in memory
         with open(tmp, "wb") as fh:
             torch.save(dict(state), fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
-        return target
-
-    def load_checkpoint(self) -> dict[str, Any]:
-        target = self.path / self.CHECKPOINT
-        try:
-            return torch.load(target, map_location="cpu", weights_only=False)
-        except (OSError, RuntimeError, EOFError) as exc:
-            raise EdgeTrainError(f"cannot read checkpoint {target}: {exc}") from exc
-
-    def close(self) -> None:
-        for log in self._logs.values():
-            log.close()
-        self._logs.clear()
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, tuple | set):
-        return list(value)
-    return str(value)
+def load_tensors(path: Path, what: str) -> Any:
+    """``torch.load(weights_only=True)``: a file that needs anything but tensors and plain
+    types (a planted pickle, a foreign file) is refused without running any of it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise EdgeTrainError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    except Exception as exc:  # UnpicklingError for a forbidden global, RuntimeError, EOF, ...
+        first = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise EdgeTrainError(
+            f"cannot read {what} {path}: not an edgetrain file of tensors and plain values "
+            f"(only weights_only loading is allowed): {first}"
+        ) from None

@@ -72,10 +72,11 @@ class SparseUpdateCallback(Callback):
 
     Only one instance acts on a run: a second one (the default callback plus one passed by
     the caller) finds the first active and does nothing. The epoch's
-    :class:`~edgetrain.sparse.Selection` is in ``state.extras["sparse_selection"]``.
+    :class:`~edgetrain.sparse.Selection` is in ``state.sparse_selection``.
     """
 
     name = "sparse_update"
+    unique = True
 
     def __init__(
         self, config: SparseUpdateConfig, probe_data: Dataset, *, seed: int | None = None
@@ -94,13 +95,10 @@ class SparseUpdateCallback(Callback):
         self.scheme_used = ""
         self.updated_params: list[int] = []
         self._restored: dict[str, Any] | None = None
+        self._summary: dict[str, Any] = {}
 
     # -- set-up --------------------------------------------------------------------------
     def on_fit_start(self, state: TrainState) -> None:
-        if state.extras.get("sparse_update_active"):
-            log.info("another SparseUpdateCallback is active on this run; this one does nothing")
-            return
-        state.extras["sparse_update_active"] = True
         self.active = True
         cfg, model = self.config, state.model
         dtype = next(model.parameters()).dtype
@@ -181,7 +179,7 @@ class SparseUpdateCallback(Callback):
         self.selection, self.scheme_used = self.planner.select(state.epoch, velocity)
         if self.freezer is not None:
             self.freezer.apply(self.selection.rows)
-        state.extras["sparse_selection"] = self.selection  # for other callbacks
+        state.sparse_selection = self.selection  # for other callbacks
         cost = self.planner.cost.of_rows(self.selection.rows)
         budgeted = self.budget is not None and self.scheme_used in BUDGETED_SCHEMES
         if budgeted and self.budget is not None and cost > self.budget.limit:
@@ -248,14 +246,13 @@ class SparseUpdateCallback(Callback):
             return
         if self.freezer is not None:
             self.freezer.remove()
-        state.extras.pop("sparse_update_active", None)
         units = self.units
         if units is None:
             return
         mean_updated = (
             sum(self.updated_params) / len(self.updated_params) if self.updated_params else None
         )
-        state.extras.setdefault("summary", {})["sparse_update"] = {
+        self._summary = {
             "scheme": self.config.scheme,
             "budget_kind": self.budget.kind if self.budget else None,
             "budget": self.budget.limit if self.budget else None,
@@ -269,6 +266,9 @@ class SparseUpdateCallback(Callback):
             else None,
         }
         self.active = False
+
+    def summary(self) -> dict[str, Any]:
+        return {"sparse_update": self._summary} if self._summary else {}
 
     # -- checkpoints ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

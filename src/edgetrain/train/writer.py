@@ -18,9 +18,11 @@ __all__ = ["RunWriter", "build_summary", "restore_rng", "rng_state"]
 
 def rng_state() -> dict[str, Any]:
     """Every global random state, for checkpoints."""
+    # tensors and plain types only: checkpoints are read with weights_only=True
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
         "python": random.getstate(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -30,8 +32,10 @@ def rng_state() -> dict[str, Any]:
 
 def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -74,8 +78,9 @@ def build_summary(state: TrainState, status: str, **extra: Any) -> dict[str, Any
 class RunWriter(Callback):
     """Appends each epoch's row to metrics.csv, then checkpoints, then updates summary.json.
 
-    The summary says ``interrupted`` until the run ends, so a run killed at any moment
-    leaves an honest status behind.
+    The summary says ``running`` until the run ends (written before the first epoch too);
+    a reader that finds ``running`` while the directory's lock is free knows the process
+    died (:func:`edgetrain.safefs.DirLock.is_free`).
     """
 
     name = "run_writer"
@@ -107,6 +112,6 @@ class RunWriter(Callback):
         # the summary is built after the loop appends this row: do it here from `history`
         saved, state.history = state.history, history
         try:
-            self.run.write_json("summary.json", build_summary(state, "interrupted"))
+            self.run.write_json("summary.json", build_summary(state, "running"))
         finally:
             state.history = saved

@@ -150,13 +150,8 @@ def _load_user(
         loader, spec=spec, kind="data set", common=common, options=options, reserved=_COMMON
     )
     info: DataInfo | None = None
-    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], DataInfo):
+    if isinstance(result, tuple):  # (Dataset, DataInfo), checked by call_user
         result, info = result
-    if not isinstance(result, Dataset) or not hasattr(result, "__len__"):
-        raise EdgeTrainError(
-            f"data set '{spec}' returned {type(result).__name__}, expected a torch Dataset "
-            "with __len__ or a (Dataset, DataInfo) tuple"
-        )
     dataset: Dataset[Any] = result
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise EdgeTrainError(f"data set '{spec}' is empty")

@@ -219,10 +219,6 @@ def build_model(
         builder = load_callable(name, kind="model")
         common = {"num_classes": num_classes, "in_channels": in_channels, "input_size": input_size}
         model = call_user(builder, spec=name, kind="model", common=common, options=kwargs)
-        if not isinstance(model, nn.Module):
-            raise EdgeTrainError(
-                f"model '{name}' returned {type(model).__name__}, expected a torch.nn.Module"
-            )
         logger.debug("built user model %s", name)
         return model
     key = name.lower()

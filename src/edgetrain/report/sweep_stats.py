@@ -1,0 +1,408 @@
+"""The tables of the sweep report, made from the analysis tables of a :class:`Sweep`.
+
+Each function takes a :class:`~edgetrain.report.sweep_data.Sweep` and returns a
+DataFrame (or a small mapping), empty when the analysis lacks its input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from edgetrain.report.labels import (
+    energy_source_text,
+    finite_number,
+    format_value,
+    is_estimated,
+)
+from edgetrain.report.rundir import is_run_directory
+from edgetrain.report.sweep_data import Sweep, completed
+
+__all__ = [
+    "TOP_DISPLAY",
+    "TOP_TITLES",
+    "best_trial",
+    "completed_table",
+    "failed_trials",
+    "importance_bars",
+    "parameter_effects",
+    "parameter_groups",
+    "parameter_kinds",
+    "pareto_points",
+    "sweep_overview",
+    "top_table",
+    "trial_counts",
+]
+
+TOP_TITLES = {
+    "top_accuracy": "highest validation accuracy",
+    "top_energy": "lowest energy",
+    "top_efficiency": "highest efficiency (accuracy per kJ)",
+}
+TOP_DISPLAY = (
+    "rank",
+    "number",
+    "val_acc",
+    "energy_j",
+    "avg_power_w",
+    "efficiency_acc_per_kj",
+    "time_s",
+)
+TRIAL_DISPLAY = ("number", "val_acc", "energy_j", "avg_power_w", "efficiency_acc_per_kj", "time_s")
+_NUMERIC_MIN_VALUES = 5  # a parameter without a space.yaml entry: fewer distinct values = choices
+
+
+def trial_counts(sweep: Sweep) -> dict[str, int]:
+    """Completed, failed, lost or interrupted, and running trials (summary.json first)."""
+    counts = sweep.summary.get("trials")
+    if isinstance(counts, dict) and counts:
+        return {str(k): int(v) for k, v in counts.items() if finite_number(v) is not None}
+    states = sweep.tables["trials"].get("state", pd.Series(dtype=object))
+    reasons = sweep.tables["trials"].get("fail_reason", pd.Series(dtype=object))
+    failed = states == "failed"
+    not_counted = failed & reasons.isin(["lost", "interrupted"])
+    return {
+        "complete": int((states == "complete").sum()),
+        "failed": int((failed & ~not_counted).sum()),
+        "lost_or_interrupted": int(not_counted.sum()),
+        "running": int((states == "running").sum()),
+    }
+
+
+def _trial_line(sweep: Sweep, number: Any) -> str:
+    """'trial 4: val acc 0.9304, energy 12.36 J, 75.28 acc/kJ'."""
+    if number is None or finite_number(number) is None:
+        return "-"
+    trials = sweep.tables["trials"]
+    row = trials[trials["number"] == float(number)]
+    if row.empty:
+        return f"trial {int(float(number))}"
+    row = row.iloc[0]
+    estimated = " (est.)" if is_estimated([row.get("energy_source")]) else ""
+    return (
+        f"trial {int(row['number'])}: val acc {format_value('val_acc', row.get('val_acc'))}, "
+        f"energy {format_value('energy_j', row.get('energy_j'))} J{estimated}, "
+        f"avg power {format_value('avg_power_w', row.get('avg_power_w'))} W, "
+        f"{format_value('efficiency', row.get('efficiency_acc_per_kj'))} acc/kJ"
+    )
+
+
+def sweep_overview(sweep: Sweep) -> pd.DataFrame:
+    """The title page as rows ``key, value`` (text)."""
+    summary, space = sweep.summary, sweep.space
+    counts = trial_counts(sweep)
+    objectives = summary.get("objectives") or space.get("objectives") or []
+    rows = [
+        ("study", sweep.name),
+        ("directory", str(sweep.path.resolve())),
+        ("objectives", ", ".join(map(str, objectives)) or "-"),
+        ("sampler", str(summary.get("sampler") or space.get("sampler") or "-")),
+        ("seed", format_value("seed", summary.get("seed", space.get("seed")))),
+        ("parameters", ", ".join(sweep.params) or "-"),
+        ("trials completed", str(counts.get("complete", 0))),
+        ("trials failed", str(counts.get("failed", 0))),
+    ]
+    if counts.get("lost_or_interrupted"):
+        rows.append(("lost or interrupted (re-queued)", str(counts["lost_or_interrupted"])))
+    if counts.get("running"):
+        rows.append(("running when analysed", str(counts["running"])))
+    rows.append(("trial directories", str(sweep.trial_dirs)))
+    rows.append(("energy source", energy_source_text(sweep.energy_sources)))
+    concurrent = finite_number(summary.get("max_concurrent_trials"))
+    if concurrent is not None and concurrent > 1:
+        rows.append(
+            (
+                "concurrent trials",
+                f"up to {int(concurrent)} at a time: a trial's energy includes the others'",
+            )
+        )
+    if summary.get("vary_data") or space.get("vary_data"):
+        rows.append(("data", "the space varies data keys: trials saw different validation data"))
+    for key, label in (
+        ("best_accuracy_trial", "best accuracy"),
+        ("lowest_energy_trial", "lowest energy"),
+        ("best_efficiency_trial", "best efficiency"),
+        ("knee_trial", "Pareto knee"),
+    ):
+        number = summary.get(key)
+        if number is None and key != "knee_trial":
+            table = {
+                "best_accuracy_trial": "top_accuracy",
+                "lowest_energy_trial": "top_energy",
+                "best_efficiency_trial": "top_efficiency",
+            }[key]
+            top = sweep.tables[table]
+            number = None if top.empty else top["number"].iloc[0]
+        rows.append((label, _trial_line(sweep, number)))
+    for key, label in (
+        ("top_energy_driver", "top energy driver"),
+        ("top_accuracy_driver", "top accuracy driver"),
+    ):
+        if summary.get(key):
+            rows.append((label, str(summary[key])))
+    return pd.DataFrame(rows, columns=["key", "value"])
+
+
+def _param_display(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
+    present = [c for c in columns if c in frame.columns]
+    params = [c for c in frame.columns if c.startswith("param_")]
+    shown = frame[[*present, *params]].rename(columns={c: c.removeprefix("param_") for c in params})
+    return shown.reset_index(drop=True)
+
+
+def top_table(sweep: Sweep, name: str) -> pd.DataFrame:
+    """A top-k table for display: rank, trial, accuracy, energy, avg power, acc/kJ, time, params."""
+    table = sweep.tables[name]
+    if table.empty:
+        return pd.DataFrame(columns=list(TOP_DISPLAY))
+    return _param_display(table, TOP_DISPLAY)
+
+
+def _knee_flags(pareto: pd.DataFrame) -> pd.Series:
+    if "knee" not in pareto.columns:
+        return pd.Series(False, index=pareto.index)
+    return pareto["knee"].map(lambda v: str(v).strip().lower() in ("true", "1", "1.0", "yes"))
+
+
+def pareto_points(sweep: Sweep) -> pd.DataFrame:
+    """Every completed trial with accuracy and energy; ``on_front`` and ``knee`` flags.
+
+    Returns:
+        Columns ``number, val_acc, energy_j, avg_power_w, efficiency_acc_per_kj, time_s,
+        on_front, knee``, sorted by energy.
+    """
+    columns = list(TRIAL_DISPLAY)
+    done = completed(sweep.tables["trials"])
+    present = [c for c in columns if c in done.columns]
+    if done.empty or not {"val_acc", "energy_j"} <= set(present):
+        return pd.DataFrame(columns=[*columns, "on_front", "knee"])
+    points = done[present].dropna(subset=["val_acc", "energy_j"]).copy()
+    pareto = sweep.tables["pareto"]
+    if not pareto.empty and "number" in pareto.columns:
+        front = set(pareto["number"].dropna().astype(int))
+        knees = set(pareto.loc[_knee_flags(pareto), "number"].dropna().astype(int))
+    else:
+        front, knees = _front_numbers(points), set()
+        knee = sweep.summary.get("knee_trial")
+        if finite_number(knee) is not None:
+            knees = {int(knee)}
+    numbers = points["number"].astype(int)
+    points["on_front"] = numbers.isin(front)
+    points["knee"] = numbers.isin(knees)
+    return points.sort_values(["energy_j", "number"], kind="stable").reset_index(drop=True)
+
+
+def _front_numbers(points: pd.DataFrame) -> set[int]:
+    """Non-dominated trials in (max accuracy, min energy), when pareto.csv is absent."""
+    front = set()
+    values = points[["number", "val_acc", "energy_j"]].to_numpy(dtype=float)
+    for number, acc, energy in values:
+        dominated = (
+            (values[:, 1] >= acc)
+            & (values[:, 2] <= energy)
+            & ((values[:, 1] > acc) | (values[:, 2] < energy))
+        )
+        if not dominated.any():
+            front.add(int(number))
+    return front
+
+
+def importance_bars(sweep: Sweep, target: str) -> pd.DataFrame:
+    """One target's parameter importance, most important first.
+
+    Returns:
+        Columns ``parameter, rank, fanova_importance, epsilon_sq, kruskal_p, best_value``.
+    """
+    columns = ["parameter", "rank", "fanova_importance", "epsilon_sq", "kruskal_p", "best_value"]
+    importance = sweep.tables["importance"]
+    if importance.empty or "target" not in importance.columns:
+        return pd.DataFrame(columns=columns)
+    part = importance[importance["target"] == target]
+    for column in columns:
+        if column not in part.columns:
+            part = part.assign(**{column: np.nan})
+    part = part[columns]
+    if part[["fanova_importance", "epsilon_sq"]].isna().all().all():
+        return pd.DataFrame(columns=columns)
+    return part.sort_values("rank", kind="stable").reset_index(drop=True)
+
+
+def _choice_text(value: Any) -> str:
+    """A parameter value as trials.csv writes it: lists as JSON, integral floats as ints."""
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    if value is None:
+        return ""
+    return _normalise(str(value))
+
+
+def _normalise(text: str) -> str:
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if math.isfinite(number) and number == int(number) and "e" not in text.lower():
+        return str(int(number))
+    return text
+
+
+def parameter_kinds(sweep: Sweep) -> dict[str, dict[str, Any]]:
+    """Per parameter: ``kind`` (categorical or numeric), ``log`` and ``choices`` (as text).
+
+    Taken from space.yaml; without it a parameter whose values are all numbers and take at
+    least five distinct values is numeric.
+    """
+    spec_of = sweep.space.get("params") if isinstance(sweep.space.get("params"), dict) else {}
+    trials = sweep.tables["trials"]
+    kinds: dict[str, dict[str, Any]] = {}
+    for name in sweep.params:
+        spec = spec_of.get(name) if isinstance(spec_of.get(name), dict) else None
+        if spec is not None and "choices" in spec:
+            choices = [_choice_text(c) for c in spec.get("choices") or []]
+            kinds[name] = {"kind": "categorical", "log": False, "choices": choices}
+            continue
+        if spec is not None and ("low" in spec or "high" in spec):
+            kinds[name] = {"kind": "numeric", "log": bool(spec.get("log")), "choices": []}
+            continue
+        values = trials.get(f"param_{name}", pd.Series(dtype=object)).dropna()
+        numbers = pd.to_numeric(values, errors="coerce")
+        numeric = len(values) and numbers.notna().all() and numbers.nunique() >= _NUMERIC_MIN_VALUES
+        if numeric:
+            positive = numbers[numbers > 0]
+            log = len(positive) == len(numbers) and positive.max() / positive.min() > 100
+            kinds[name] = {"kind": "numeric", "log": bool(log), "choices": []}
+        else:
+            kinds[name] = {"kind": "categorical", "log": False, "choices": []}
+    return kinds
+
+
+def _column(frame: pd.DataFrame, name: str) -> np.ndarray:
+    """A numeric column as an array (NaN when absent), free of the frame's index."""
+    if name not in frame.columns:
+        return np.full(len(frame), np.nan)
+    return pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
+
+
+def parameter_effects(sweep: Sweep) -> pd.DataFrame:
+    """Long table of completed trials per parameter, for the distribution figures.
+
+    Returns:
+        Columns ``parameter, kind, value, x, order, number, val_acc, energy_j``: ``value``
+        is the text of the value, ``x`` its number (numeric parameters), ``order`` the
+        position of a categorical value among the space's choices.
+    """
+    columns = ["parameter", "kind", "value", "x", "order", "number", "val_acc", "energy_j"]
+    done = completed(sweep.tables["trials"])
+    if done.empty:
+        return pd.DataFrame(columns=columns)
+    kinds = parameter_kinds(sweep)
+    parts = []
+    for name, spec in kinds.items():
+        column = f"param_{name}"
+        if column not in done.columns:
+            continue
+        raw = done[column]
+        part = pd.DataFrame(
+            {
+                "parameter": name,
+                "kind": spec["kind"],
+                "value": [_normalise(str(v)) if pd.notna(v) else "(none)" for v in raw],
+                "x": _column(done, column) if spec["kind"] == "numeric" else np.nan,
+                "number": done["number"].to_numpy(),
+                "val_acc": _column(done, "val_acc"),
+                "energy_j": _column(done, "energy_j"),
+            }
+        )
+        if spec["kind"] == "categorical":
+            order = {choice: i for i, choice in enumerate(spec["choices"])}
+            seen = sorted(set(part["value"]) - set(order), key=str)
+            order.update({value: len(order) + i for i, value in enumerate(seen)})
+            part["order"] = part["value"].map(order).astype(float)
+        else:
+            part["order"] = np.nan
+        parts.append(part)
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(parts, ignore_index=True)[columns]
+
+
+def parameter_groups(effects: pd.DataFrame) -> pd.DataFrame:
+    """Per categorical parameter value: trials, median and mean energy and accuracy.
+
+    Returns:
+        Columns ``parameter, value, trials, energy_j_median, energy_j_mean,
+        val_acc_median, val_acc_mean`` in choice order.
+    """
+    columns = [
+        "parameter",
+        "value",
+        "trials",
+        "energy_j_median",
+        "energy_j_mean",
+        "val_acc_median",
+        "val_acc_mean",
+    ]
+    categorical = effects[effects["kind"] == "categorical"] if not effects.empty else effects
+    if categorical.empty:
+        return pd.DataFrame(columns=columns)
+    grouped = categorical.groupby(["parameter", "order", "value"], sort=False)
+    table = grouped.agg(
+        trials=("number", "size"),
+        energy_j_median=("energy_j", "median"),
+        energy_j_mean=("energy_j", "mean"),
+        val_acc_median=("val_acc", "median"),
+        val_acc_mean=("val_acc", "mean"),
+    ).reset_index()
+    params = list(dict.fromkeys(categorical["parameter"]))
+    table["position"] = table["parameter"].map({p: i for i, p in enumerate(params)})
+    table = table.sort_values(["position", "order"], kind="stable")
+    return table[columns].reset_index(drop=True)
+
+
+def best_trial(sweep: Sweep) -> tuple[int | None, Path | None]:
+    """The most efficient completed trial (highest accuracy per kJ) and its run directory.
+
+    Returns:
+        (number, run directory); the directory is None when it is not on this machine.
+    """
+    top = sweep.tables["top_efficiency"]
+    number = None
+    if not top.empty and top["number"].notna().any():
+        number = int(top["number"].dropna().iloc[0])
+    else:
+        done = completed(sweep.tables["trials"])
+        if "efficiency_acc_per_kj" in done.columns and done["efficiency_acc_per_kj"].notna().any():
+            number = int(done.loc[done["efficiency_acc_per_kj"].idxmax(), "number"])
+    if number is None:
+        return None, None
+    trials = sweep.tables["trials"]
+    candidates = [sweep.path / "trials" / str(number)]
+    if "run_dir" in trials.columns:
+        written = trials.loc[trials["number"] == number, "run_dir"].dropna()
+        if not written.empty:
+            run_dir = Path(str(written.iloc[0]))
+            candidates.insert(0, run_dir if run_dir.is_absolute() else sweep.path / run_dir)
+    for candidate in candidates:
+        if candidate.is_dir() and is_run_directory(candidate):
+            return number, candidate
+    return number, None
+
+
+def failed_trials(sweep: Sweep) -> pd.DataFrame:
+    """Trials that did not complete: ``number, state, fail_reason, error``."""
+    columns = ["number", "state", "fail_reason", "error"]
+    trials = sweep.tables["trials"]
+    if trials.empty or "state" not in trials.columns:
+        return pd.DataFrame(columns=columns)
+    failed = trials[trials["state"] != "complete"]
+    return failed[[c for c in columns if c in failed.columns]].reset_index(drop=True)
+
+
+def completed_table(sweep: Sweep) -> pd.DataFrame:
+    """Every completed trial for display: number, accuracy, energy, power, acc/kJ, time, params."""
+    return _param_display(completed(sweep.tables["trials"]), TRIAL_DISPLAY)
