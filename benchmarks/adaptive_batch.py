@@ -62,7 +62,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     from edgetrain.adapt import make_meter
     from edgetrain.config import load_config
     from edgetrain.train import Callback, TrainState, prepare_data, train
-    from edgetrain.train.adapt_callback import AdaptiveCallback, _resident_tensor_bytes
+    from edgetrain.train.features.budget import AdaptiveCallback, _resident_tensor_bytes
 
     class Peak(Callback):
         """The controller's measurement, for fixed runs (and eval in micro-batch chunks)."""

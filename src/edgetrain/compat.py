@@ -158,7 +158,7 @@ def dynamic_train(
     """
     from edgetrain.config import load_config
     from edgetrain.train import fit
-    from edgetrain.train.adapt_callback import adapt_callbacks
+    from edgetrain.train.features.budget import adapt_callbacks
 
     train_set = arrays_to_dataset(train_dataset)
     x0, _ = train_set[0]

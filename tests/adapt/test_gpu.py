@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from edgetrain.train import fit
-from edgetrain.train.adapt_callback import AdaptiveCallback
+from edgetrain.train.features.budget import AdaptiveCallback
 from edgetrain.zoo import build_model
 
 pytestmark = [

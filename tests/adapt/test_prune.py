@@ -20,7 +20,7 @@ from edgetrain.prune import (
     target_sparsity,
 )
 from edgetrain.train import fit
-from edgetrain.train.adapt_callback import PruneCallback
+from edgetrain.train.features.budget import PruneCallback
 
 
 def net(seed: int = 0) -> nn.Module:
@@ -138,7 +138,7 @@ def test_resume_with_pruning_matches_a_straight_run(tmp_path, schedule):
     # the gradual ramp is fixed by end_epoch, not by the epochs of the first run
     straight = _train(tmp_path / "a", epochs=4, schedule=schedule, end_epoch=4)
     _train(tmp_path / "b", epochs=2, schedule=schedule, end_epoch=4)
-    ckpt = torch.load(tmp_path / "b/checkpoints/last.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "b/checkpoints/last.pt", weights_only=True)
     assert not any(k.endswith(("_orig", "_mask")) for k in ckpt["model"])
     resumed = _train(tmp_path / "b", epochs=4, resume=True, schedule=schedule, end_epoch=4)
     a = torch.load(straight.run_dir / "model.pt", weights_only=True)
@@ -169,6 +169,6 @@ def test_a_second_prune_callback_does_nothing_and_keeps_the_masks(tmp_path):
         prune={"ratio": 0.5},
         **QUIET,
     )
-    saved = torch.load(result.run_dir / "checkpoints/last.pt", weights_only=False)
+    saved = torch.load(result.run_dir / "checkpoints/last.pt", weights_only=True)
     assert set(saved["callbacks"]["prune"]["masks"]) == {"0", "4", "6"}
     assert result.summary["prune"]["layers"] == 3

@@ -9,7 +9,7 @@ import torch
 from edgetrain.config import SparseUpdateConfig
 from edgetrain.errors import EdgeTrainError
 from edgetrain.train import fit
-from edgetrain.train.sparse_callback import SPARSE_UPDATE_COLUMNS, SparseUpdateCallback
+from edgetrain.train.features.sparse import SPARSE_UPDATE_COLUMNS, SparseUpdateCallback
 
 SETTINGS = {
     "epochs": 3,

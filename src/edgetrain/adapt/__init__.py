@@ -1,7 +1,7 @@
 """Adaptive training inside a memory budget: a memory model, meters and pure policies.
 
 A building block: it acts on a model, an optimizer and observations, and knows nothing
-about files or the CLI (``edgetrain.train.adapt_callback`` puts it into the loop)::
+about files or the CLI (``edgetrain.train.features.budget`` puts it into the loop)::
 
     fit = edgetrain.adapt.fit_memory_model(model, opt, x, y, meter=make_meter(device),
                                            limit_bytes=0.9 * budget)

@@ -1,7 +1,7 @@
 """The budget controller: every decision of the adaptive callback, from numbers alone.
 
 :class:`BudgetController` imports no torch and needs no model. The training callback
-(:class:`edgetrain.train.adapt_callback.AdaptiveCallback`) measures (probes, meters,
+(:class:`edgetrain.train.features.budget.AdaptiveCallback`) measures (probes, meters,
 out-of-memory errors, the epoch's metrics), feeds the numbers in, and applies the
 :class:`BudgetDecision` that comes out to the loop's state::
 

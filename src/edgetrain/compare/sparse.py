@@ -37,7 +37,7 @@ from edgetrain.config.sparse import BUDGETED_SCHEMES, SCHEMES
 from edgetrain.errors import EdgeTrainError, MissingExtraError, suggest
 from edgetrain.safefs import DirLock, claim_dir
 from edgetrain.train import Callback, TrainState, evaluate, prepare_data, train
-from edgetrain.train.sparse_callback import SparseUpdateCallback
+from edgetrain.train.features.sparse import SparseUpdateCallback
 
 __all__ = [
     "CompareResult",

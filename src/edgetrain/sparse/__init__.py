@@ -2,7 +2,7 @@
 memory budget, and freeze the rest so that they neither move nor cost backward work.
 
 A building block: it acts on a model and an optimizer and knows nothing about files or the
-CLI (``edgetrain.train.sparse_callback`` composes it into training).
+CLI (``edgetrain.train.features.sparse`` composes it into training).
 
 Example::
 

@@ -202,15 +202,19 @@ class _Worker:
             run_dir = (self.sweep_dir / "trials" / str(number)).resolve()
             owner = {**self.owner, "token": token, "run_dir": str(run_dir)}
             self.heartbeat.add(tid, token)
-            call(
-                f"recording the owner of trial {number}",
-                self.storage.set_trial_system_attr,
-                tid,
-                OWNER_ATTR,
-                owner,
-            )
-            claim = _Claim(trial, tid, token, run_dir)
-            claim.problem = self._sample(trial)
+            try:
+                call(
+                    f"recording the owner of trial {number}",
+                    self.storage.set_trial_system_attr,
+                    tid,
+                    OWNER_ATTR,
+                    owner,
+                )
+                claim = _Claim(trial, tid, token, run_dir)
+                claim.problem = self._sample(trial)
+            except BaseException:
+                self.heartbeat.remove(tid)  # left RUNNING: the next reaper fails it (lost)
+                raise
             return claim
 
     def _sample(self, trial: Any) -> str | None:
@@ -467,7 +471,8 @@ def run_sweep(
             "journal storage or PostgreSQL for --workers > 1"
         )
     sweep_dir = Path(out) if out is not None else Path("sweeps") / default_study_name(space.source)
-    retry = StorageRetry(storage)  # checks EDGETRAIN_STORAGE_RETRY_S before anything runs
+    stop = threading.Event()
+    retry = StorageRetry(storage, stop=stop)  # checks EDGETRAIN_STORAGE_RETRY_S first
     study, backend, resolved = open_sweep_study(
         space, sweep_dir, storage=storage, study_name=study_name
     )
@@ -505,7 +510,6 @@ def run_sweep(
         recover=partial(recover_running, study, backend, space, sweep_dir),
     )
     shared = _Shared()
-    stop = threading.Event()
     label = read_sweep_info(sweep_dir).get("storage") or storage_label(storage, sweep_dir)
     display = _Display(study, trials, progress, console)
     workers_ = [

@@ -22,6 +22,7 @@ import errno
 import logging
 import random
 import re
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -329,6 +330,9 @@ class StorageRetry:
         url: the storage as given (its password is masked in messages).
         patience_s: seconds to keep trying one call (default: :func:`retry_patience_s`).
         sleep: how to wait (tests replace it).
+        stop: when set (the sweep is stopping), a failing call gives up at once instead
+            of waiting for the storage: the trial is left RUNNING, and the next run
+            recovers its result or replaces it.
     """
 
     MAX_DELAY_S = 30.0
@@ -338,10 +342,12 @@ class StorageRetry:
         url: str | None,
         patience_s: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        stop: threading.Event | None = None,
     ) -> None:
         self.url = url
         self.patience_s = retry_patience_s() if patience_s is None else float(patience_s)
         self.sleep = sleep
+        self.stop = stop
         self.retries = 0  # all retries made (for tests and reports)
 
     def describe(self, exc: BaseException) -> str:
@@ -368,11 +374,16 @@ class StorageRetry:
                 attempt += 1
                 left = deadline - time.monotonic()
                 reason = self.describe(cause)
+                where = f" {storage_label(self.url, None)}" if self.url else ""
                 if left <= 0:
-                    where = f" {storage_label(self.url, None)}" if self.url else ""
                     raise StorageUnavailableError(
                         f"the study storage{where} failed for {self.patience_s:g} s while "
                         f"{what}: {reason}; raise {RETRY_ENV} to wait longer"
+                    ) from None
+                if self.stop is not None and self.stop.is_set():
+                    raise StorageUnavailableError(
+                        f"the study storage{where} failed while {what} as the sweep was "
+                        f"stopping: {reason}"
                     ) from None
                 pause = min(delay * (0.75 + random.random() / 2), left)
                 log.warning(
@@ -385,5 +396,8 @@ class StorageRetry:
                     reason,
                 )
                 self.retries += 1
-                self.sleep(pause)
+                if self.stop is not None:
+                    self.stop.wait(pause)
+                else:
+                    self.sleep(pause)
                 delay = min(delay * 2, self.MAX_DELAY_S)

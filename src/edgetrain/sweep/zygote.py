@@ -33,8 +33,8 @@ PRELOAD = (
     "torch.optim",
     "torch.utils.serialization",
     "edgetrain.train",
-    "edgetrain.train.adapt_callback",  # with edgetrain.adapt, .memory and .prune
-    "edgetrain.train.monitoring",
+    "edgetrain.train.features.budget",  # with edgetrain.adapt, .memory and .prune
+    "edgetrain.train.features.monitor",
     "edgetrain.zoo",
     "edgetrain.measure",
     "edgetrain.sweep.trial",

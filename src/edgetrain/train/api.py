@@ -144,15 +144,15 @@ def _env_info(statuses: Any = None) -> dict[str, Any]:
 def _default_callbacks(config: TrainConfig, progress: bool) -> list[Callback]:
     cbs: list[Callback] = []
     if config.monitor.enabled:
-        from edgetrain.train.monitoring import MonitorCallback
+        from edgetrain.train.features.monitor import MonitorCallback
 
         cbs.append(MonitorCallback(config.monitor))
     if config.activations != "off":
-        from edgetrain.train.activations import ActivationCallback
+        from edgetrain.train.features.activations import ActivationCallback
 
         cbs.append(ActivationCallback(config.activations, seed=config.seed))
     if progress:
-        from edgetrain.train.progress import ProgressCallback
+        from edgetrain.train.features.progress import ProgressCallback
 
         cbs.append(ProgressCallback())
     return cbs
@@ -193,13 +193,13 @@ def _run(
     )
     user = list(callbacks)
     defaults = _default_callbacks(config, progress)
-    from edgetrain.train.adapt_callback import adapt_callbacks
+    from edgetrain.train.features.budget import adapt_callbacks
 
     # after the monitor (its epoch peaks feed the controller), before progress and user ones
     at = 1 if config.monitor.enabled else 0
     defaults[at:at] = adapt_callbacks(config, data.train, data.val)
     if config.sparse_update.scheme != "full":
-        from edgetrain.train.sparse_callback import SparseUpdateCallback
+        from edgetrain.train.features.sparse import SparseUpdateCallback
 
         # the probe set is the first probe_size training samples, in order, un-augmented
         defaults.append(SparseUpdateCallback(config.sparse_update, data.train))
@@ -249,7 +249,6 @@ def _run(
         try:
             all_callbacks.on_fit_end(state)
         finally:
-            extra.update(state.extras.get("summary", {}))
             extra.update(all_callbacks.summary())
             if state.skipped_steps:
                 extra["nonfinite_steps_skipped"] = state.skipped_steps

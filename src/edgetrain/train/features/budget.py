@@ -12,7 +12,7 @@ totals to ``summary.json`` (``adapt``).
 The callback only measures and applies: the decisions are
 :class:`~edgetrain.adapt.controller.BudgetController`'s, which needs no model.
 
-:class:`PruneCallback` (:mod:`edgetrain.train.prune_callback`) prunes conv and linear
+:class:`PruneCallback` (:mod:`edgetrain.train.features.prune`) prunes conv and linear
 weights by global magnitude.
 
 Use :func:`adapt_callbacks` for the callbacks a config asks for, in their order.
@@ -45,9 +45,9 @@ from edgetrain.adapt import (
 from edgetrain.config import AdaptConfig, TrainConfig
 from edgetrain.errors import EdgeTrainError
 from edgetrain.memory import unique_bytes
-from edgetrain.train.callbacks import Callback, TrainState
+from edgetrain.train.callbacks import Callback, Forward, TrainState
+from edgetrain.train.features.prune import PruneCallback
 from edgetrain.train.optim import autocast
-from edgetrain.train.prune_callback import PruneCallback
 from edgetrain.train.rundir import DECISIONS_COLUMNS
 from edgetrain.units import format_bytes
 
@@ -144,6 +144,7 @@ class AdaptiveCallback(Callback):
     """
 
     name = "adapt"
+    unique = True
 
     def __init__(
         self,
@@ -166,7 +167,7 @@ class AdaptiveCallback(Callback):
         # this process only
         self._norm_buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._eval_chunk: int | None = None
-        self._delegate: AdaptiveCallback | None = None
+        self._summary: dict[str, Any] = {}
 
     # the controller's state, by its old names
     @property
@@ -212,10 +213,10 @@ class AdaptiveCallback(Callback):
                 change.reason,
             )
 
-    def _summary(self, state: TrainState) -> None:
+    def _record_summary(self, state: TrainState) -> None:
         meter, ctl = self.meter, self.controller
         source = getattr(meter, "source", None)
-        state.extras.setdefault("summary", {})["adapt"] = {
+        self._summary = {
             "policy": ctl.cfg.policy,
             "budget_bytes": ctl.budget_bytes,
             "memory_source": source,
@@ -230,12 +231,6 @@ class AdaptiveCallback(Callback):
 
     # -- fit start -------------------------------------------------------------------------
     def on_fit_start(self, state: TrainState) -> None:
-        other = state.extras.get("adapt_active")
-        if other is not None and other is not self:
-            log.info("another AdaptiveCallback is active on this run; this one does nothing")
-            self._delegate = other  # checkpoints share one key: report the active one's state
-            return
-        state.extras["adapt_active"] = self
         self.active = True
         if self.config is None:  # added by hand: the run's settings, at least policy budget
             adapt = state.config.adapt
@@ -262,7 +257,7 @@ class AdaptiveCallback(Callback):
             else:
                 self._act(state, ctl.resumed(_settings(state), epoch=len(state.history)))
         self.meter.reset_peak()
-        self._summary(state)
+        self._record_summary(state)
 
     def _fit_budget(self, state: TrainState) -> None:
         if self.probe_data is None:
@@ -367,7 +362,7 @@ class AdaptiveCallback(Callback):
             return
         self._act(state, outcome)
         self.meter.reset_peak()  # measure the new micro-batch from here
-        self._summary(state)
+        self._record_summary(state)
 
     def on_oom(self, state: TrainState, error: BaseException) -> bool:
         if not self.active or not self.controller.cfg.oom_recovery:
@@ -385,10 +380,13 @@ class AdaptiveCallback(Callback):
             return False
         if self.meter is not None:
             self.meter.reset_peak()
-        self._summary(state)
+        self._record_summary(state)
         return True
 
-    def wrap_forward(self, forward: Any) -> Any:
+    def summary(self) -> dict[str, Any]:
+        return {"adapt": self._summary} if self._summary else {}
+
+    def wrap_forward(self, forward: Forward) -> Forward:
         """Under a budget, evaluate in chunks of the micro-batch (exact: eval mode, no grad)."""
 
         def chunked(x: torch.Tensor) -> torch.Tensor:
@@ -431,19 +429,17 @@ class AdaptiveCallback(Callback):
                     "source": self.meter.source,
                 }
             )
-        self._summary(state)
+        self._record_summary(state)
         self.meter.reset_peak()  # from here: checkpoint and the other callbacks
 
     def on_fit_end(self, state: TrainState) -> None:
         if not self.active or self.meter is None:
             return
         self.controller.fit_ended(self.meter.peak_bytes())
-        self._summary(state)
+        self._record_summary(state)
 
     # -- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        if self._delegate is not None:
-            return self._delegate.state_dict()
         return self.controller.state.to_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

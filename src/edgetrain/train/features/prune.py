@@ -48,6 +48,7 @@ class PruneCallback(Callback):
     """
 
     name = "prune"
+    unique = True
 
     def __init__(self, config: PruneConfig | None = None) -> None:
         self.config = config or PruneConfig()
@@ -56,7 +57,7 @@ class PruneCallback(Callback):
         self._masks: dict[str, torch.Tensor] | None = None
         self._hooks: list[RemovableHandle] = []
         self._model: nn.Module | None = None
-        self._delegate: PruneCallback | None = None
+        self._summary: dict[str, Any] = {}
 
     def _target(self, state: TrainState, epoch: int) -> float:
         cfg = self.config
@@ -95,12 +96,6 @@ class PruneCallback(Callback):
             )
 
     def on_fit_start(self, state: TrainState) -> None:
-        other = state.extras.get("prune_active")
-        if other is not None and other is not self:
-            log.info("another PruneCallback is active on this run; this one does nothing")
-            self._delegate = other
-            return
-        state.extras["prune_active"] = self
         if not self._own_config:
             self.config = state.config.prune
         cfg, epochs = self.config, state.config.epochs
@@ -147,7 +142,7 @@ class PruneCallback(Callback):
         self._hooks = []
         layers = make_permanent(state.model)
         self._model = None
-        state.extras.setdefault("summary", {})["prune"] = {
+        self._summary = {
             "ratio": self.config.ratio,
             "schedule": self.config.schedule,
             "start_epoch": self.config.start_epoch,
@@ -156,9 +151,10 @@ class PruneCallback(Callback):
             "layers": layers,
         }
 
+    def summary(self) -> dict[str, Any]:
+        return {"prune": self._summary} if self._summary else {}
+
     def state_dict(self) -> dict[str, Any]:
-        if self._delegate is not None:
-            return self._delegate.state_dict()
         if self._model is None:
             return {}
         return {"sparsity": self.sparsity, "masks": current_masks(self._model)}
