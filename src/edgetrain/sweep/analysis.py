@@ -263,9 +263,9 @@ def _top_param(importance: pd.DataFrame, target: str) -> str | None:
 
 def write_analysis(analysis: Analysis, out_dir: Path) -> list[Path]:
     """Write the CSV tables, summary.json and results.xlsx into ``out_dir``."""
-    from edgetrain.train.rundir import atomic_write_text
+    from edgetrain.safefs import atomic_write_text, claim_dir
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    claim_dir(out_dir, "report", reuse=True, what="analysis directory")
     files = []
     for name in SHEETS:
         path = out_dir / f"{name}.csv"

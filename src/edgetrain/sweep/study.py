@@ -21,6 +21,7 @@ import pandas as pd
 
 from edgetrain.config import write_yaml_text
 from edgetrain.errors import EdgeTrainError
+from edgetrain.safefs import claim_dir
 from edgetrain.sweep._optuna import optuna
 from edgetrain.sweep.heartbeat import FAIL_REASON_ATTR
 from edgetrain.sweep.objectives import directions
@@ -122,7 +123,9 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _write_sweep_files(sweep_dir: Path, info: dict[str, Any], space: SearchSpace) -> None:
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    # a sweep directory is edgetrain's (marked); several workers share it, so it is not locked
+    # as a whole: each trial's run directory is (docs/design.md, "Files and safety")
+    claim_dir(sweep_dir, "sweep", reuse=True, what="sweep directory")
     _write_atomic(sweep_dir / SWEEP_FILE, json.dumps(info, indent=2) + "\n")
     text = "# resolved search space of this sweep (base inlined)\n" + write_yaml_text(
         space.to_dict()
@@ -210,6 +213,8 @@ def open_sweep_study(
     attributes, failing a trial they do not hold), through Optuna's public storage API.
     """
     sweep_dir = Path(sweep_dir)
+    # marked before the storage creates study.journal in it (docs/design.md, "Files and safety")
+    claim_dir(sweep_dir, "sweep", reuse=True, what="sweep directory")
     storage, study_name = _resolve(sweep_dir, storage, study_name)
     study_name = study_name or default_study_name(space.source)
     backend = open_storage(storage, sweep_dir)
