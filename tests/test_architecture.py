@@ -63,8 +63,10 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("workflows", frozenset({"sweep", "bench", "report", "compare", "compat"})),
     ("train", frozenset({"train"})),
     ("building blocks", frozenset({"adapt", "memory", "sparse", "prune", "measure"})),
+    # what a batch means: the loop and the blocks' probes ask a Task (docs/design.md)
+    ("tasks", frozenset({"tasks"})),
     ("zoo", frozenset({"zoo"})),
-    ("utilities", frozenset({"config", "errors", "units", "safefs"})),
+    ("utilities", frozenset({"config", "errors", "units", "safefs", "contract"})),
 )
 
 #: Imports between different packages of one layer that are allowed, with the reason.
@@ -94,7 +96,7 @@ SAME_LAYER_EXCEPTIONS: frozenset[tuple[str, str]] = frozenset({("adapt", "memory
 #: Packages held to a stricter list of the other edgetrain packages they may import.
 ONLY_IMPORTS: dict[str, tuple[frozenset[str], str]] = {
     "report": (
-        frozenset({"config", "errors", "units", "safefs"}),
+        frozenset({"config", "errors", "units", "safefs", "contract"}),
         "report reads run directories and renders them; it must not pull training code "
         "or torch, so it imports only the utilities",
     ),
@@ -112,6 +114,7 @@ TORCH_FREE_PACKAGES: tuple[str, ...] = (
 )
 TORCH_FREE_MODULES: tuple[str, ...] = (
     "edgetrain",
+    "edgetrain.contract",
     "edgetrain.safefs",
     "edgetrain.errors",
     "edgetrain.units",

@@ -12,42 +12,12 @@ from typing import Any
 import pytest
 import yaml
 
-METRICS_HEADER = [
-    "epoch",
-    "time_s",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "lr",
-    "batch_size",
-    "micro_batch_size",
-    "accum_steps",
-    "samples_per_s",
-    "energy_j",
-    "energy_source",
-    "avg_power_w",
-    "peak_rss_bytes",
-    "peak_device_mem_bytes",
-    "activation_bytes",
-    "param_sparsity",
-    "trainable_frac",
-]
-BASE_RESOURCES = ["t_s", "epoch", "cpu_pct", "ram_used_bytes", "proc_rss_bytes"]
+from edgetrain.contract import DECISIONS_COLUMNS, METRICS_COLUMNS, RESOURCES_BASE_COLUMNS
+
+METRICS_HEADER = list(METRICS_COLUMNS)
+BASE_RESOURCES = list(RESOURCES_BASE_COLUMNS)
 GPU_RESOURCES = ["gpu_util_pct", "gpu_mem_bytes", "gpu_power_w", "gpu1_util_pct", "energy_j"]
-DECISIONS_HEADER = [
-    "epoch",
-    "step",
-    "memory_score",
-    "accuracy_score",
-    "priority_batch_size",
-    "priority_learning_rate",
-    "chosen",
-    "parameter",
-    "old",
-    "new",
-    "reason",
-]
+DECISIONS_HEADER = list(DECISIONS_COLUMNS)
 MIB = 1024**2
 GIB = 1024**3
 SETUP_S = 1.0  # monitor samples before epoch 1 (epoch column empty)

@@ -10,8 +10,9 @@ from helpers import Blobs, tiny_net
 
 import edgetrain
 from edgetrain.config import load_config
+from edgetrain.tasks import ClassificationTask
+from edgetrain.tasks.augment import MixedBatch, augment_batch, augment_generator
 from edgetrain.train import Callback, TrainState
-from edgetrain.train.augment import MixedBatch, augment_batch, augment_generator
 from edgetrain.train.callbacks import CallbackList
 from edgetrain.train.loop import train_step
 from edgetrain.train.optim import autocast, build_optimizer, lr_factor, make_grad_scaler
@@ -33,6 +34,7 @@ def _state(model, micro, batch=24, **cfg):
         batch_size=batch,
         micro_batch_size=micro,
         base_lr=config.lr,
+        task=ClassificationTask(),
     )
 
 
@@ -43,8 +45,8 @@ def test_micro_batch_accumulation_equals_whole_batch(micro):
     whole, split = tiny_net(), tiny_net()
     s_whole, s_split = _state(whole, 24), _state(split, micro)
     scaler = make_grad_scaler("fp32", torch.device("cpu"))
-    r1 = train_step(s_whole, whole, x, y, scaler)
-    r2 = train_step(s_split, split, x, y, scaler)
+    r1 = train_step(s_whole, whole, (x, y), scaler)
+    r2 = train_step(s_split, split, (x, y), scaler)
     assert r1.samples == r2.samples == 24
     assert math.isclose(r1.loss_sum, r2.loss_sum, rel_tol=1e-6)
     for p, q in zip(whole.parameters(), split.parameters(), strict=True):

@@ -21,14 +21,14 @@ from edgetrain.zoo import DATASETS, DataInfo, InMemoryDataset, load_dataset
 
 
 def test_registry_names() -> None:
-    assert set(DATASETS) == {"digits", "synthetic", "cifar10", "folder"}
+    assert set(DATASETS) == {"digits", "synthetic", "cifar10", "folder", "diabetes", "pycorpus"}
 
 
 def test_unknown_name_suggests() -> None:
     with pytest.raises(EdgeTrainError) as err:
         load_dataset("digts")
     message = str(err.value)
-    assert message.startswith("unknown data set 'digts'; choose one of: cifar10, digits")
+    assert message.startswith("unknown data set 'digts'; choose one of: cifar10, diabetes, digits")
     assert message.endswith("(did you mean 'digits'?)")
 
 

@@ -124,8 +124,9 @@ class TestEveryEpochCallback(Callback):
         if self.test_set is None:
             self.test_acc.append(None)
             return
-        _, acc = evaluate(state.model, state.model, self.test_set, state)
-        self.test_acc.append(acc)
+        # the task's deciding metric on the test split (test_acc for classification)
+        key = "test_" + state.task.best_metric.removeprefix("val_")
+        self.test_acc.append(evaluate(state.model, state.model, self.test_set, state, "test")[key])
 
 
 class StepCostCallback(Callback):

@@ -78,6 +78,12 @@ class TrainConfig(Section):
     max_batches_per_epoch: int | None = Field(None, ge=1)
     # a non-finite training loss: stop (status "diverged", exit 3), skip the step, or continue
     on_nonfinite: Literal["stop", "skip", "continue"] = "stop"
+    grad_clip_norm: float | None = Field(None, gt=0)  # clip the gradient norm before each step
+    # what a batch means (edgetrain.tasks); auto: the data set's own (classification for images)
+    task: Literal["auto", "classification", "regression", "language_modeling", "model_loss"] = (
+        "auto"
+    )
+    task_args: dict[str, Any] = Field(default_factory=dict)  # e.g. {loss: huber}, {ignore_index: 0}
 
     # where
     out: Path | None = None

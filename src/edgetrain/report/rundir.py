@@ -21,6 +21,12 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from edgetrain.contract import (
+    DECISIONS_COLUMNS,
+    METRICS_COLUMNS,
+    RESOURCES_BASE_COLUMNS,
+    TEXT_COLUMNS,
+)
 from edgetrain.errors import EdgeTrainError
 
 __all__ = [
@@ -42,42 +48,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-METRICS_COLUMNS = (
-    "epoch",
-    "time_s",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "lr",
-    "batch_size",
-    "micro_batch_size",
-    "accum_steps",
-    "samples_per_s",
-    "energy_j",
-    "energy_source",
-    "avg_power_w",
-    "peak_rss_bytes",
-    "peak_device_mem_bytes",
-    "activation_bytes",
-    "param_sparsity",
-    "trainable_frac",
-)
-RESOURCES_COLUMNS = ("t_s", "epoch", "cpu_pct", "ram_used_bytes", "proc_rss_bytes")
-DECISIONS_COLUMNS = (
-    "epoch",
-    "step",
-    "memory_score",
-    "accuracy_score",
-    "priority_batch_size",
-    "priority_learning_rate",
-    "chosen",
-    "parameter",
-    "old",
-    "new",
-    "reason",
-)
-_TEXT_COLUMNS = frozenset({"energy_source", "chosen", "parameter", "reason"})
+RESOURCES_COLUMNS = RESOURCES_BASE_COLUMNS
+_TEXT_COLUMNS = TEXT_COLUMNS
 # Columns that may hold numbers or words (a decision's old/new value).
 _MIXED_COLUMNS = frozenset({"old", "new"})
 

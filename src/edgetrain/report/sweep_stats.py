@@ -65,7 +65,7 @@ def trial_counts(sweep: Sweep) -> dict[str, int]:
     states = sweep.tables["trials"].get("state", pd.Series(dtype=object))
     reasons = sweep.tables["trials"].get("fail_reason", pd.Series(dtype=object))
     failed = states == "failed"
-    not_counted = failed & reasons.isin(["lost", "interrupted"])
+    not_counted = failed & reasons.isin(["lost", "interrupted", "refused"])
     return {
         "complete": int((states == "complete").sum()),
         "failed": int((failed & ~not_counted).sum()),
@@ -108,7 +108,7 @@ def sweep_overview(sweep: Sweep) -> pd.DataFrame:
         ("trials failed", str(counts.get("failed", 0))),
     ]
     if counts.get("lost_or_interrupted"):
-        rows.append(("lost or interrupted (re-queued)", str(counts["lost_or_interrupted"])))
+        rows.append(("lost, interrupted or refused (replaced)", str(counts["lost_or_interrupted"])))
     if counts.get("running"):
         rows.append(("running when analysed", str(counts["running"])))
     rows.append(("trial directories", str(sweep.trial_dirs)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -15,16 +15,17 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from edgetrain.config import TrainConfig, config_to_dict, load_config, write_yaml_text
 from edgetrain.errors import DivergedError, EdgeTrainError
 from edgetrain.safefs import os_error_message, user_errors
+from edgetrain.tasks import Task, infer_task, make_task
 from edgetrain.train.callbacks import Callback, CallbackList, TrainState
 from edgetrain.train.data import SplitData, SubsetView, fit_normalizer, split_indices
 from edgetrain.train.loop import evaluate, run_epochs
 from edgetrain.train.optim import build_optimizer, make_grad_scaler, param_dtype
-from edgetrain.train.rundir import METRICS_COLUMNS, RunDir, load_tensors, save_tensors
+from edgetrain.train.rundir import RunDir, load_tensors, save_tensors
 from edgetrain.train.writer import RunWriter, build_summary, restore_rng
 
 __all__ = [
@@ -68,6 +69,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def config_task(config: TrainConfig, info: Any = None) -> Task:
+    """The task a config trains: ``config.task``, or the data set's own when ``auto``."""
+    name = config.task
+    if name == "auto":
+        name = getattr(info, "task", None) or "classification"
+    return make_task(
+        name,
+        options=config.task_args,
+        augmentation=config.augmentation,
+        mix_alpha=config.mix_alpha,
+    )
+
+
 def prepare_data(config: TrainConfig) -> tuple[SplitData, Any]:
     """Load the configured data set, split it by seed, fit preprocessing on the train split."""
     from edgetrain.zoo import load_dataset
@@ -80,7 +94,9 @@ def prepare_data(config: TrainConfig) -> tuple[SplitData, Any]:
         seed=config.seed,
         **config.data_args,
     )
-    return split_dataset(dataset, config, info.num_classes), info
+    split = split_dataset(dataset, config, info.num_classes)
+    split.info = info
+    return split, info
 
 
 def prepare(config: TrainConfig) -> tuple[SplitData, nn.Module]:
@@ -158,27 +174,64 @@ def _default_callbacks(config: TrainConfig, progress: bool) -> list[Callback]:
     return cbs
 
 
+@dataclass
+class _Optim:
+    """A user's optimizer and scheduler: objects, or factories called with the parameters
+    (the optimizer) and the optimizer (the scheduler)."""
+
+    optimizer: Any = None
+    scheduler: Any = None
+    lr_given: bool = False
+
+    def build(self, model: nn.Module, config: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
+        opt = self.optimizer
+        if opt is None:
+            optimizer = build_optimizer(model.parameters(), config)
+        elif isinstance(opt, torch.optim.Optimizer):
+            optimizer = opt
+        elif callable(opt):
+            optimizer = opt(model.parameters())
+        else:
+            raise EdgeTrainError(
+                f"optimizer= must be a name, a torch optimizer or a factory, got {opt!r}"
+            )
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise EdgeTrainError(f"the optimizer factory returned a {type(optimizer).__name__}")
+        if opt is not None and not self.lr_given:  # the user's optimizer keeps its own rate
+            config.lr = float(optimizer.param_groups[0]["lr"])
+        sched = self.scheduler
+        if sched is not None and not hasattr(sched, "step"):
+            sched = sched(optimizer)
+        if sched is not None and not hasattr(sched, "state_dict"):
+            raise EdgeTrainError(f"scheduler= must be an LR scheduler or a factory, got {sched!r}")
+        return optimizer, sched
+
+
 def _run(
     config: TrainConfig,
     model: nn.Module,
     data: SplitData,
     *,
+    task: Task,
     callbacks: Iterable[Callback],
     progress: bool,
     resume: bool,
     overwrite: bool,
     evaluate_test: bool = True,
+    optim: _Optim | None = None,
 ) -> FitResult:
     """Shared by :func:`fit` and :func:`train`: everything after model and data exist."""
     device = resolve_device(config.device)
-    train_size = len(data.train)  # type: ignore[arg-type]
-    _check_sizes(config, train_size)
+    train_size = _size(data.train)
+    if not isinstance(data.train, DataLoader):
+        _check_sizes(config, train_size)
     run = _open_run(config, resume, overwrite)
     config = config.model_copy(update={"out": run.path})
     model = model.to(device=device, dtype=param_dtype(config.precision))
     if not any(p.requires_grad for p in model.parameters()):
+        run.close()
         raise EdgeTrainError(f"the model ({type(model).__name__}) has no trainable parameters")
-    optimizer = build_optimizer(model.parameters(), config)
+    optimizer, scheduler = (optim or _Optim()).build(model, config)
     scaler = make_grad_scaler(config.precision, device)
     state = TrainState(
         config=config,
@@ -187,9 +240,12 @@ def _run(
         device=device,
         run=run,
         train_size=train_size,
+        task=task,
         batch_size=config.batch_size,
         micro_batch_size=config.micro_batch_size or config.batch_size,
         base_lr=config.lr,
+        scheduler=scheduler,
+        collate_fn=data.collate_fn,
     )
     user = list(callbacks)
     defaults = _default_callbacks(config, progress)
@@ -228,8 +284,7 @@ def _run(
         run.write_json("env.json", _env_info(state.sensor_statuses))
         run_epochs(state, forward, data.train, data.val, all_callbacks, scaler, start_epoch)
         if data.test is not None and evaluate_test:
-            test_loss, test_acc = evaluate(model, forward, data.test, state)
-            extra["test"] = {"test_loss": test_loss, "test_acc": test_acc}
+            extra["test"] = evaluate(model, forward, data.test, state, prefix="test")
         status = "completed"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -262,7 +317,7 @@ def _run(
                         _save_model(run, model)
             finally:
                 run.close()
-    history = pd.DataFrame(state.history, columns=list(METRICS_COLUMNS))
+    history = pd.DataFrame(state.history, columns=list(state.metrics_columns))
     return FitResult(model=model, history=history, run_dir=run.path, summary=summary)
 
 
@@ -278,6 +333,8 @@ def _restore(
     state.model.load_state_dict(ckpt["model"])
     state.optimizer.load_state_dict(ckpt["optimizer"])
     scaler.load_state_dict(ckpt["scaler"])
+    if state.scheduler is not None and ckpt.get("scheduler") is not None:
+        state.scheduler.load_state_dict(ckpt["scheduler"])
     state.base_lr = float(ckpt["base_lr"])
     state.batch_size = int(ckpt["batch_size"])
     state.micro_batch_size = int(ckpt["micro_batch_size"])
@@ -333,6 +390,7 @@ def train(
         cfg,
         model,
         data,
+        task=config_task(cfg, data.info),
         callbacks=callbacks,
         progress=progress,
         resume=resume is not None,
@@ -370,10 +428,23 @@ def load_pretrained(model: nn.Module, source: str | Path) -> list[str]:
     return skipped
 
 
-def _as_dataset(data: Dataset | DataLoader) -> tuple[Dataset, int | None]:
+def _size(data: Dataset | DataLoader) -> int:
+    """Samples in a split (a DataLoader's data set)."""
+    dataset = data.dataset if isinstance(data, DataLoader) else data
+    try:
+        return len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        raise EdgeTrainError(
+            f"training data must have a length (a map-style Dataset), got {type(dataset).__name__}"
+        ) from None
+
+
+def _first_batch(data: Dataset | DataLoader, collate_fn: Any) -> Any:
+    """A small batch as training will see it, to infer the task from."""
     if isinstance(data, DataLoader):
-        return data.dataset, data.batch_size
-    return data, None
+        return next(iter(data))
+    n = min(2, len(data))  # type: ignore[arg-type]
+    return (collate_fn or default_collate)([data[i] for i in range(n)])
 
 
 def fit(
@@ -382,6 +453,12 @@ def fit(
     val_data: Dataset | DataLoader | None = None,
     *,
     test_data: Dataset | DataLoader | None = None,
+    task: str | Task | None = None,
+    loss: Callable[..., torch.Tensor] | None = None,
+    metrics: Sequence[Any] | Mapping[str, Any] | None = None,
+    optimizer: str | torch.optim.Optimizer | Callable[..., Any] | None = None,
+    scheduler: Any = None,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
     callbacks: Iterable[Callback] = (),
     overwrite: bool = False,
     resume: bool = False,
@@ -390,34 +467,92 @@ def fit(
 ) -> FitResult:
     """Train a user's model on a user's data with edgetrain's loop and run directory.
 
-    ``train_data`` is any map-style Dataset of ``(x, y)`` pairs, or a DataLoader (its data
-    set and batch size are used: edgetrain draws the batches itself so that the order is
-    fixed by the seed and the batch size may change between epochs). No preprocessing is
-    applied unless ``preprocessing=`` is given (statistics then come from ``train_data``).
-    Other keyword arguments are config keys (``epochs=5, lr=0.01, out="runs/x"``).
+    Args:
+        model: any ``nn.Module``.
+        train_data: a map-style Dataset (edgetrain draws the batches: the order is fixed by
+            the seed, the logical batch size may change between epochs; ``collate_fn``
+            builds them), or a DataLoader, used exactly as given (its collate_fn, sampler,
+            workers and batch size).
+        val_data, test_data: the same, evaluated after each epoch and at the end.
+        task: ``"classification"``, ``"regression"``, ``"language_modeling"``,
+            ``"model_loss"`` or a :class:`~edgetrain.tasks.Task`. Default: the model's own
+            loss for dict batches whose output carries one, regression for float targets,
+            else classification.
+        loss: a criterion (``nn.MSELoss()``, called ``loss(output, target)``) or any
+            ``loss(output, batch)`` returning a mean.
+        metrics: names (``"mae"``, ``"accuracy"``) or torchmetrics objects; columns
+            ``val_<name>``.
+        optimizer: a name (``"adam"``), a torch optimizer over the model's parameters, or a
+            factory ``f(params)``. A given optimizer keeps its learning rate unless ``lr=``.
+        scheduler: an LR scheduler or a factory ``f(optimizer)``, stepped after each epoch
+            (edgetrain's own ``lr_schedule`` is then not applied).
+        config: other config keys (``epochs=5, lr=0.01, out="runs/x", grad_clip_norm=1.0``).
+            No preprocessing is applied unless ``preprocessing=`` is given (statistics then
+            come from ``train_data``).
     """
-    train_set, loader_batch = _as_dataset(train_data)
-    settings = {"preprocessing": "none", "split": [1.0, 0.0, 0.0], "model": type(model).__name__}
-    if loader_batch is not None and "batch_size" not in config:
-        settings["batch_size"] = loader_batch
+    if isinstance(optimizer, str):
+        config["optimizer"], optimizer = optimizer, None
+    loader = train_data if isinstance(train_data, DataLoader) else None
+    settings: dict[str, Any] = {
+        "preprocessing": "none",
+        "split": [1.0, 0.0, 0.0],
+        "model": type(model).__name__,
+    }
+    if loader is not None and "batch_size" not in config:
+        settings["batch_size"] = loader.batch_size or _guess_batch_size(loader)
     settings.update(config)
     cfg = load_config(settings)
+    if loader is not None and cfg.preprocessing != "none":
+        raise EdgeTrainError(
+            f"preprocessing={cfg.preprocessing} needs a Dataset; a DataLoader is used as given"
+        )
     seed_everything(cfg.seed)
-    all_idx = torch.arange(len(train_set))  # type: ignore[arg-type]
-    norm = fit_normalizer(train_set, all_idx, cfg.preprocessing)
+    train_size = _size(train_data)
+    norm = fit_normalizer(train_data, torch.arange(train_size), cfg.preprocessing)
 
-    def view(d: Dataset | DataLoader | None) -> SubsetView | None:
-        if d is None:
-            return None
-        ds, _ = _as_dataset(d)
-        return SubsetView(ds, torch.arange(len(ds)), norm)  # type: ignore[arg-type]
+    def view(d: Dataset | DataLoader | None) -> Dataset | DataLoader | None:
+        if d is None or isinstance(d, DataLoader):
+            return d
+        return SubsetView(d, torch.arange(_size(d)), norm)
 
     data = SplitData(
-        train=SubsetView(train_set, all_idx, norm),
+        train=view(train_data),  # type: ignore[arg-type]
         val=view(val_data),
         test=view(test_data),
         num_classes=0,
+        collate_fn=collate_fn,
+    )
+    name = task if task is not None or loss is not None else None
+    if name is None and cfg.task != "auto":
+        name = cfg.task
+    if name is None:
+        name = infer_task(model, _first_batch(data.train, collate_fn))
+    the_task = make_task(
+        name,
+        loss=loss,
+        metrics=metrics,
+        options=cfg.task_args,
+        augmentation=cfg.augmentation,
+        mix_alpha=cfg.mix_alpha,
     )
     return _run(
-        cfg, model, data, callbacks=callbacks, progress=progress, resume=resume, overwrite=overwrite
+        cfg,
+        model,
+        data,
+        task=the_task,
+        callbacks=callbacks,
+        progress=progress,
+        resume=resume,
+        overwrite=overwrite,
+        optim=_Optim(optimizer, scheduler, lr_given="lr" in config),
     )
+
+
+def _guess_batch_size(loader: DataLoader) -> int:
+    sampler = getattr(loader, "batch_sampler", None)
+    size = getattr(sampler, "batch_size", None)
+    if isinstance(size, int):
+        return size
+    from edgetrain.tasks import batch_size
+
+    return batch_size(next(iter(loader)))

@@ -18,13 +18,14 @@ from torch import nn
 
 if TYPE_CHECKING:
     from edgetrain.config import TrainConfig
+    from edgetrain.tasks import Task
     from edgetrain.train.rundir import RunDir
 
 __all__ = ["BatchTiming", "Callback", "CallbackList", "Forward", "TrainState"]
 
 log = logging.getLogger(__name__)
 
-Forward = Callable[[torch.Tensor], torch.Tensor]
+Forward = Callable[..., Any]  # the model's forward: called as the task says (x, *args, **kw)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class TrainState:
     device: torch.device
     run: RunDir | None
     train_size: int
+    task: Task  # what a batch means: the loss, the metrics, how to call the model
     epoch: int = 0  # 0-based index of the current epoch
     step: int = 0  # logical (optimizer) steps done since the start of training
     batch_in_epoch: int = 0
@@ -59,8 +61,14 @@ class TrainState:
     batch_size: int = 0  # logical batch, takes effect at the next epoch
     micro_batch_size: int = 0  # takes effect at the next batch
     base_lr: float = 0.0  # the schedule multiplies this
+    # evaluation in chunks of this many samples (None: whole batches), set under a budget
+    eval_micro_batch_size: int | None = None
+    scheduler: Any = None  # a user's LR scheduler, stepped after each epoch
+    collate_fn: Any = None  # for the loaders edgetrain builds (None: default_collate)
     # filled by the loop
     last_loss: float = float("nan")
+    batches_per_epoch: int | None = None  # logical batches in this epoch's loader, if known
+    train_metrics: dict[str, Any] = field(default_factory=dict)  # this epoch's, on the device
     batch_timing: BatchTiming | None = None  # set before on_batch_end
     sync_timing: bool = False  # synchronise CUDA after the copy so its time is exact (bench)
     # True while the optimizer applies a step: an error raised then may leave it half applied
@@ -79,6 +87,13 @@ class TrainState:
     @property
     def run_path(self) -> Path | None:
         return self.run.path if self.run is not None else None
+
+    @property
+    def metrics_columns(self) -> tuple[str, ...]:
+        """metrics.csv's columns for this run's task."""
+        from edgetrain.contract import metrics_columns
+
+        return metrics_columns(*self.task.metric_names())
 
     @property
     def accum_steps(self) -> int:

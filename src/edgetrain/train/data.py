@@ -59,7 +59,13 @@ class Normalizer:
 
 
 def _bulk(dataset: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
-    x, y = getattr(dataset, "x", None), getattr(dataset, "y", None)
+    """``(x, y)`` tensors of a data set that declares them (``edgetrain_bulk()``, as
+    edgetrain's in-memory data sets do); never guessed from attributes, so a user's
+    ``__getitem__`` is always what training sees."""
+    declare = getattr(dataset, "edgetrain_bulk", None)
+    if declare is None:
+        return None
+    x, y = declare()
     if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and len(x) == len(y):
         return x, y
     return None
@@ -99,8 +105,9 @@ def fit_normalizer(dataset: Dataset, indices: torch.Tensor, method: str) -> Norm
 
 
 class SubsetView(Dataset):
-    """A split of a data set with preprocessing applied; fetches whole batches in one go
-    when the data set is held in memory (no per-sample Python overhead)."""
+    """A split of a data set with preprocessing applied to each item's first element (the
+    inputs); items are otherwise passed on as the data set returns them. Fetches whole
+    batches in one go when the data set declares its tensors (``edgetrain_bulk``)."""
 
     def __init__(self, dataset: Dataset, indices: torch.Tensor, normalizer: Normalizer) -> None:
         self.dataset = dataset
@@ -111,24 +118,19 @@ class SubsetView(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.dataset[int(self.indices[i])]
-        return self.normalizer(torch.as_tensor(x).float()), torch.as_tensor(y, dtype=torch.long)
+    def __getitem__(self, i: int) -> Any:
+        item = self.dataset[int(self.indices[i])]
+        if self.normalizer.method == "none":
+            return item
+        x, *rest = item
+        return (self.normalizer(torch.as_tensor(x).float()), *rest)
 
     def __getitems__(self, items: list[int]) -> Any:
         if self._bulk is None:
             return [self[i] for i in items]
         idx = self.indices[torch.as_tensor(items, dtype=torch.long)]
         x, y = self._bulk
-        return _Batch(self.normalizer(x[idx].float()), y[idx].long())
-
-    def labels(self) -> torch.Tensor:
-        if self._bulk is not None:
-            return self._bulk[1][self.indices]
-        targets = getattr(self.dataset, "targets", None)
-        if targets is not None:
-            return torch.as_tensor(targets)[self.indices]
-        return torch.stack([torch.as_tensor(self.dataset[int(i)][1]) for i in self.indices])
+        return _Batch(self.normalizer(x[idx].float()), y[idx])
 
 
 class _Batch(tuple):
@@ -148,10 +150,17 @@ def _collate(items: Any) -> Any:
 class SplitData:
     """The three splits of a data set (val and test may be empty)."""
 
-    train: Dataset
-    val: Dataset | None
-    test: Dataset | None
+    train: Dataset | DataLoader  # a user's DataLoader is used as given
+    val: Dataset | DataLoader | None
+    test: Dataset | DataLoader | None
     num_classes: int
+    collate_fn: Any = None  # for loaders edgetrain builds (None: default_collate)
+    info: Any = None  # the data set's DataInfo, when edgetrain loaded it
+
+
+def as_loader(data: Dataset | DataLoader) -> DataLoader | None:
+    """A user's DataLoader, to be used as given (its collate_fn, sampler and workers)."""
+    return data if isinstance(data, DataLoader) else None
 
 
 def _batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool) -> list[list[int]]:
@@ -170,6 +179,7 @@ def _loader(
     num_workers: int,
     prefetch_factor: int | None,
     pin_memory: bool,
+    collate_fn: Any = None,
 ) -> DataLoader:
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
@@ -178,7 +188,7 @@ def _loader(
         dataset,
         batch_sampler=batches,
         num_workers=num_workers,
-        collate_fn=_collate,
+        collate_fn=collate_fn or _collate,
         pin_memory=pin_memory,
         **kwargs,
     )
@@ -193,14 +203,17 @@ def epoch_loader(
     num_workers: int = 0,
     prefetch_factor: int | None = None,
     pin_memory: bool = False,
+    collate_fn: Any = None,
 ) -> DataLoader:
     """The loader for one training epoch: a fresh order from (seed, epoch) and any batch size.
 
     A new loader per epoch lets the logical batch size change between epochs without
-    rebuilding the data set.
+    rebuilding the data set. A user's DataLoader is returned as it is.
     """
+    if isinstance(dataset, DataLoader):
+        return dataset
     batches = _batches(len(dataset), batch_size, seed, epoch, shuffle=True)  # type: ignore[arg-type]
-    return _loader(dataset, batches, num_workers, prefetch_factor, pin_memory)
+    return _loader(dataset, batches, num_workers, prefetch_factor, pin_memory, collate_fn)
 
 
 def eval_loader(
@@ -210,7 +223,10 @@ def eval_loader(
     num_workers: int = 0,
     prefetch_factor: int | None = None,
     pin_memory: bool = False,
+    collate_fn: Any = None,
 ) -> DataLoader:
-    """A loader over a whole split in order (validation, test)."""
+    """A loader over a whole split in order (validation, test); a user's DataLoader as is."""
+    if isinstance(dataset, DataLoader):
+        return dataset
     batches = _batches(len(dataset), batch_size, 0, 0, shuffle=False)  # type: ignore[arg-type]
-    return _loader(dataset, batches, num_workers, prefetch_factor, pin_memory)
+    return _loader(dataset, batches, num_workers, prefetch_factor, pin_memory, collate_fn)

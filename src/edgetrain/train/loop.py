@@ -9,16 +9,18 @@ from __future__ import annotations
 import math
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from edgetrain.errors import DivergedError
-from edgetrain.train.augment import MixedBatch, augment_batch, augment_generator
+from edgetrain.tasks import metrics_to
+from edgetrain.tasks.augment import augment_generator
 from edgetrain.train.callbacks import BatchTiming, Callback, TrainState
 from edgetrain.train.data import epoch_loader, eval_loader
 from edgetrain.train.optim import autocast, lr_factor, param_dtype
@@ -28,100 +30,125 @@ __all__ = ["StepResult", "evaluate", "run_epochs", "train_step"]
 
 @dataclass(frozen=True)
 class StepResult:
-    """Sums over one logical batch (divide by ``samples`` for means)."""
+    """Sums over one logical batch: the loss over ``count`` terms (samples, tokens)."""
 
     loss_sum: float
-    correct: int
+    count: float
     samples: int
     skipped: bool = False  # non-finite loss, on_nonfinite=skip: no optimizer step was taken
 
 
-def _loss_sum(
-    out: torch.Tensor, target: torch.Tensor | MixedBatch, lo: int, hi: int
-) -> torch.Tensor:
-    out = out.float()  # the loss in fp32 even under autocast
-    if isinstance(target, MixedBatch):
-        a = F.cross_entropy(out, target.y_a[lo:hi], reduction="sum")
-        b = F.cross_entropy(out, target.y_b[lo:hi], reduction="sum")
-        return target.lam * a + (1 - target.lam) * b
-    return F.cross_entropy(out, target[lo:hi], reduction="sum")
-
-
 def train_step(
     state: TrainState,
-    forward: Callable[[torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
-    y: torch.Tensor,
+    forward: Callable[..., Any],
+    batch: Any,
     scaler: torch.amp.GradScaler,
 ) -> StepResult:
     """One optimizer step over a logical batch, split into micro-batches.
 
-    Each micro-batch's summed loss is divided by the size of the whole logical batch, so
-    the accumulated gradient equals the whole batch's mean-loss gradient whatever the split
-    (up to floating-point rounding).
+    The task gives each micro-batch's loss as a sum; it is divided by the whole logical
+    batch's count (samples or tokens, known before the forward pass), so the accumulated
+    gradient equals the whole batch's mean-loss gradient whatever the split (up to
+    floating-point rounding).
     """
-    cfg = state.config
-    gen = augment_generator(cfg.seed, state.epoch, state.batch_in_epoch)
-    aug = augment_batch(x, y, cfg.augmentation, gen, cfg.mix_alpha)
-    inputs = aug.x if isinstance(aug, MixedBatch) else aug
-    target: torch.Tensor | MixedBatch = aug if isinstance(aug, MixedBatch) else y
-    n = inputs.shape[0]
+    cfg, task = state.config, state.task
+    batch = task.augment(batch, augment_generator(cfg.seed, state.epoch, state.batch_in_epoch))
+    n = task.size(batch)
     micro = max(1, min(state.micro_batch_size, n))
     optimizer = state.optimizer
     state.in_optimizer_step = False
     optimizer.zero_grad(set_to_none=True)
-    loss_total = torch.zeros((), dtype=torch.float64, device=inputs.device)
-    correct = torch.zeros((), dtype=torch.long, device=inputs.device)
+    total = task.count(batch)
+    if isinstance(total, torch.Tensor):
+        total = total.clamp(min=1)  # a batch whose every target is ignored
+    loss_total = torch.zeros((), dtype=torch.float64, device=state.device)
     for lo in range(0, n, micro):
-        hi = min(lo + micro, n)
+        part = task.split(batch, lo, min(lo + micro, n))
         with autocast(cfg.precision, state.device):
-            out = forward(inputs[lo:hi])
-        loss = _loss_sum(out, target, lo, hi)
-        scaler.scale(loss / n).backward()
+            out = task.forward(forward, part)
+        loss = task.loss_sum(out, part)
+        scaler.scale(loss / total).backward()
         loss_total += loss.detach().double()
-        correct += (out.detach().argmax(dim=1) == y[lo:hi]).sum()
-    # .item() is a host-device sync point: once per logical batch, not per micro-batch
-    loss_value = float(loss_total.item())
+        task.update_metrics(state.train_metrics, out, part)
+    # one host-device sync per logical batch, not per micro-batch
+    if isinstance(total, torch.Tensor):
+        loss_value, count = torch.stack([loss_total, total.double()]).tolist()
+    else:
+        loss_value, count = float(loss_total.item()), float(total)
     if not math.isfinite(loss_value):
         policy = cfg.on_nonfinite
         if policy == "stop":
             raise DivergedError(state.epoch + 1, state.step + 1, loss_value)
         if policy == "skip":
             optimizer.zero_grad(set_to_none=True)
-            return StepResult(loss_value, int(correct.item()), n, skipped=True)
+            return StepResult(loss_value, count, n, skipped=True)
     state.in_optimizer_step = True  # stays set if the step raises
+    if cfg.grad_clip_norm is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip_norm)
     scaler.step(optimizer)
     scaler.update()
     state.in_optimizer_step = False
-    return StepResult(loss_value, int(correct.item()), n)
+    return StepResult(loss_value, count, n)
 
 
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    forward: Callable[[torch.Tensor], torch.Tensor],
-    dataset: Dataset,
+    forward: Callable[..., Any],
+    dataset: Dataset | DataLoader,
     state: TrainState,
-) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a whole split, in eval mode."""
-    cfg = state.config
+    prefix: str = "val",
+) -> dict[str, float | None]:
+    """The task's mean loss and metrics over a whole split, in eval mode:
+    ``{prefix}_loss`` and ``{prefix}_<metric>``."""
+    cfg, task = state.config, state.task
     was_training = model.training
     model.eval()
-    loss_sum, correct, total = 0.0, 0, 0
+    metrics = metrics_to(task.make_metrics(), state.device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=state.device)
+    count = torch.zeros((), dtype=torch.float64, device=state.device)
     loader = eval_loader(
-        dataset, batch_size=max(state.batch_size, 256), pin_memory=state.device.type == "cuda"
+        dataset,
+        batch_size=max(state.batch_size, 256),
+        pin_memory=state.device.type == "cuda",
+        collate_fn=state.collate_fn,
     )
+    chunk = state.eval_micro_batch_size
     try:
-        for x, y in loader:
-            x, y = _to_device(x, y, state)
-            with autocast(cfg.precision, state.device):
-                out = forward(x)
-            loss_sum += float(F.cross_entropy(out.float(), y, reduction="sum"))
-            correct += int((out.argmax(dim=1) == y).sum())
-            total += len(y)
+        for batch in loader:
+            batch = task.to_device(batch, state.device, param_dtype(cfg.precision))
+            n = task.size(batch)
+            step = chunk or n
+            for lo in range(0, n, step):  # under a budget, in chunks (exact in eval mode)
+                part = task.split(batch, lo, min(lo + step, n)) if step < n else batch
+                with autocast(cfg.precision, state.device):
+                    out = task.forward(forward, part)
+                loss_sum += task.loss_sum(out, part).double()
+                count += task.count(part)
+                task.update_metrics(metrics, out, part)
     finally:
         model.train(was_training)
-    return (loss_sum / total, correct / total) if total else (math.nan, math.nan)
+    total = float(count.item())
+    result: dict[str, float | None] = {
+        f"{prefix}_loss": float(loss_sum.item()) / total if total else math.nan
+    }
+    result.update({f"{prefix}_{k}": v for k, v in compute_metrics(metrics).items()})
+    return result
+
+
+def compute_metrics(metrics: dict[str, Any]) -> dict[str, float | None]:
+    """Each metric's value as a float (None when it has no data, e.g. R² of one sample)."""
+    out: dict[str, float | None] = {}
+    for name, metric in metrics.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "compute called before update" and the like
+                value = float(metric.compute())
+        except (RuntimeError, ValueError, ZeroDivisionError):
+            value = None
+        out[name] = value if value is None or math.isfinite(value) else None
+    return out
 
 
 def _synchronize(device: torch.device) -> None:
@@ -129,21 +156,10 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _to_device(
-    x: torch.Tensor, y: torch.Tensor, state: TrainState
-) -> tuple[torch.Tensor, torch.Tensor]:
-    dtype = param_dtype(state.config.precision)
-    non_blocking = state.device.type == "cuda"
-    return x.to(state.device, dtype, non_blocking=non_blocking), y.to(
-        state.device, non_blocking=non_blocking
-    )
-
-
 def _step_with_recovery(
     state: TrainState,
-    forward: Callable[[torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
-    y: torch.Tensor,
+    forward: Callable[..., Any],
+    batch: Any,
     scaler: torch.amp.GradScaler,
     callbacks: Callback,
 ) -> StepResult:
@@ -154,7 +170,7 @@ def _step_with_recovery(
     """
     while True:
         try:
-            return train_step(state, forward, x, y, scaler)  # ends with a host-device sync
+            return train_step(state, forward, batch, scaler)  # ends with a host-device sync
         except torch.OutOfMemoryError as exc:
             state.optimizer.zero_grad(set_to_none=True)
             # the failed pass's activations live on in the traceback's frames: free them
@@ -169,23 +185,26 @@ def _step_with_recovery(
 
 def run_epochs(
     state: TrainState,
-    forward: Callable[[torch.Tensor], torch.Tensor],
-    train_set: Dataset,
-    val_set: Dataset | None,
+    forward: Callable[..., Any],
+    train_set: Dataset | DataLoader,
+    val_set: Dataset | DataLoader | None,
     callbacks: Callback,
     scaler: torch.amp.GradScaler,
     start_epoch: int = 0,
 ) -> None:
     """Train from ``start_epoch`` to ``config.epochs``; each epoch ends with a metrics row."""
-    cfg, model = state.config, state.model
+    cfg, model, task = state.config, state.model, state.task
+    dtype = param_dtype(cfg.precision)
     for epoch in range(start_epoch, cfg.epochs):
         state.epoch, state.batch_in_epoch, state.samples_seen_epoch = epoch, 0, 0
         # dropout and other global randomness depend only on (seed, epoch): resume replays it
         torch.manual_seed(cfg.seed * 1_000_003 + epoch)
-        lr = state.base_lr * lr_factor(cfg, epoch)
-        for group in state.optimizer.param_groups:
-            group["lr"] = lr
+        if state.scheduler is None:  # a user's scheduler sets the learning rate itself
+            lr = state.base_lr * lr_factor(cfg, epoch)
+            for group in state.optimizer.param_groups:
+                group["lr"] = lr
         state.epoch_row = {}
+        state.train_metrics = metrics_to(task.make_metrics(train=True), state.device)
         callbacks.on_epoch_start(state)
         model.train()
         loader: DataLoader = epoch_loader(
@@ -196,24 +215,27 @@ def run_epochs(
             num_workers=cfg.num_workers,
             prefetch_factor=cfg.prefetch_factor,
             pin_memory=state.device.type == "cuda",
+            collate_fn=state.collate_fn,
         )
-        loss_sum, correct, seen, loss_seen = 0.0, 0, 0, 0
+        state.batches_per_epoch = _length(loader)
+        loss_sum, loss_count, seen = 0.0, 0.0, 0
         t0 = time.perf_counter()
         batches = iter(loader)
         while True:
             t_wait = time.perf_counter()
             try:
-                x, y = next(batches)  # blocks while the DataLoader fetches and collates
+                batch = next(batches)  # blocks while the DataLoader fetches and collates
             except StopIteration:
                 break
             t_fetched = time.perf_counter()
             callbacks.on_batch_start(state)
             t_copy = time.perf_counter()
-            x, y = _to_device(x, y, state)
+            batch = task.to_device(batch, state.device, dtype)
             if state.sync_timing:
                 _synchronize(state.device)  # so asynchronous copies are not counted as compute
             t_copied = time.perf_counter()
-            result = _step_with_recovery(state, forward, x, y, scaler, callbacks)
+            result = _step_with_recovery(state, forward, batch, scaler, callbacks)
+            del batch  # the next batch's copy should not wait for this one's memory
             state.batch_timing = BatchTiming(
                 wait_s=t_fetched - t_wait,
                 copy_s=t_copied - t_copy,
@@ -224,32 +246,43 @@ def run_epochs(
                 state.skipped_steps += 1
             else:
                 loss_sum += result.loss_sum
-                loss_seen += result.samples
-            correct += result.correct
+                loss_count += result.count
             seen += result.samples
             state.samples_seen_epoch = seen
-            state.last_loss = result.loss_sum / max(1, result.samples)
+            state.last_loss = result.loss_sum / max(1.0, result.count)
             state.step += 1
             state.batch_in_epoch += 1
             callbacks.on_batch_end(state)
             if cfg.max_batches_per_epoch and state.batch_in_epoch >= cfg.max_batches_per_epoch:
                 break
         train_time_s = time.perf_counter() - t0
-        val_loss, val_acc = evaluate(model, forward, val_set, state) if val_set else (None, None)
+        train_metrics = compute_metrics(state.train_metrics)
         state.epoch_row.update(
             epoch=epoch + 1,
             time_s=time.perf_counter() - t0,
-            train_loss=loss_sum / loss_seen if loss_seen else math.nan,
-            train_acc=correct / max(1, seen),
-            val_loss=val_loss,
-            val_acc=val_acc,
+            train_loss=loss_sum / loss_count if loss_count else math.nan,
+            **{f"train_{name}": value for name, value in train_metrics.items()},
+        )
+        if val_set is not None:
+            state.epoch_row.update(evaluate(model, forward, val_set, state))
+        state.epoch_row.update(
+            time_s=time.perf_counter() - t0,
             lr=state.optimizer.param_groups[0]["lr"],
             batch_size=state.batch_size,
             micro_batch_size=min(state.micro_batch_size, state.batch_size),
             accum_steps=state.accum_steps,
             samples_per_s=seen / train_time_s if train_time_s > 0 else None,
         )
+        if state.scheduler is not None:
+            state.scheduler.step()
         callbacks.on_epoch_end(state)
         state.history.append(dict(state.epoch_row))
         if state.stop_training:
             break
+
+
+def _length(loader: DataLoader) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:  # an iterable-style data set
+        return None

@@ -20,6 +20,13 @@ from typing import Any
 
 import torch
 
+from edgetrain.contract import (
+    CHECKPOINT_FILE,
+    DECISIONS_COLUMNS,
+    METRICS_COLUMNS,
+    RESOURCES_BASE_COLUMNS,
+    metrics_columns,
+)
 from edgetrain.errors import EdgeTrainError
 from edgetrain.safefs import (
     DirLock,
@@ -40,50 +47,9 @@ __all__ = [
     "RunDir",
     "atomic_write_bytes",
     "atomic_write_text",
+    "metrics_columns",
     "read_csv_rows",
 ]
-
-METRICS_COLUMNS: tuple[str, ...] = (
-    "epoch",
-    "time_s",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "lr",
-    "batch_size",
-    "micro_batch_size",
-    "accum_steps",
-    "samples_per_s",
-    "energy_j",
-    "energy_source",
-    "avg_power_w",
-    "peak_rss_bytes",
-    "peak_device_mem_bytes",
-    "activation_bytes",
-    "param_sparsity",
-    "trainable_frac",
-)
-RESOURCES_BASE_COLUMNS: tuple[str, ...] = (
-    "t_s",
-    "epoch",
-    "cpu_pct",
-    "ram_used_bytes",
-    "proc_rss_bytes",
-)
-DECISIONS_COLUMNS: tuple[str, ...] = (
-    "epoch",
-    "step",
-    "memory_score",
-    "accuracy_score",
-    "priority_batch_size",
-    "priority_learning_rate",
-    "chosen",
-    "parameter",
-    "old",
-    "new",
-    "reason",
-)
 
 
 def _cell(value: Any) -> str:
@@ -159,7 +125,7 @@ class RunDir:
             ``"resume"`` (must hold a checkpoint).
     """
 
-    CHECKPOINT = "checkpoints/last.pt"
+    CHECKPOINT = CHECKPOINT_FILE
 
     def __init__(self, path: str | Path, mode: str = "new") -> None:
         self.path = Path(path)

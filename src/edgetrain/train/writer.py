@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from edgetrain.train.callbacks import Callback, CallbackList, TrainState
-from edgetrain.train.rundir import METRICS_COLUMNS, RunDir
+from edgetrain.train.rundir import RunDir
 
 __all__ = ["RunWriter", "build_summary", "restore_rng", "rng_state"]
 
@@ -44,14 +44,21 @@ def _finite(value: Any) -> Any:
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
 def build_summary(state: TrainState, status: str, **extra: Any) -> dict[str, Any]:
     """summary.json: status, totals, best and final metrics (from the epoch history)."""
     hist = state.history
     energies = [r.get("energy_j") for r in hist if r.get("energy_j") is not None]
     times = [r.get("time_s") or 0.0 for r in hist]
     sources = sorted({str(r["energy_source"]) for r in hist if r.get("energy_source")})
-    with_val = [r for r in hist if r.get("val_acc") is not None]
-    best = max(with_val, key=lambda r: r["val_acc"]) if with_val else None
+    task = state.task.describe()
+    key, mode = task["best_metric"], task["best_mode"]
+    scored = [r for r in hist if _number(r.get(key)) is not None]
+    pick = max if mode == "max" else min
+    best = pick(scored, key=lambda r: r[key]) if scored else None
     total_energy_j = float(sum(energies)) if energies else None
     total_time_s = float(sum(times))
     peaks = [r.get("peak_rss_bytes") for r in hist if r.get("peak_rss_bytes")]
@@ -69,6 +76,7 @@ def build_summary(state: TrainState, status: str, **extra: Any) -> dict[str, Any
         "peak_device_mem_bytes": max(dev_peaks) if dev_peaks else None,
         "best": {k: _finite(v) for k, v in best.items()} if best else None,
         "final": {k: _finite(v) for k, v in hist[-1].items()} if hist else None,
+        "task": task,
         "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     summary.update(extra)
@@ -91,7 +99,7 @@ class RunWriter(Callback):
         self.callbacks = callbacks
 
     def on_epoch_end(self, state: TrainState) -> None:
-        self.run.log("metrics.csv", METRICS_COLUMNS).append(state.epoch_row)
+        self.run.log("metrics.csv", state.metrics_columns).append(state.epoch_row)
         history = [*state.history, dict(state.epoch_row)]
         self.run.save_checkpoint(
             {
@@ -101,6 +109,7 @@ class RunWriter(Callback):
                 "model": state.model.state_dict(),
                 "optimizer": state.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(),
+                "scheduler": state.scheduler.state_dict() if state.scheduler is not None else None,
                 "base_lr": state.base_lr,
                 "batch_size": state.batch_size,
                 "micro_batch_size": state.micro_batch_size,

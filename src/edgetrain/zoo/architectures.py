@@ -1,10 +1,11 @@
 """The built-in networks, written for small inputs (CIFAR-style stems).
 
-Every network takes ``num_classes``, ``in_channels`` and ``input_size`` (H, W) and
-works for any input of at least 8x8: a downsampling step is skipped once the
-feature map is down to 1 pixel, and the head uses adaptive pooling. ReLUs are
-separate, non-in-place modules so that forward hooks and saved-tensor hooks see
-every activation.
+Every image network takes ``num_classes``, ``in_channels`` and ``input_size`` (H, W)
+and works for any input of at least 8x8: a downsampling step is skipped once the
+feature map is down to 1 pixel, and the head uses adaptive pooling. ReLUs (GELUs in
+``GPT``) are separate, non-in-place modules so that forward hooks and saved-tensor
+hooks see every activation. ``MLP`` also takes flat feature vectors [N, F]
+(``in_channels=F``, ``input_size=(1, 1)``); ``GPT`` takes token ids [N, T].
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MLP", "VGG11", "MobileNetV2", "ResNet18", "SmallCNN"]
+from edgetrain.errors import EdgeTrainError
+
+__all__ = ["GPT", "MLP", "VGG11", "MobileNetV2", "ResNet18", "SmallCNN"]
 
 Size = tuple[int, int]
 
@@ -65,7 +69,11 @@ def _init_weights(module: nn.Module, *, linear_std: float | None = 0.01) -> None
 
 
 class MLP(nn.Module):
-    """Flatten, then fully connected hidden layers with ReLU."""
+    """Flatten, then fully connected hidden layers with ReLU.
+
+    Takes [N, C, H, W] images or [N, F] features (``in_channels=F``, ``input_size=(1, 1)``):
+    whatever flattens to ``in_channels * H * W`` values.
+    """
 
     def __init__(
         self,
@@ -332,3 +340,101 @@ class MobileNetV2(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.pool(self.features(x)))
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention where position t sees positions <= t only."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.dropout = dropout
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).unbind(dim=2)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=True,
+        )
+        return self.resid_dropout(self.proj(out.transpose(1, 2).reshape(b, t, d)))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm block: x + attention(LN(x)), then x + MLP(LN(x)) with a 4x GELU MLP."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d_model)
+        self.attn = CausalSelfAttention(d_model, n_heads, dropout)
+        self.ln2 = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(d_model, 4 * d_model),
+            nn.GELU(),
+            nn.Linear(4 * d_model, d_model),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    """A small decoder-only transformer: token ids [N, T] -> next-token logits [N, T, V].
+
+    Token and learned position embeddings, ``n_layers`` pre-LayerNorm blocks of causal
+    self-attention and a GELU MLP, a final LayerNorm and a linear head to the
+    vocabulary. GPT-2 initialisation: N(0, 0.02), residual projections scaled by
+    1 / sqrt(2 * n_layers). Sequences may be shorter than ``seq_len``, not longer.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        seq_len: int,
+        d_model: int = 128,
+        n_layers: int = 2,
+        n_heads: int = 4,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model ({d_model}) must be a multiple of n_heads ({n_heads})")
+        self.seq_len = seq_len
+        self.tok_emb = nn.Embedding(vocab_size, d_model)
+        self.pos_emb = nn.Embedding(seq_len, d_model)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.Sequential(
+            *(TransformerBlock(d_model, n_heads, dropout) for _ in range(n_layers))
+        )
+        self.ln_f = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, vocab_size)
+        for m in self.modules():
+            if isinstance(m, nn.Linear | nn.Embedding):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+            if isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+        for block in self.blocks:
+            for proj in (block.attn.proj, block.mlp[2]):
+                nn.init.normal_(proj.weight, 0.0, 0.02 / math.sqrt(2 * n_layers))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.dim() != 2 or ids.is_floating_point() or ids.is_complex():
+            raise EdgeTrainError(
+                f"gpt takes integer token ids [N, T], got {ids.dtype} {tuple(ids.shape)}"
+            )
+        t = ids.shape[1]
+        if t > self.seq_len:
+            raise EdgeTrainError(
+                f"gpt takes sequences of at most seq_len={self.seq_len} tokens, got {t}"
+            )
+        pos = torch.arange(t, device=ids.device)
+        x = self.drop(self.tok_emb(ids) + self.pos_emb(pos))
+        return self.head(self.ln_f(self.blocks(x)))

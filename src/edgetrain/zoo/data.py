@@ -1,8 +1,11 @@
 """Load a data set by name: a built-in offline one or the user's own by import path.
 
-Built-ins (all offline): ``digits`` (scikit-learn's 8x8 digits, [0, 1]),
-``synthetic`` (generated, zero-mean), ``cifar10`` (the python-version pickles at
-``data_path``, [0, 1]) and ``folder`` (one subfolder per class, read lazily).
+Built-ins (all offline). Images, task classification: ``digits`` (scikit-learn's 8x8
+digits, [0, 1]), ``synthetic`` (generated, zero-mean), ``cifar10`` (the python-version
+pickles at ``data_path``, [0, 1]) and ``folder`` (one subfolder per class, read lazily).
+Others: ``diabetes`` (scikit-learn's tabular regression set, x float32 [10], y float32)
+and ``pycorpus`` (bytes of the Python standard library's source for language modelling,
+x and y int64 [seq_len]). ``DataInfo.task`` says which task each is trained with.
 """
 
 from __future__ import annotations
@@ -25,11 +28,19 @@ from edgetrain.zoo._callables import (
     one_line,
 )
 from edgetrain.zoo._image import check_channels, check_image_size, convert_channels, resize
-from edgetrain.zoo.base import DataInfo, InMemoryDataset
+from edgetrain.zoo.base import DataInfo, InMemoryDataset, TensorPairDataset
+from edgetrain.zoo.corpus import load_pycorpus
 from edgetrain.zoo.folder import load_folder
-from edgetrain.zoo.sources import load_cifar10, load_digits, load_synthetic
+from edgetrain.zoo.sources import load_cifar10, load_diabetes, load_digits, load_synthetic
 
-__all__ = ["DATASETS", "DataInfo", "InMemoryDataset", "dataset_options", "load_dataset"]
+__all__ = [
+    "DATASETS",
+    "DataInfo",
+    "InMemoryDataset",
+    "TensorPairDataset",
+    "dataset_options",
+    "load_dataset",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +48,10 @@ _COMMON = ("data_path", "image_size", "channels", "seed")
 
 DATASETS: dict[str, Callable[..., tuple[Dataset[Any], DataInfo]]] = {
     "cifar10": load_cifar10,
+    "diabetes": load_diabetes,
     "digits": load_digits,
     "folder": load_folder,
+    "pycorpus": load_pycorpus,
     "synthetic": load_synthetic,
 }
 """Built-in data sets: name -> loader(data_path=, image_size=, channels=, seed=, **options)."""
@@ -59,22 +72,28 @@ def load_dataset(
     seed: int = 0,
     **options: Any,
 ) -> tuple[Dataset[Any], DataInfo]:
-    """Load a data set whose items are ``(x: float32 [C, H, W], y: int64 scalar)``.
+    """Load a data set: items ``(x: float32 [C, H, W], y: int64 scalar)`` for images,
+    other shapes for non-image data sets (diabetes, pycorpus; see ``DataInfo``).
 
     Args:
         name: a built-in name (see ``DATASETS``, case-insensitive) or
-            'package.module:callable' for the user's own loader.
+            'package.module:callable' for the user's own loader. A user loader of
+            images may return the data set alone; one of other data (x not
+            [C, H, W]) returns ``(dataset, DataInfo)``, and its items are passed on
+            unchanged.
         data_path: where the files are (cifar10, folder, user loaders).
         image_size: resize to image_size x image_size (bilinear, antialiased); None
-            keeps the native size.
+            keeps the native size. Images only.
         channels: 1 or 3 (1 -> 3 repeats, 3 -> 1 averages); None keeps the native ones.
+            Images only.
         seed: makes generated data reproducible.
         **options: data set options, e.g. ``classes`` (a subset, relabelled 0..k-1
-            in the order given), ``num_samples``, ``num_classes``, ``noise``.
+            in the order given), ``num_samples``, ``num_classes``, ``noise``,
+            ``standardize_target`` (diabetes), ``max_bytes``, ``seq_len`` (pycorpus).
 
     Returns:
-        The data set (an ``InMemoryDataset`` for digits, synthetic and cifar10) and
-        its ``DataInfo``.
+        The data set (an ``InMemoryDataset`` for digits, synthetic and cifar10, a
+        ``TensorPairDataset`` for diabetes and pycorpus) and its ``DataInfo``.
 
     Raises:
         EdgeTrainError: unknown data set or option, bad value, missing files, or user
@@ -125,7 +144,7 @@ class _Converted(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
     def __getattr__(self, name: str) -> Any:
         # targets, classes, files ... of the wrapped data set stay reachable
-        if name == "base":
+        if name in ("base", "edgetrain_bulk"):  # bulk reads would skip the conversion
             raise AttributeError(name)
         return getattr(self.base, name)
 
@@ -155,6 +174,12 @@ def _load_user(
     dataset: Dataset[Any] = result
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise EdgeTrainError(f"data set '{spec}' is empty")
+    if info is not None and image_size is None and channels is None:
+        x = _first_x(spec, dataset)
+        if not isinstance(x, torch.Tensor) or x.dim() != 3:
+            # not images (tabular, token ids, dicts ...): the loader's DataInfo describes them
+            logger.info("loaded %s: %d samples (%s)", spec, info.num_samples, info.task)
+            return dataset, info
     dataset, shape = _conform(spec, dataset, image_size, channels)
     if info is None:
         info = DataInfo(
@@ -173,7 +198,8 @@ def _load_user(
     return dataset, info
 
 
-def _first_shape(spec: str, dataset: Dataset[Any]) -> tuple[int, int, int]:
+def _first_x(spec: str, dataset: Dataset[Any]) -> Any:
+    """x of item 0, or an error saying why it cannot be read."""
     try:
         item = dataset[0]
         x, _ = item
@@ -184,6 +210,11 @@ def _first_shape(spec: str, dataset: Dataset[Any]) -> tuple[int, int, int]:
             f"data set '{spec}': item 0 must be a pair (x, y), reading it failed: "
             f"{type(exc).__name__}: {one_line(exc)}"
         ) from exc
+    return x
+
+
+def _first_shape(spec: str, dataset: Dataset[Any]) -> tuple[int, int, int]:
+    x = _first_x(spec, dataset)
     if not isinstance(x, torch.Tensor) or x.dim() != 3:
         what = (
             f"a tensor of shape {tuple(x.shape)}"
@@ -191,7 +222,8 @@ def _first_shape(spec: str, dataset: Dataset[Any]) -> tuple[int, int, int]:
             else type(x).__name__
         )
         raise EdgeTrainError(
-            f"data set '{spec}': x of item 0 must be a tensor [C, H, W], got {what}"
+            f"data set '{spec}': x of item 0 must be a tensor [C, H, W], got {what} "
+            "(a loader of other data returns (dataset, DataInfo) and no image_size/channels)"
         )
     return (int(x.shape[0]), int(x.shape[1]), int(x.shape[2]))
 

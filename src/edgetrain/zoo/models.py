@@ -56,7 +56,8 @@ def _mlp(
     hidden: Sequence[int] = (256, 128),
     dropout: float = 0.0,
 ) -> nn.Module:
-    """Flatten and fully connected layers; ``hidden`` gives their widths."""
+    """Flatten and fully connected layers; ``hidden`` gives their widths. Also for
+    tabular x [N, F] (``in_channels=F``, ``input_size=(1, 1)``)."""
     return arch.MLP(
         num_classes,
         in_channels,
@@ -149,8 +150,45 @@ def _mobilenetv2(
     )
 
 
+def _gpt(
+    *,
+    num_classes: int,
+    in_channels: int,
+    input_size: Size,
+    d_model: int = 128,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    seq_len: int | None = None,
+    dropout: float = 0.0,
+) -> nn.Module:
+    """Tiny decoder-only transformer on token ids [N, T] -> logits [N, T, num_classes].
+
+    ``num_classes`` is the vocabulary size; ``seq_len`` (the longest sequence, default
+    ``input_size[1]``: the data set's window) sizes the position embeddings;
+    ``in_channels`` is not used.
+    """
+    del in_channels
+    for option, value in (("d_model", d_model), ("n_layers", n_layers), ("n_heads", n_heads)):
+        _positive_int(f"gpt option {option}", value)
+    if seq_len is not None:
+        _positive_int("gpt option seq_len", seq_len)
+    if d_model % n_heads:
+        raise EdgeTrainError(
+            f"gpt option d_model must be a multiple of n_heads ({n_heads}), got {d_model}"
+        )
+    return arch.GPT(
+        num_classes,
+        seq_len if seq_len is not None else input_size[1],
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        dropout=_check_dropout("gpt", dropout),
+    )
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "cnn": _cnn,
+    "gpt": _gpt,
     "mlp": _mlp,
     "mobilenetv2": _mobilenetv2,
     "resnet18": _resnet18,
@@ -195,6 +233,10 @@ def build_model(
 ) -> nn.Module:
     """Build a model for inputs of shape [in_channels, H, W] and ``num_classes`` outputs.
 
+    Non-image inputs follow ``DataInfo``'s convention: ``mlp`` takes features [F]
+    (``in_channels=F``, ``input_size=(1, 1)``); ``gpt`` takes token ids [T]
+    (``num_classes`` = vocabulary size, ``input_size=(1, T)``) and returns [T, V] logits.
+
     Args:
         name: a built-in name (see ``MODELS``, case-insensitive) or
             'package.module:callable' for the user's own builder. The callable gets
@@ -204,7 +246,8 @@ def build_model(
         in_channels: channels of the input images.
         input_size: H = W, or (H, W); any size from 8x8 up works for built-ins.
         **kwargs: model options, e.g. ``width_mult``, ``dropout``, ``batch_norm``,
-            ``hidden``, ``channels``, ``stem``.
+            ``hidden``, ``channels``, ``stem``; gpt: ``d_model``, ``n_layers``,
+            ``n_heads``, ``seq_len``.
 
     Raises:
         EdgeTrainError: unknown model or option, bad option value, or user code that

@@ -1,7 +1,8 @@
-"""The built-in in-memory data sets: digits, synthetic and cifar10.
+"""The built-in in-memory data sets: digits, synthetic, cifar10 and diabetes.
 
 Value scales: digits and cifar10 are in [0, 1]; synthetic is zero-mean with
-unit-variance noise (not bounded).
+unit-variance noise (not bounded); diabetes features are scikit-learn's (centred,
+each with unit norm), its targets raw (25..346) unless ``standardize_target``.
 """
 
 from __future__ import annotations
@@ -19,9 +20,16 @@ import torch.nn.functional as F
 
 from edgetrain.errors import EdgeTrainError
 from edgetrain.zoo._image import convert_channels, resize
-from edgetrain.zoo.base import DataInfo, InMemoryDataset
+from edgetrain.zoo.base import DataInfo, InMemoryDataset, TensorPairDataset
 
-__all__ = ["check_classes", "load_cifar10", "load_digits", "load_synthetic"]
+__all__ = [
+    "check_classes",
+    "check_not_image",
+    "load_cifar10",
+    "load_diabetes",
+    "load_digits",
+    "load_synthetic",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +69,15 @@ def check_classes(dataset: str, classes: Any, num_classes: int) -> list[int] | N
             f"got {classes!r}"
         )
     return list(classes)
+
+
+def check_not_image(dataset: str, image_size: int | None, channels: int | None) -> None:
+    """Reject ``image_size``/``channels`` for a data set whose items are not images."""
+    for option, value in (("image_size", image_size), ("channels", channels)):
+        if value is not None:
+            raise EdgeTrainError(
+                f"data set '{dataset}' is not images, so {option} must not be set, got {value!r}"
+            )
 
 
 def _select(
@@ -256,3 +273,46 @@ def load_cifar10(
         channels=channels,
         class_names=names,
     )
+
+
+def load_diabetes(
+    *,
+    data_path: Any,
+    image_size: int | None,
+    channels: int | None,
+    seed: int,
+    standardize_target: bool = False,
+) -> tuple[TensorPairDataset, DataInfo]:
+    """The diabetes regression set bundled with scikit-learn (442 patients, 10 features).
+
+    Items ``(x float32 [10], y float32 scalar)``: x as scikit-learn scales it
+    (each feature centred, with unit norm over the 442 samples), y the disease
+    progression one year later (25..346). ``standardize_target=True`` gives y zero
+    mean and unit variance instead (errors and losses are then in standard
+    deviations, 77.0 of the raw target). Task ``regression``; ``DataInfo`` has
+    ``num_classes=1`` (one output), ``in_channels=10`` (features) and
+    ``input_size=(1, 1)``. Order is the file's; ``seed`` is not used.
+    """
+    from sklearn.datasets import load_diabetes as sklearn_diabetes
+
+    check_not_image("diabetes", image_size, channels)
+    if not isinstance(standardize_target, bool):
+        raise EdgeTrainError(
+            f"diabetes option standardize_target must be true or false, got {standardize_target!r}"
+        )
+    bunch = sklearn_diabetes()
+    x = torch.from_numpy(np.asarray(bunch.data, dtype=np.float32))
+    target = np.asarray(bunch.target, dtype=np.float64)
+    if standardize_target:
+        target = (target - target.mean()) / target.std()
+    y = torch.from_numpy(target.astype(np.float32))
+    info = DataInfo(
+        name="diabetes",
+        num_classes=1,
+        in_channels=x.shape[1],
+        input_size=(1, 1),
+        num_samples=len(y),
+        task="regression",
+    )
+    logger.info("loaded diabetes: %d samples of %d features", len(y), x.shape[1])
+    return TensorPairDataset(x.contiguous(), y), info

@@ -33,11 +33,11 @@ class ActivationCallback(Callback):
         self.ctx = compress_activations(state.model, self.mode, seed=self.seed)
 
     def wrap_forward(self, forward: Forward) -> Forward:
-        def compressed(x: torch.Tensor) -> torch.Tensor:
+        def compressed(*args: Any, **kwargs: Any) -> Any:
             if self.ctx is None or not torch.is_grad_enabled():
-                return forward(x)  # evaluation saves nothing for backward
+                return forward(*args, **kwargs)  # evaluation saves nothing for backward
             with self.ctx:
-                return forward(x)
+                return forward(*args, **kwargs)
 
         return compressed
 

@@ -45,7 +45,7 @@ from edgetrain.adapt import (
 from edgetrain.config import AdaptConfig, TrainConfig
 from edgetrain.errors import EdgeTrainError
 from edgetrain.memory import unique_bytes
-from edgetrain.train.callbacks import Callback, Forward, TrainState
+from edgetrain.train.callbacks import Callback, TrainState
 from edgetrain.train.features.prune import PruneCallback
 from edgetrain.train.optim import autocast
 from edgetrain.train.rundir import DECISIONS_COLUMNS
@@ -166,7 +166,6 @@ class AdaptiveCallback(Callback):
         self.decisions: list[dict[str, Any]] = []
         # this process only
         self._norm_buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._eval_chunk: int | None = None
         self._summary: dict[str, Any] = {}
 
     # the controller's state, by its old names
@@ -193,7 +192,8 @@ class AdaptiveCallback(Callback):
             if new.lr != state.base_lr:
                 state.base_lr = new.lr  # the loop sets the optimizer's rate from it next epoch
             if self.controller.chunks_evaluation:
-                self._eval_chunk = state.micro_batch_size  # evaluation fits where training does
+                # evaluation runs in chunks of the micro-batch: it fits where training does
+                state.eval_micro_batch_size = state.micro_batch_size
         if outcome.level is not None:
             log.log(outcome.level, "%s", outcome.decision.reason)
         if not outcome.logged:
@@ -251,7 +251,7 @@ class AdaptiveCallback(Callback):
                 "adapt.csv", lambda r: r.get("epoch", "") != "" and int(r["epoch"]) <= done
             )
         if ctl.budget_bytes is not None:
-            self._eval_chunk = state.micro_batch_size
+            state.eval_micro_batch_size = state.micro_batch_size
             if not ctl.state.fitted:
                 self._fit_budget(state)
             else:
@@ -385,17 +385,6 @@ class AdaptiveCallback(Callback):
 
     def summary(self) -> dict[str, Any]:
         return {"adapt": self._summary} if self._summary else {}
-
-    def wrap_forward(self, forward: Forward) -> Forward:
-        """Under a budget, evaluate in chunks of the micro-batch (exact: eval mode, no grad)."""
-
-        def chunked(x: torch.Tensor) -> torch.Tensor:
-            chunk = self._eval_chunk
-            if chunk is None or torch.is_grad_enabled() or x.shape[0] <= chunk:
-                return forward(x)
-            return torch.cat([forward(part) for part in x.split(chunk)])
-
-        return chunked
 
     # -- epoch end -------------------------------------------------------------------------
     def on_epoch_end(self, state: TrainState) -> None:

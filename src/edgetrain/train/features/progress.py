@@ -27,12 +27,20 @@ def _fmt(value: object, spec: str) -> str:
 
 
 def format_epoch_line(row: dict, epochs: int) -> str:
-    """'epoch 3/10  loss 0.412  acc 0.873  val 0.861  1.9 s  2,430/s  5.1 J (estimated:cpu-tdp)'."""
+    """'epoch 3/10  loss 0.412  acc 0.873  val_acc 0.861  1.9 s  2,430 samples/s  5.1 J'.
+
+    The task's metrics as they come (``train_<m>`` shown as ``<m>``, then ``val_<m>``);
+    ``val_loss`` only when the task reports no other validation metric.
+    """
+    train = [k for k in row if k.startswith("train_") and k != "train_loss"]
+    val = [k for k in row if k.startswith("val_") and k != "val_loss"] or (
+        ["val_loss"] if "val_loss" in row else []
+    )
     parts = [
         f"epoch {row.get('epoch')}/{epochs}",
         f"loss {_fmt(row.get('train_loss'), '.4f')}",
-        f"acc {_fmt(row.get('train_acc'), '.3f')}",
-        f"val_acc {_fmt(row.get('val_acc'), '.3f')}",
+        *(f"{k.removeprefix('train_')} {_fmt(row.get(k), '.3f')}" for k in train),
+        *(f"{k} {_fmt(row.get(k), '.4g')}" for k in val),
         f"{_fmt(row.get('time_s'), '.1f')} s",
         f"{_fmt(row.get('samples_per_s'), ',.0f')} samples/s",
     ]
@@ -71,7 +79,7 @@ class ProgressCallback(Callback):
         if self._progress is None:
             return
         cfg = state.config
-        total = math.ceil(state.train_size / max(1, state.batch_size))
+        total = state.batches_per_epoch or math.ceil(state.train_size / max(1, state.batch_size))
         if cfg.max_batches_per_epoch:
             total = min(total, cfg.max_batches_per_epoch)
         self._task = self._progress.add_task(
