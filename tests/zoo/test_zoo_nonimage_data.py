@@ -34,7 +34,7 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_diabetes_items_and_info(no_network: None) -> None:
-    data, info = load_dataset("Diabetes")
+    data, info = load_dataset("Diabetes", standardize_target=False)
     assert isinstance(data, TensorPairDataset)
     assert info == DataInfo("diabetes", 1, 10, (1, 1), 442, task="regression")
     assert data.x.shape == (442, 10) and data.x.dtype == torch.float32

@@ -54,7 +54,8 @@ class Normalizer:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.method == "none":
-            return x
+            return x  # token ids and other integer inputs pass unchanged
+        x = x.float()
         return (x - self.shift.to(x.dtype)) / self.scale.to(x.dtype)
 
 
@@ -79,9 +80,13 @@ def fit_normalizer(dataset: Dataset, indices: torch.Tensor, method: str) -> Norm
     idx = indices[:_STATS_MAX_SAMPLES]
     bulk = _bulk(dataset)
     if bulk is not None:
-        x = bulk[0][idx].float()
+        x = bulk[0][idx]
     else:
-        x = torch.stack([torch.as_tensor(dataset[int(i)][0]).float() for i in idx])
+        x = torch.stack([torch.as_tensor(dataset[int(i)][0]) for i in idx])
+    if not x.is_floating_point():  # token ids, class indices: nothing to standardise
+        log.info("inputs are %s, not floats: preprocessing=%s is not applied", x.dtype, method)
+        return Normalizer("none", torch.zeros(1, 1, 1), torch.ones(1, 1, 1))
+    x = x.float()
     if x.dim() < 2:
         raise EdgeTrainError(
             f"preprocessing needs samples with a channel axis, got shape {tuple(x.shape)}"
@@ -123,14 +128,14 @@ class SubsetView(Dataset):
         if self.normalizer.method == "none":
             return item
         x, *rest = item
-        return (self.normalizer(torch.as_tensor(x).float()), *rest)
+        return (self.normalizer(torch.as_tensor(x)), *rest)
 
     def __getitems__(self, items: list[int]) -> Any:
         if self._bulk is None:
             return [self[i] for i in items]
         idx = self.indices[torch.as_tensor(items, dtype=torch.long)]
         x, y = self._bulk
-        return _Batch(self.normalizer(x[idx].float()), y[idx])
+        return _Batch(self.normalizer(x[idx]), y[idx])
 
 
 class _Batch(tuple):
