@@ -17,14 +17,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from edgetrain.adapt.measurements import BudgetFit, Probe, StaticBytes
 from edgetrain.adapt.memory_model import MemoryModel
 from edgetrain.adapt.meters import MemoryMeter
+from edgetrain.errors import EdgeTrainError
 from edgetrain.memory import SavedTensorCounter, report, unique_bytes
+from edgetrain.tasks import Task
 
 __all__ = [
     "BudgetFit",
@@ -44,21 +45,55 @@ AutocastFactory = Callable[[], contextlib.AbstractContextManager[Any]]
 
 
 def probe_batch(
-    dataset: Dataset, size: int, device: torch.device, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``size`` samples of ``dataset`` (repeated if it is shorter), as one batch."""
-    n = len(dataset)  # type: ignore[arg-type]
+    data: Dataset | DataLoader,
+    size: int,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+) -> Any:
+    """The first ``size`` samples of ``data`` (repeated if it is shorter), as one CPU batch.
+
+    Args:
+        data: a map-style Dataset, or a DataLoader (its ``dataset`` and ``collate_fn``).
+        size: samples in the batch.
+        collate_fn: builds the batch from a Dataset's samples (None: ``default_collate``);
+            a DataLoader brings its own.
+
+    Raises:
+        EdgeTrainError: an empty data set, or one without a length.
+    """
+    if isinstance(data, DataLoader):
+        if data.batch_size is None and data.batch_sampler is None:
+            raise EdgeTrainError(
+                "cannot probe a DataLoader without automatic batching (batch_size=None): "
+                "pass the Dataset, or a DataLoader with a batch_size"
+            )
+        dataset, collate = data.dataset, data.collate_fn
+    else:
+        dataset, collate = data, collate_fn
+    try:
+        n = len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        raise EdgeTrainError(
+            f"probe data must have a length (a map-style Dataset), got {type(dataset).__name__}"
+        ) from None
     if n == 0:
-        raise ValueError("the probe data set is empty")
-    x, y = default_collate([dataset[i % n] for i in range(size)])
-    return x.to(device, dtype), y.to(device)
+        raise EdgeTrainError("the probe data set is empty")
+    return (collate or default_collate)([dataset[i % n] for i in range(size)])
+
+
+def _count(task: Task, batch: Any) -> int | torch.Tensor:
+    """What the loss of ``batch`` averages over, as the loop divides by it."""
+    total = task.count(batch)
+    if isinstance(total, torch.Tensor):
+        total = total.clamp(min=1)  # a batch whose every target is ignored
+    return total
 
 
 def static_bytes(
-    model: nn.Module, optimizer: torch.optim.Optimizer | None, x: torch.Tensor, y: torch.Tensor
+    model: nn.Module, optimizer: torch.optim.Optimizer | None, task: Task, batch: Any
 ) -> StaticBytes:
-    """Exact static bytes from one real step on ``x[:1]`` (restored afterwards)."""
-    rep = report(model, optimizer, (x[:1], y[:1]))
+    """Exact static bytes from one real step on the first sample of ``batch`` (restored
+    afterwards)."""
+    rep = report(model, optimizer, task.split(batch, 0, 1), task=task)
     return StaticBytes(rep.param_bytes, rep.buffer_bytes, rep.grad_bytes, rep.optimizer_state_bytes)
 
 
@@ -100,8 +135,8 @@ class _Restore:
 
 def probe_step(
     model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    task: Task,
+    batch: Any,
     *,
     meter: MemoryMeter | None,
     missing_bytes: int = 0,
@@ -109,24 +144,26 @@ def probe_step(
     micro_batch_size: int | None = None,
     evaluate: bool = False,
 ) -> Probe:
-    """Training forward/backward on (x, y), measured and undone.
+    """Training forward/backward on ``batch`` as the loop runs it, measured and undone.
 
     Args:
         model: the model (its gradients, buffers and RNG are restored).
-        x: inputs; y: class targets.
+        task: what the batch means (forward, loss sum and count, splitting).
+        batch: one batch on the model's device, of any structure the task reads.
         meter: the memory meter (its window is reset first), or None.
         missing_bytes: bytes a real step would hold that this one does not (optimizer
             state not created yet); added to the measurement.
         autocast: the training's autocast context (so probes see its dtypes).
-        micro_batch_size: split (x, y) into micro-batches and accumulate gradients as
-            the training loop does (default: one pass over all of x).
+        micro_batch_size: split the batch into micro-batches and accumulate gradients as
+            the training loop does (default: one pass over the whole batch).
         evaluate: also run an evaluation forward (no grad) of one micro-batch.
 
     Raises:
         torch.OutOfMemoryError: as raised by the pass (after restoring).
     """
-    n = len(y)
+    n = task.size(batch)
     micro = n if micro_batch_size is None else max(1, min(micro_batch_size, n))
+    total = _count(task, batch)
     saved = _Restore(model)
     for p in saved.params:
         p.grad = None
@@ -136,15 +173,16 @@ def probe_step(
         model.train()
         with SavedTensorCounter(model) as counter:
             for lo in range(0, n, micro):
+                part = task.split(batch, lo, min(lo + micro, n)) if micro < n else batch
                 with autocast():
-                    out = model(x[lo : lo + micro])
-                loss = F.cross_entropy(out.float(), y[lo : lo + micro], reduction="sum") / n
+                    out = task.forward(model, part)
+                loss = task.loss_sum(out, part) / total
                 loss.backward()
-                del out, loss
+                del out, loss, part
         if evaluate:
             model.eval()
             with torch.no_grad(), autocast():
-                model(x[:micro])
+                task.forward(model, task.split(batch, 0, micro) if micro < n else batch)
         measured = meter.peak_bytes() if meter is not None else None
     finally:
         saved.restore()
@@ -158,23 +196,23 @@ def probe_step(
 def measure_logical_batch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    task: Task,
+    batch: Any,
     micro_batch_size: int,
     *,
     static: StaticBytes,
     meter: MemoryMeter,
     autocast: AutocastFactory = contextlib.nullcontext,
 ) -> Probe:
-    """One whole logical batch (x, y) as the loop runs it at ``micro_batch_size``
+    """One whole logical ``batch`` as the loop runs it at ``micro_batch_size``
     (accumulated micro-batches, the remainder included, then an evaluation forward),
     measured and undone: how a chosen micro-batch is checked before training starts.
     ``static`` is the :func:`static_bytes` of the model (for optimizer state a real step
     would hold and this one does not have yet)."""
     return probe_step(
         model,
-        x,
-        y,
+        task,
+        batch,
         meter=meter,
         missing_bytes=_missing_state_bytes(static, optimizer),
         autocast=autocast,
@@ -213,8 +251,8 @@ def accounted_model(static: StaticBytes, probes: Sequence[Probe]) -> MemoryModel
 def fit_memory_model(
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    task: Task,
+    batch: Any,
     *,
     meter: MemoryMeter | None,
     limit_bytes: float | None,
@@ -235,28 +273,31 @@ def fit_memory_model(
 
     Args:
         model, optimizer: what will be trained (restored after each probe).
-        x, y: a probe batch of one logical batch (the largest possible micro-batch).
+        task: what the batch means (see :class:`~edgetrain.tasks.Task`).
+        batch: a probe batch of one logical batch (the largest possible micro-batch), on
+            the model's device.
         meter: measures each probe; None = exact accounting only.
-        limit_bytes: the most a micro-batch may need (None: probe up to ``len(x)``).
+        limit_bytes: the most a micro-batch may need (None: probe up to the batch size).
         start: the first micro-batch size.
         autocast: the training's autocast context.
         is_oom: whether an exception is an out-of-memory error (default: torch's); such
             a probe ends probing and sets ``ceiling``.
     """
     oom = is_oom or (lambda exc: isinstance(exc, torch.OutOfMemoryError))
-    static = static_bytes(model, optimizer, x, y)
+    static = static_bytes(model, optimizer, task, batch)
+    size = task.size(batch)
     missing = _missing_state_bytes(static, optimizer)
     probes: list[Probe] = []
     ceiling: int | None = None
 
     def run(micro: int, whole_batch: bool = False) -> Probe | None:
         nonlocal ceiling
-        n = len(x) if whole_batch else micro
+        n = size if whole_batch else micro
         try:
             return probe_step(
                 model,
-                x[:n],
-                y[:n],
+                task,
+                task.split(batch, 0, n) if n < size else batch,
                 meter=meter,
                 missing_bytes=missing,
                 autocast=autocast,
@@ -280,11 +321,13 @@ def fit_memory_model(
 
     # never probe at 1 when 2 is possible: a batch of one can take other kernels and
     # measure far less than training at 1 needs (micro-batch 1 is extrapolated instead)
-    micro = max(1, min(max(start, 2), len(x)))
-    probe_step(model, x[:micro], y[:micro], meter=None, autocast=autocast)  # one-time costs
+    micro = max(1, min(max(start, 2), size))
+    first = task.split(batch, 0, micro) if micro < size else batch
+    probe_step(model, task, first, meter=None, autocast=autocast)  # one-time costs
+    del first
     one(micro)
     while True:
-        nxt = min(len(x), micro * 2)
+        nxt = min(size, micro * 2)
         cautious = _model(static, probes, cautious=True)
         if nxt == micro or (limit_bytes is not None and cautious.predict_bytes(nxt) > limit_bytes):
             break
@@ -301,7 +344,7 @@ def fit_memory_model(
     if limit_bytes is not None:
         # never probe above the final choice: on CPU the resident size keeps what the
         # largest pass touched, so the last probe is the largest
-        upper = min(len(x), 2 * micro - 1, (ceiling or len(x) + 1) - 1)
+        upper = min(size, 2 * micro - 1, (ceiling or size + 1) - 1)
         candidate = _model(static, probes, overhead_bytes=overhead).largest_micro_batch(
             limit, upper
         )

@@ -14,7 +14,7 @@ import copy
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -24,6 +24,9 @@ from torch import nn
 from edgetrain.errors import EdgeTrainError
 from edgetrain.memory.hooks import SavedTensorCounter
 from edgetrain.units import format_bytes
+
+if TYPE_CHECKING:
+    from edgetrain.tasks import Task
 
 __all__ = ["LayerMemory", "MemoryReport", "render_memory_report", "report", "unique_bytes"]
 
@@ -123,6 +126,10 @@ def _loss(output: Any, targets: torch.Tensor | None, loss_fn: LossFn | None) -> 
         loss = nn.functional.cross_entropy(output, targets)
     else:
         loss = output.sum()
+    return _checked(loss)
+
+
+def _checked(loss: Any) -> torch.Tensor:
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
         raise EdgeTrainError(f"the loss must be a tensor with one element, got {shape}")
@@ -210,11 +217,42 @@ def _rows(model: nn.Module, per_module: dict[str, int]) -> tuple[LayerMemory, ..
     return tuple(rows)
 
 
+class _Step:
+    """How one step runs on a batch: the forward, the loss, the batch's size."""
+
+    def __init__(
+        self, model: nn.Module, batch: Any, loss_fn: LossFn | None, task: Task | None
+    ) -> None:
+        self.model, self.batch, self.loss_fn, self.task = model, batch, loss_fn, task
+        if task is None:
+            self.inputs, self.targets = _split_batch(batch)
+            self.size = int(self.inputs.shape[0]) if self.inputs.dim() else 1
+            self.count: int | torch.Tensor = 1
+        else:
+            if loss_fn is not None:
+                raise EdgeTrainError("report() takes a task or a loss_fn, not both")
+            self.size = task.size(batch)
+            count = task.count(batch)  # the loop's mean: a sum over the batch's count
+            self.count = count.clamp(min=1) if isinstance(count, torch.Tensor) else count
+
+    def forward(self) -> Any:
+        if self.task is None:
+            return self.model(self.inputs)
+        return self.task.forward(self.model, self.batch)
+
+    def loss(self, output: Any) -> torch.Tensor:
+        if self.task is None:
+            return _loss(output, self.targets, self.loss_fn)
+        return _checked(self.task.loss_sum(output, self.batch) / self.count)
+
+
 def report(
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None,
-    batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+    batch: Any,
     loss_fn: LossFn | None = None,
+    *,
+    task: Task | None = None,
 ) -> MemoryReport:
     """Measure the memory of one training step on ``batch``, without changing training.
 
@@ -228,23 +266,27 @@ def report(
     Args:
         model: the model.
         optimizer: its optimizer, or None (no gradients' optimizer state counted).
-        batch: inputs, or (inputs, targets); on the model's device.
+        batch: on the model's device: with a ``task``, any batch it reads; without,
+            inputs or (inputs, targets).
         loss_fn: ``loss_fn(output, targets) -> scalar``; default cross-entropy with
-            targets, ``output.sum()`` without.
+            targets, ``output.sum()`` without (not with ``task``).
+        task: what the batch means (:class:`~edgetrain.tasks.Task`): the model runs as
+            ``task.forward`` and the loss is ``task.loss_sum / task.count``, as the loop
+            computes it. Default: classification on (inputs, targets), as above.
 
     Raises:
         EdgeTrainError: a batch or loss of the wrong kind.
     """
-    inputs, targets = _split_batch(batch)
+    step = _Step(model, batch, loss_fn, task)
     snapshot = _Snapshot(model, optimizer)
     try:
         for p in snapshot.params:
             p.grad = None
         model.train()
         with SavedTensorCounter(model) as counter:
-            output = model(inputs)
+            output = step.forward()
             with counter.scope(_LOSS_SCOPE):
-                loss = _loss(output, targets, loss_fn)
+                loss = step.loss(output)
         activation_bytes = counter.total_bytes
         per_module = counter.per_module
         loss.backward()
@@ -260,7 +302,7 @@ def report(
         snapshot.restore()
     param_bytes = unique_bytes(snapshot.params)
     buffer_bytes = unique_bytes(b for b, _ in snapshot.buffers)
-    batch_size = int(inputs.shape[0]) if inputs.dim() else 1
+    batch_size = step.size
     total = param_bytes + buffer_bytes + grad_bytes + state_bytes + activation_bytes
     logger.debug("memory report: %s total, %s activations", total, activation_bytes)
     return MemoryReport(
