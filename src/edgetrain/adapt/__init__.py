@@ -3,9 +3,10 @@
 A building block: it acts on a model, an optimizer and observations, and knows nothing
 about files or the CLI (``edgetrain.train.features.budget`` puts it into the loop)::
 
-    fit = edgetrain.adapt.fit_memory_model(model, opt, x, y, meter=make_meter(device),
+    batch = task.to_device(probe_batch(train_data, batch_size), device, dtype)
+    fit = edgetrain.adapt.fit_memory_model(model, opt, task, batch, meter=make_meter(device),
                                            limit_bytes=0.9 * budget)
-    fit.memory.largest_micro_batch(0.9 * budget, upper=len(x))
+    fit.memory.largest_micro_batch(0.9 * budget, upper=batch_size)
 
     decision = edgetrain.adapt.decide(observation, config.adapt)  # pure
     decision.rows()  # decisions.csv rows

@@ -249,6 +249,11 @@ def export_dataset(
     dataset, info = load_dataset(
         name, data_path=data_path, image_size=image_size, channels=channels, seed=seed, **options
     )
+    if info.task != "classification":
+        raise EdgeTrainError(
+            f"data set '{name}' is for {info.task}; export writes image classification data "
+            "(one folder per class), so it takes digits, synthetic, cifar10 or folder data"
+        )
     spec = {
         "data": name,
         "data_path": str(data_path) if data_path is not None else None,

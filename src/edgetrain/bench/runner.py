@@ -221,6 +221,13 @@ def _plan_data(
         return _DataPlan(
             {}, (), cfg.data_path, f"data set '{cfg.data}' is held in memory: no file I/O"
         )
+    if info.task != "classification":  # the folder export is for image classes
+        return _DataPlan(
+            {},
+            (),
+            cfg.data_path,
+            f"data set '{cfg.data}' ({info.task}) is held in memory and not exported: no file I/O",
+        )
     target = out / ("data" if exported == 0 else f"data-{exported + 1}")
     spec = {"data": cfg.data, "data_path": cfg.data_path, "data_args": cfg.data_args, **common}
     result = export_samples(

@@ -85,10 +85,12 @@ def train(
             ("done", "bold green"),
             f" {s.get('epochs_completed')} epochs in {s.get('total_time_s', 0):.1f} s",
         )
-        if best.get("val_acc") is not None:
-            line.append(f", best val_acc {best['val_acc']:.4f} (epoch {best.get('epoch')})")
-        if test.get("test_acc") is not None:
-            line.append(f", test_acc {test['test_acc']:.4f}")
+        key = (s.get("task") or {}).get("best_metric") or "val_acc"
+        if best.get(key) is not None:
+            line.append(f", best {key} {best[key]:.4g} (epoch {best.get('epoch')})")
+        test_key = "test_" + key.removeprefix("val_")
+        if test.get(test_key) is not None:
+            line.append(f", {test_key} {test[test_key]:.4g}")
         if s.get("total_energy_j") is not None:
             line.append(f", {s['total_energy_j']:.1f} J ({s.get('energy_source')})")
         if s.get("nonfinite_steps_skipped"):

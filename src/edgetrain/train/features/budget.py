@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from edgetrain.adapt import (
     BudgetController,
@@ -80,8 +80,8 @@ MEMORY_DEFINITION = {
 
 def adapt_callbacks(
     config: TrainConfig,
-    train_data: Dataset | None = None,
-    val_data: Dataset | None = None,
+    train_data: Dataset | DataLoader | None = None,
+    val_data: Dataset | DataLoader | None = None,
 ) -> list[Callback]:
     """The pruning and adaptive callbacks ``config`` asks for, in order (prune first).
 
@@ -134,7 +134,9 @@ class AdaptiveCallback(Callback):
     Args:
         config: the run's config (``budget``, ``adapt``); None = the config of the run it
             is added to (read at fit start).
-        probe_data: training samples for the probe steps (needed with a budget).
+        probe_data: training samples for the probe steps (needed with a budget): a
+            Dataset (batched with the run's ``collate_fn``) or a DataLoader (its data set
+            and ``collate_fn``). The run's task reads the probe batch.
         has_validation: whether the run has a validation split (``edgetrain`` needs one);
             None = unknown.
         meter: the memory meter (default: by device, see :mod:`edgetrain.adapt.meters`).
@@ -149,7 +151,7 @@ class AdaptiveCallback(Callback):
     def __init__(
         self,
         config: TrainConfig | None = None,
-        probe_data: Dataset | None = None,
+        probe_data: Dataset | DataLoader | None = None,
         *,
         has_validation: bool | None = None,
         meter: MemoryMeter | None = None,
@@ -266,25 +268,24 @@ class AdaptiveCallback(Callback):
                 "pass probe_data to AdaptiveCallback (adapt_callbacks(config, train_data))"
             )
         dtype = next(state.model.parameters()).dtype
-        x, y = probe_batch(self.probe_data, state.batch_size, state.device, dtype)
+        batch = probe_batch(self.probe_data, state.batch_size, state.collate_fn)
+        batch = state.task.to_device(batch, state.device, dtype)
         try:
-            outcome = self._fit_and_verify(state, x, y)
+            outcome = self._fit_and_verify(state, batch)
         finally:
-            del x, y
+            del batch
         self._act(state, outcome)
 
-    def _fit_and_verify(
-        self, state: TrainState, x: torch.Tensor, y: torch.Tensor
-    ) -> BudgetDecision:
-        """Probe, then let the controller choose, measuring whole logical batches on x, y."""
+    def _fit_and_verify(self, state: TrainState, batch: Any) -> BudgetDecision:
+        """Probe, then let the controller choose, measuring whole logical batches."""
         return self.controller.fit_budget(
-            self._probe(state, x, y),
+            self._probe(state, batch),
             _settings(state),
             epoch=len(state.history),
-            measure=lambda micro: self._measure_logical_batch(state, x, y, micro),
+            measure=lambda micro: self._measure_logical_batch(state, batch, micro),
         )
 
-    def _probe(self, state: TrainState, x: torch.Tensor, y: torch.Tensor) -> BudgetFit:
+    def _probe(self, state: TrainState, batch: Any) -> BudgetFit:
         """Probe steps before training: the memory model (see :mod:`edgetrain.adapt.probe`)."""
         ctl = self.controller
         budget, min_micro = ctl.require_budget(), ctl.min_micro(state.batch_size)
@@ -292,8 +293,8 @@ class AdaptiveCallback(Callback):
             return fit_memory_model(
                 state.model,
                 state.optimizer,
-                x,
-                y,
+                state.task,
+                batch,
                 meter=self.meter,
                 limit_bytes=ctl.limit_bytes,
                 start=min_micro,
@@ -305,9 +306,7 @@ class AdaptiveCallback(Callback):
                 f"out of device memory ({exc})"
             ) from exc
 
-    def _measure_logical_batch(
-        self, state: TrainState, x: torch.Tensor, y: torch.Tensor, micro: int
-    ) -> int | None:
+    def _measure_logical_batch(self, state: TrainState, batch: Any, micro: int) -> int | None:
         """The peak of one whole logical batch at ``micro``; -1 if it ran out of memory."""
         static = self.controller.state.static
         if self.meter is None or static is None:
@@ -316,8 +315,8 @@ class AdaptiveCallback(Callback):
             probe = measure_logical_batch(
                 state.model,
                 state.optimizer,
-                x,
-                y,
+                state.task,
+                batch,
                 micro,
                 static=static,
                 meter=self.meter,
