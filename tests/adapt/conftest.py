@@ -7,6 +7,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from edgetrain.tasks import first_tensor
+
 QUIET = {"progress": False, "monitor": {"enabled": False}}
 
 
@@ -47,11 +49,12 @@ class BatchMeter:
         self.baseline_rss_bytes = None
         self.largest = 0
         self.resets = 0
-        model.register_forward_pre_hook(self._seen)
+        model.register_forward_pre_hook(self._seen, with_kwargs=True)
 
-    def _seen(self, module: nn.Module, args: tuple) -> None:
-        if torch.is_grad_enabled():
-            self.largest = max(self.largest, int(args[0].shape[0]))
+    def _seen(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if torch.is_grad_enabled():  # the batch: the first tensor argument, by position or name
+            first = first_tensor((args, kwargs))
+            self.largest = max(self.largest, int(first.shape[0]))
 
     def start(self, resident_tensor_bytes: int) -> None:
         self.reset_peak()

@@ -67,8 +67,8 @@ class AccumulationMeter(BatchMeter):
         super().__init__(model, static_bytes=10 * MiB, per_sample_bytes=MiB)
         self.size, self.extra, self.forwards = size, extra, 0
 
-    def _seen(self, module, args) -> None:
-        super()._seen(module, args)
+    def _seen(self, module, args, kwargs) -> None:
+        super()._seen(module, args, kwargs)
         self.forwards += torch.is_grad_enabled()
 
     def reset_peak(self) -> None:
@@ -117,11 +117,11 @@ def test_a_logical_batch_that_runs_out_of_memory_when_checked_lowers_the_choice(
     real = adapt_callback.measure_logical_batch
     tried: list[int] = []
 
-    def measure(model, optimizer, x, y, micro, **kw):
+    def measure(model, optimizer, task, batch, micro, **kw):
         tried.append(micro)
         if micro == 24:
             raise torch.OutOfMemoryError("simulated")
-        return real(model, optimizer, x, y, micro, **kw)
+        return real(model, optimizer, task, batch, micro, **kw)
 
     result, first = _checked_run(tmp_path, monkeypatch, measure)
     assert tried[0] == 24 and len(tried) == 2 and tried[1] < 24
@@ -134,7 +134,7 @@ def test_a_smaller_micro_batch_that_measures_no_less_keeps_the_larger(tmp_path, 
 
     tried: list[int] = []
 
-    def measure(model, optimizer, x, y, micro, **kw):
+    def measure(model, optimizer, task, batch, micro, **kw):
         tried.append(micro)  # over the limit, within the budget, at any size
         return Probe(micro, 0, 35 * MiB)
 

@@ -7,6 +7,7 @@ import torch
 
 from edgetrain.adapt import MemoryModel, accounted_model, merge_points, probe_step, static_bytes
 from edgetrain.memory import report
+from edgetrain.tasks import ClassificationTask
 from edgetrain.zoo import build_model
 
 
@@ -72,8 +73,9 @@ def test_prediction_within_ten_percent_of_a_real_step(name, options, size, chann
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     x = torch.randn(16, channels, size, size)
     y = torch.randint(0, 10, (16,))
-    static = static_bytes(model, opt, x, y)
-    probes = [probe_step(model, x[:m], y[:m], meter=None) for m in (2, 4)]
+    task = ClassificationTask()
+    static = static_bytes(model, opt, task, (x, y))
+    probes = [probe_step(model, task, (x[:m], y[:m]), meter=None) for m in (2, 4)]
     predicted = accounted_model(static, probes).predict_bytes(16)
     measured = report(model, opt, (x, y)).total_bytes
     assert predicted == pytest.approx(measured, rel=0.10)

@@ -9,6 +9,7 @@ import torch
 
 from conftest import BatchMeter, OomAbove, tiny_net
 from edgetrain.adapt import ProcessMemoryMeter, fit_memory_model, make_meter, probe_step
+from edgetrain.tasks import ClassificationTask
 
 MiB = 2**20
 
@@ -87,7 +88,9 @@ def test_probe_step_changes_nothing():
     buffers = [b.detach().clone() for b in model.buffers()]
     rng = torch.get_rng_state()
     model.eval()
-    probe = probe_step(model, x, y, meter=None, micro_batch_size=3, evaluate=True)
+    probe = probe_step(
+        model, ClassificationTask(), (x, y), meter=None, micro_batch_size=3, evaluate=True
+    )
     assert probe.micro_batch_size == 3 and probe.saved_bytes > 0
     assert all(p.grad is None for p in model.parameters())
     assert all(torch.equal(a, b) for a, b in zip(params, model.parameters(), strict=True))
@@ -100,7 +103,9 @@ def test_fit_memory_model_stops_before_the_limit_and_verifies_its_choice():
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     meter = BatchMeter(model, static_bytes=10 * MiB, per_sample_bytes=MiB)
     x, y = torch.randn(64, 2, 4, 4), torch.randint(0, 3, (64,))
-    fit = fit_memory_model(model, opt, x, y, meter=meter, limit_bytes=40 * MiB)
+    fit = fit_memory_model(
+        model, opt, ClassificationTask(), (x, y), meter=meter, limit_bytes=40 * MiB
+    )
     sizes = [p.micro_batch_size for p in fit.probes]
     assert sizes[:4] == [2, 4, 8, 16]  # never 1: a batch of one is not representative
     assert max(sizes) <= 30  # nothing probed above what fits
@@ -114,6 +119,8 @@ def test_fit_memory_model_stops_at_an_out_of_memory_probe():
     model = OomAbove(tiny_net(), limit=8)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(64, 2, 4, 4), torch.randint(0, 3, (64,))
-    fit = fit_memory_model(model, opt, x, y, meter=None, limit_bytes=None, start=2)
+    fit = fit_memory_model(
+        model, opt, ClassificationTask(), (x, y), meter=None, limit_bytes=None, start=2
+    )
     assert fit.ceiling == 16
     assert [p.micro_batch_size for p in fit.probes] == [2, 4, 8]

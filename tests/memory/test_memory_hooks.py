@@ -239,7 +239,7 @@ def test_ledger_tells_reused_addresses_apart() -> None:
 
 
 def test_inplace_change_of_passed_through_tensor_is_detected() -> None:
-    x = torch.randn(16, requires_grad=True)
+    x = torch.randn(1024, requires_grad=True)  # int8's payload is smaller than the tensor
     with pytest.raises(RuntimeError, match="inplace"):  # PyTorch without hooks
         y = torch.exp(x)
         y.add_(1)

@@ -10,6 +10,9 @@ codec                 exact      format
 ``raw``               yes        the tensor itself (an alias, nothing copied)
 ``bitmap``            yes        1 bit per element + the non-zero elements; with
                                  ``value_dtype`` the values are cast (lossy)
+``mask``              yes        1 bit per element + the one non-zero bit pattern
+                                 (boolean masks, dropout masks); None if the
+                                 non-zeros differ
 ``cast``              no         every element cast to a narrower float (bf16 / fp16)
 ``quant``             unbiased   per-group min/max, stochastic rounding to 2/4/8 bits,
                                  bit-packed; optional bitmap keeps zeros exact
@@ -18,7 +21,8 @@ codec                 exact      format
 ====================  =========  =======================================================
 
 Break-even of the bitmap (stored bytes = N/8 + itemsize * nnz): 1/(8 * itemsize)
-zeros, i.e. 3.1% for fp32, 6.25% for fp16/bf16 values, 1.6% for fp64.
+zeros, i.e. 3.1% for fp32, 6.25% for fp16/bf16 values, 1.6% for fp64. A mask (N/8 +
+itemsize bytes) is smaller than the tensor whatever its zeros.
 """
 
 from __future__ import annotations
@@ -35,7 +39,9 @@ from edgetrain.memory.layout import (
     alloc_like,
     bit_view,
     compact,
+    constant_value,
     expand,
+    fill_mask,
     finish,
     flatten,
     nonzero_mask,
@@ -47,18 +53,21 @@ __all__ = [
     "BitmapPayload",
     "CastPayload",
     "IntPayload",
+    "MaskPayload",
     "QuantPayload",
     "RawPayload",
     "bitmap_break_even",
     "pack_bitmap",
     "pack_cast",
     "pack_int",
+    "pack_mask",
     "pack_quant",
     "pack_raw",
     "pool_origin",
     "unpack_bitmap",
     "unpack_cast",
     "unpack_int",
+    "unpack_mask",
     "unpack_quant",
     "unpack_raw",
 ]
@@ -158,6 +167,46 @@ def unpack_bitmap(p: BitmapPayload, *, backend: Backend = "auto") -> torch.Tenso
         if p.value_dtype is not None:
             values = bit_view(values.to(p.layout.dtype))
         expand(p.bitmap, values, bit_view(flat), backend)
+    return finish(flat, p.layout)
+
+
+# -------------------------------------------------------------------------- mask
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class MaskPayload:
+    """A bit per element, set where the element is the one non-zero bit pattern ``value``."""
+
+    layout: Layout
+    bitmap: torch.Tensor  # uint8, ceil(N / 8)
+    value: torch.Tensor  # one element: the bit pattern of every non-zero element
+    codec = "mask"
+
+    @property
+    def nbytes(self) -> int:
+        return self.bitmap.numel() + self.value.numel() * self.value.element_size()
+
+
+def pack_mask(x: torch.Tensor, *, backend: Backend = "auto") -> MaskPayload | None:
+    """Store ``x`` as a bitmap when all its non-zero elements share one bit pattern.
+
+    Boolean masks, and float masks such as dropout's (0 or ``1 / (1 - p)``), take one bit
+    per element. Exact; None if two non-zero elements differ (use :func:`pack_bitmap`).
+    """
+    flat, layout = flatten(x)
+    bits = bit_view(flat)
+    mask, nnz = nonzero_mask(bits, backend)
+    value = constant_value(bits, mask, nnz, backend)
+    if value is None:
+        return None
+    return MaskPayload(layout, pack_bits(mask, backend), value)
+
+
+def unpack_mask(p: MaskPayload, *, backend: Backend = "auto") -> torch.Tensor:
+    """Rebuild the tensor packed by :func:`pack_mask`."""
+    flat = alloc_like(p.layout)
+    if flat.numel():
+        fill_mask(p.bitmap, p.value, bit_view(flat), backend)
     return finish(flat, p.layout)
 
 

@@ -7,15 +7,27 @@ the ``with`` block: the hooks travel with the graph). Rules the pack hook follow
 - Parameters, buffers and other leaves that require grad, and views of them
   (Linear saves ``weight.t()``), are recognised by storage and kept as they are.
 - Each saved memory block is packed once: a tensor saved by two operations (a
-  ReLU output is saved by the ReLU and by the next layer) and dense views of the
-  same block share one payload. A cache hit is validated by a weak reference to
+  ReLU output is saved by the ReLU and by the next layer) and views of the same
+  block share one payload. A cache hit is validated by a weak reference to
   the storage and the tensor's version counter, so an address reused after a
   free, or a tensor changed in place since it was packed, is packed anew.
 - Dense tensors (one gap-free block, any strides: contiguous, channels_last,
   transposed, reshaped views) are compressed and rebuilt with the same shape,
-  strides and address alignment. Views with gaps or overlaps, non-float tensors
-  (except max-pool indices), and tensors under ``min_bytes`` pass through.
-- Codecs per mode, for float tensors: "lossless" a bitmap of non-zeros plus the
+  strides and address alignment. A float view with gaps or overlaps of an
+  activation (attention's q, k and v: thirds of one projection's output) packs
+  its whole storage once, if it covers at least a quarter of it, and is rebuilt
+  from it with its own geometry. Other views with gaps, non-float tensors (except
+  boolean masks and max-pool indices), and tensors under ``min_bytes`` pass through:
+  integer ids saved by an embedding or a loss are kept as they are.
+- What may be lossy: only tensors autograd differentiates through (``requires_grad``),
+  or that a running module was called with (a layer's input). Others saved with them
+  (normalisation statistics, attention's log-sum-exp, dropout masks, noise) get exact
+  codecs in every mode: they are small, or masks, and an error in a statistic skews a
+  whole row's gradient. A parameter's copy in another dtype (autocast) and views of it
+  are the parameter's values: never compressed (counted, as the graph holds them).
+- Codecs per mode, for float tensors: a tensor whose non-zeros all share one bit
+  pattern (a dropout mask: 0 or 1/(1-p)) or a boolean tensor is a bitmap in every mode
+  but "none" (1 bit per element, exact); "lossless" a bitmap of non-zeros plus the
   values when that is smaller (above 3.1% zeros in fp32), else the tensor as is;
   "bf16"/"fp16" the bitmap with 16-bit values, or every value at 16 bits (fp16
   falls back to exact where it would overflow); "int8"/"int4"/"int2" per-group
@@ -78,11 +90,30 @@ _SAMPLE_STEP = 61
 _SAMPLE_MIN_NUMEL = 1 << 14
 
 
-def _zero_fraction_estimate(t: torch.Tensor) -> float:
-    """Fraction of all-zero bit patterns in a strided sample of dense ``t``."""
+# A non-dense view packs its whole storage when it covers at least this fraction of it.
+_BLOCK_MIN_COVER = 4
+
+
+def _sample(t: torch.Tensor) -> tuple[float, bool]:
+    """For dense ``t``: the fraction of all-zero bit patterns in a strided sample (1.0 for
+    tensors too small to sample), and whether the sample's non-zeros share one pattern."""
     flat = t.detach().as_strided((t.numel(),), (1,), t.storage_offset())
-    sample = bit_view(flat[::_SAMPLE_STEP])
-    return 1.0 - int(torch.count_nonzero(sample)) / sample.numel()
+    sampled = t.numel() >= _SAMPLE_MIN_NUMEL
+    sample = bit_view(flat[:: _SAMPLE_STEP if sampled else 1])
+    nonzero = sample[sample != 0]
+    constant = nonzero.numel() == 0 or bool((nonzero == nonzero[0]).all())
+    zeros = 1.0 - nonzero.numel() / sample.numel() if sampled else 1.0
+    return zeros, constant
+
+
+def _is_param_cast(t: torch.Tensor) -> bool:
+    """A parameter's copy in another dtype (autocast's weight casts), or a view of one."""
+    base = t._base if t._base is not None else t
+    fn = base.grad_fn
+    if fn is None or type(fn).__name__ != "ToCopyBackward0":
+        return False
+    nxt = fn.next_functions
+    return bool(nxt) and nxt[0][0] is not None and hasattr(nxt[0][0], "variable")
 
 
 class _Span:
@@ -137,21 +168,29 @@ class _Span:
 
 
 class _Saved:
-    """What the pack hook returns for a compressed tensor: its span and its own geometry."""
+    """What the pack hook returns for a compressed tensor: its span and its own geometry
+    (shape, strides, and the offset of its storage position from the span's first element)."""
 
-    __slots__ = ("shape", "span", "stride")
+    __slots__ = ("offset", "shape", "span", "stride")
 
-    def __init__(self, span: _Span, shape: tuple[int, ...] | None, stride: tuple[int, ...]):
+    def __init__(
+        self,
+        span: _Span,
+        shape: tuple[int, ...] | None,
+        stride: tuple[int, ...],
+        offset: int = 0,
+    ):
         self.span = span
         self.shape = shape  # None: same geometry as the tensor that made the span
         self.stride = stride
+        self.offset = offset
         span.saves += 1
 
     def unpack(self) -> torch.Tensor:
         out = self.span.decode()
         if self.shape is None:
             return out
-        return out.as_strided(self.shape, self.stride, out.storage_offset())
+        return out.as_strided(self.shape, self.stride, out.storage_offset() + self.offset)
 
 
 class _Alias:
@@ -309,26 +348,56 @@ class CompressionContext:
         active = self.tracker.current()
         entry = self.ledger.entry(t, self.tracker.current_name())
         nbytes = t.numel() * t.element_size()
-        if self.mode == "none" or nbytes < self.min_bytes or t.numel() == 0 or not is_dense(t):
+        if self.mode == "none" or nbytes < self.min_bytes or t.numel() == 0:
             return self._alias(t, entry, nbytes)
-        key = (str(t.device), t.data_ptr(), t.numel(), t.dtype)
+        target = self._target(t)
+        if target is None or _is_param_cast(t):
+            return self._alias(t, entry, nbytes)
+        block, offset = target
+        key = (str(t.device), block.data_ptr(), block.numel(), block.dtype)
         hit = self._spans.get(key)
         if hit is not None and hit[0] is entry and hit[1] == t._version:
             span = hit[2]()
             if span is not None:
-                return self._saved(span, t)
-        packed = self._compress(t, active)
-        if packed is None:
+                # the span's first tensor may have another shape (e.g. x and x.view(-1, d))
+                return _Saved(span, tuple(t.shape), tuple(t.stride()), offset)
+        packed = self._compress(block, active, exact=self._exact(t))
+        block_bytes = block.numel() * block.element_size()
+        if packed is None or packed[0].nbytes >= block_bytes:  # tiny tensors: headers cost more
             return self._alias(t, entry, nbytes)
         payload, unpack_fn = packed
-        self.ledger.count(payload.codec, nbytes, payload.nbytes)
+        self.ledger.count(payload.codec, block_bytes, payload.nbytes)
         span = _Span(payload, unpack_fn, self.ledger, entry)
         self._spans[key] = (
             entry,
             t._version,
             weakref.ref(span, functools.partial(self._forget, key)),
         )
-        return _Saved(span, None, ())
+        if block is t:
+            return _Saved(span, None, ())
+        return _Saved(span, tuple(t.shape), tuple(t.stride()), offset)
+
+    @staticmethod
+    def _target(t: torch.Tensor) -> tuple[torch.Tensor, int] | None:
+        """What to pack for ``t``: itself if dense, else its whole storage as a flat block
+        (a float activation's view covering enough of it), with ``t``'s offset in it."""
+        if is_dense(t):
+            return t, 0
+        if not (t.is_floating_point() and t.requires_grad):
+            return None
+        size = t.element_size()
+        total = t.untyped_storage().nbytes()
+        n = total // size
+        if total % size or t.numel() * _BLOCK_MIN_COVER < n:
+            return None
+        return t.detach().as_strided((n,), (1,), 0), t.storage_offset()
+
+    def _exact(self, t: torch.Tensor) -> bool:
+        """Whether ``t`` gets exact codecs only: not differentiated through and not a
+        running module's input (statistics, masks and noise saved beside activations)."""
+        if t.requires_grad:
+            return False
+        return not self.tracker.is_input((str(t.device), t.untyped_storage().data_ptr()))
 
     def _forget(self, key: tuple[Any, ...], ref: weakref.ref) -> None:
         hit = self._spans.get(key)
@@ -339,23 +408,24 @@ class CompressionContext:
         self.ledger.count("raw", nbytes, nbytes)
         return _Alias(t.detach(), self.ledger, entry)
 
-    @staticmethod
-    def _saved(span: _Span, t: torch.Tensor) -> _Saved:
-        # the span's first tensor may have another shape (e.g. x and x.view(-1, d))
-        return _Saved(span, tuple(t.shape), tuple(t.stride()))
-
     def _compress(
-        self, t: torch.Tensor, active: ActiveModule | None
+        self, t: torch.Tensor, active: ActiveModule | None, *, exact: bool = False
     ) -> tuple[Any, Callable[[Any], torch.Tensor]] | None:
-        """Choose a codec for ``t`` and pack it; None to pass it through."""
+        """Choose a codec for dense ``t`` and pack it; None to pass it through."""
         module = active.module if active is not None else None
+        if t.dtype == torch.bool:
+            mask = codecs.pack_mask(t)
+            return None if mask is None else (mask, codecs.unpack_mask)
         if t.dtype == torch.int64 and isinstance(module, _MAXPOOL):
             return self._pack_pool_indices(t, module, active.input_shape)  # type: ignore[union-attr]
         if not t.is_floating_point():
             return None
-        sampled = t.numel() >= _SAMPLE_MIN_NUMEL
-        zeros = _zero_fraction_estimate(t) if sampled else 1.0
-        mode = self.mode
+        zeros, constant = _sample(t)
+        if constant:  # a mask (dropout's 0 or 1/(1-p)) or a constant: one bit per element
+            mask = codecs.pack_mask(t)
+            if mask is not None:
+                return mask, codecs.unpack_mask
+        mode = "lossless" if exact else self.mode
         if mode in _QUANT and isinstance(module, _THRESHOLD_GRAD):
             # backward needs which side of a threshold each input lies on: quantisation
             # noise flips it (int8 on MobileNetV2: 36% gradient error, 1% with bf16)
@@ -369,13 +439,13 @@ class CompressionContext:
             return self._pack_half(t, _HALF[mode], zeros)
         # exact zeros (ReLU outputs) keep a bitmap, so that no zero becomes non-zero and
         # no positive value rounds to zero: ReLU's backward mask stays exact
-        mask = True if zeros >= _ZERO_MASK_MIN else None
+        mask_zeros = True if zeros >= _ZERO_MASK_MIN else None
         quant = codecs.pack_quant(
             t,
             bits=_QUANT[mode],
             group_size=self.group_size,
             generator=self._generator(t.device),
-            zero_mask=mask,
+            zero_mask=mask_zeros,
         )
         return None if quant is None else (quant, codecs.unpack_quant)
 

@@ -25,7 +25,9 @@ __all__ = [
     "alloc_like",
     "bit_view",
     "compact",
+    "constant_value",
     "expand",
+    "fill_mask",
     "finish",
     "flatten",
     "is_dense",
@@ -233,4 +235,43 @@ def expand(
     mask = unpack_bits(packed_mask, n, backend="torch")
     out.zero_()
     out.masked_scatter_(mask, values)
+    return out
+
+
+def constant_value(
+    bits: torch.Tensor, mask: torch.Tensor, nnz: int, backend: Backend = "auto"
+) -> torch.Tensor | None:
+    """The one non-zero bit pattern of 1-D ``bits`` (a 1-element tensor), or None if the
+    non-zero elements differ. All zero: the pattern 0."""
+    if nnz == 0:
+        return bits.new_zeros(1)
+    if _use_numpy(bits, backend):
+        bits_np = bits.numpy()
+        first = bits_np[int(np.argmax(mask.numpy()))]  # argmax of a bool array: the first True
+        same = int(np.count_nonzero(bits_np == first))
+        return torch.from_numpy(np.array([first], dtype=bits_np.dtype)) if same == nnz else None
+    first = bits[int(torch.argmax(mask.to(torch.uint8)))]
+    same = int(torch.count_nonzero(bits == first))
+    return first.reshape(1).clone() if same == nnz else None
+
+
+def fill_mask(
+    packed_mask: torch.Tensor, value: torch.Tensor, out: torch.Tensor, backend: Backend = "auto"
+) -> torch.Tensor:
+    """Fill 1-D integer ``out`` with ``value`` where the packed mask is set, zero elsewhere."""
+    n = out.numel()
+    if _use_numpy(out, backend):
+        out_np = out.numpy()
+        v = value.numpy()[0]
+        for start in range(0, n, _EXPAND_CHUNK):
+            stop = min(n, start + _EXPAND_CHUNK)
+            m = np.unpackbits(
+                packed_mask.numpy()[start // 8 : (stop + 7) // 8],
+                count=stop - start,
+                bitorder="little",
+            )
+            np.multiply(m, v, out=out_np[start:stop], casting="unsafe")  # 0 or the pattern
+        return out
+    mask = unpack_bits(packed_mask, n, backend="torch")
+    torch.mul(mask.to(out.dtype), value.to(out.device), out=out)
     return out

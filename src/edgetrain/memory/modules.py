@@ -1,9 +1,11 @@
-"""Which module's forward is running: a stack kept by forward pre/post hooks."""
+"""Which module's forward is running, and on which inputs: a stack kept by forward hooks."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,11 +18,24 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class ActiveModule:
-    """A module whose forward is running, its qualified name and its first input's shape."""
+    """A module whose forward is running, its qualified name, its first input's shape and
+    the (device, storage address) of every tensor it was called with."""
 
     module: nn.Module
     name: str
     input_shape: tuple[int, ...] | None
+    inputs: frozenset[tuple[str, int]] = field(default_factory=frozenset)
+
+
+def _storage_keys(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> frozenset[tuple[str, int]]:
+    """Storages of the tensors among ``args`` and ``kwargs`` (and in lists or tuples of them)."""
+    found = set()
+    for value in (*args, *kwargs.values()):
+        items = value if isinstance(value, list | tuple) else (value,)
+        for item in items:
+            if isinstance(item, torch.Tensor) and item.layout == torch.strided:
+                found.add((str(item.device), item.untyped_storage().data_ptr()))
+    return frozenset(found)
 
 
 def param_storages(model: nn.Module | None) -> set[tuple[str, int]]:
@@ -54,7 +69,9 @@ class ModuleTracker:
     def __enter__(self) -> ModuleTracker:
         if self.model is not None and not self._handles:
             for module in self.model.modules():
-                self._handles.append(module.register_forward_pre_hook(self._push))
+                self._handles.append(
+                    module.register_forward_pre_hook(self._push, with_kwargs=True)
+                )
                 # always_call: pop even when forward raises, so the stack stays right
                 self._handles.append(module.register_forward_hook(self._pop, always_call=True))
         return self
@@ -65,10 +82,11 @@ class ModuleTracker:
         self._handles.clear()
         self._stack.clear()
 
-    def _push(self, module: nn.Module, args: tuple[object, ...]) -> None:
+    def _push(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         first = args[0] if args else None
         shape = tuple(first.shape) if isinstance(first, torch.Tensor) else None
-        self._stack.append(ActiveModule(module, self._names.get(id(module), "?"), shape))
+        name = self._names.get(id(module), "?")
+        self._stack.append(ActiveModule(module, name, shape, _storage_keys(args, kwargs)))
 
     def _pop(self, module: nn.Module, args: tuple[object, ...], output: object) -> None:
         while self._stack:
@@ -78,6 +96,10 @@ class ModuleTracker:
     def current(self) -> ActiveModule | None:
         """The innermost running module, or None outside the model's forward."""
         return self._stack[-1] if self._stack else None
+
+    def is_input(self, key: tuple[str, int]) -> bool:
+        """Whether the storage ``key`` holds an input of a running module."""
+        return any(key in active.inputs for active in self._stack)
 
     def current_name(self, outside: str = "(outside)") -> str:
         """Name of the innermost running module, or the innermost scope, or ``outside``."""

@@ -12,6 +12,7 @@ import pandas as pd
 from edgetrain.errors import EdgeTrainError
 from edgetrain.report import compare_figures as cfig
 from edgetrain.report import tables as tab
+from edgetrain.report.labels import is_accuracy, pretty_name
 from edgetrain.report.pdf import assemble, drawn_figures, save_pdf, save_pngs
 from edgetrain.report.reportkind import ReportKind
 from edgetrain.report.rundir import Run, is_run_directory, load_run, require_directory
@@ -31,7 +32,9 @@ from edgetrain.safefs import claim_dir
 
 __all__ = [
     "COMPARE_KIND",
+    "compare_columns",
     "compare_curves",
+    "compare_metric",
     "compare_runs",
     "compare_totals",
     "config_differences",
@@ -41,6 +44,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: The curves of classification runs; any runs' are :func:`compare_columns`.
 CURVE_COLUMNS = ("train_loss", "val_loss", "train_acc", "val_acc", "time_s", "energy_j")
 COMPARE_FIGURES = ("comparison_curves", "comparison_energy", "comparison_totals")
 
@@ -67,13 +71,28 @@ def run_children(path: Path | str) -> list[Path]:
     return [child for child in sorted(path.iterdir()) if child.is_dir() and is_run_directory(child)]
 
 
+def compare_columns(runs: Sequence[Run]) -> list[str]:
+    """The per-epoch columns compared: losses, the runs' metrics, time and energy."""
+    quality = [c for run in runs for c in run.quality_columns]
+    ordered = [c for c in quality if c.startswith("train_")] + [
+        c for c in quality if c.startswith("val_")
+    ]
+    return ["train_loss", "val_loss", *dict.fromkeys(ordered), "time_s", "energy_j"]
+
+
+def compare_metric(runs: Sequence[Run]) -> str:
+    """The metric the runs are compared by: their tasks' best metric (the most common one;
+    ``val_acc`` for classification runs)."""
+    metrics = [run.best_metric[0] for run in runs]
+    return max(dict.fromkeys(metrics), key=metrics.count) if metrics else "val_acc"
+
+
 def compare_curves(runs: Sequence[Run], labels: Sequence[str]) -> pd.DataFrame:
     """Long table ``run, epoch, <curve columns>``: one row per run and epoch."""
     parts = []
+    columns = compare_columns(runs)
     for run, label in zip(runs, labels, strict=True):
-        part = run.metrics[
-            ["epoch", *[c for c in CURVE_COLUMNS if c in run.metrics.columns]]
-        ].copy()
+        part = run.metrics[["epoch", *[c for c in columns if c in run.metrics.columns]]].copy()
         energy = tab.energy_per_epoch(run)  # falls back to resources.csv when metrics lack energy
         if "energy_j" in energy.columns:
             part["energy_j"] = energy["energy_j"].to_numpy()
@@ -82,7 +101,7 @@ def compare_curves(runs: Sequence[Run], labels: Sequence[str]) -> pd.DataFrame:
     curves = (
         pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["run", "epoch"])
     )
-    keep = ["run", "epoch", *[c for c in CURVE_COLUMNS if c in curves and curves[c].notna().any()]]
+    keep = ["run", "epoch", *[c for c in columns if c in curves and curves[c].notna().any()]]
     return curves[keep]
 
 
@@ -107,10 +126,12 @@ def config_differences(runs: Sequence[Run], labels: Sequence[str]) -> pd.DataFra
     return pd.DataFrame(rows, columns=["key", *labels])
 
 
-def _totals_by_quantity(totals: pd.DataFrame) -> pd.DataFrame:
+def _totals_by_quantity(
+    totals: pd.DataFrame, directions: dict[str, str] | None = None
+) -> pd.DataFrame:
     """Totals turned sideways for reading: one row per quantity, one column per run."""
     rows = []
-    for key, label, _ in tab.TOTAL_ROWS:
+    for key, label, _ in tab.total_rows(totals.columns, directions):
         if key not in totals.columns or totals[key].isna().all():
             continue
         row = {"quantity": label}
@@ -158,22 +179,32 @@ def _write_comparison(runs: list[Run], labels: list[str], out: Path) -> None:
     curves = compare_curves(runs, labels)
     totals = compare_totals(runs, labels)
     differences = config_differences(runs, labels)
+    metric = compare_metric(runs)
+    directions = {c: run.direction(c) for run in runs for c in run.metrics.columns}
+    quality = [c for c in curves.columns if c.startswith("val_") and c not in (metric, "val_loss")]
+    shown = [metric, *quality, "train_loss"]
+    what = pretty_name(metric).removeprefix("val " if is_accuracy(metric) else "")
+    curves_title = (
+        f"Comparison: {what} and loss per epoch"
+        if metric != "val_loss"
+        else "Comparison: losses and metrics per epoch"
+    )
     estimated = [
         label
         for label, source in zip(labels, totals["energy_source"], strict=True)
         if str(source).startswith("estimated")
     ]
     drawn = {
-        "comparison_curves": cfig.overlay_figure(
-            curves, ["val_acc", "train_loss"], "Comparison: accuracy and loss per epoch"
-        ),
+        "comparison_curves": cfig.overlay_figure(curves, shown, curves_title),
         "comparison_energy": cfig.overlay_figure(
             curves,
             ["energy_j", "time_s"],
             "Comparison: energy and time per epoch",
             notes={"energy_j": f"estimated for: {', '.join(estimated)}"} if estimated else None,
         ),
-        "comparison_totals": cfig.totals_figure(totals, "Comparison: totals per run"),
+        "comparison_totals": cfig.totals_figure(
+            totals, "Comparison: totals per run", metric, directions.get(metric, "min")
+        ),
     }
     figures = drawn_figures(drawn, COMPARE_FIGURES, out)
     save_pngs(figures, COMPARE_FIGURES, out)
@@ -183,7 +214,7 @@ def _write_comparison(runs: list[Run], labels: list[str], out: Path) -> None:
         [(label, f"{run.path.resolve()}") for label, run in zip(labels, runs, strict=True)], width
     )
     front_sections = [Section("Runs", runs_lines)]
-    front_sections += frame_sections(_totals_by_quantity(totals), "Totals", width)
+    front_sections += frame_sections(_totals_by_quantity(totals, directions), "Totals", width)
     front_sections += (
         frame_sections(differences, "Configuration differences", width)
         if not differences.empty

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from edgetrain.report.labels import axis_label
+from edgetrain.report.labels import axis_label, is_accuracy, pretty_name
 from edgetrain.report.plotting import (
     add_legend,
     add_note,
@@ -42,8 +43,13 @@ def overlay_figure(
     if curves.empty or not present:
         return None
     figure = new_figure(title)
-    axes = figure.subplots(1, len(present), squeeze=False)[0]
-    for ax, column in zip(axes, present, strict=True):
+    if len(present) <= 3:
+        axes = list(figure.subplots(1, len(present), squeeze=False)[0])
+    else:
+        axes = list(figure.subplots(2, math.ceil(len(present) / 2), squeeze=False).ravel())
+        for ax in axes[len(present) :]:
+            ax.set_visible(False)
+    for ax, column in zip(axes, present, strict=False):
         values = curves[column].to_numpy(dtype=float)
         scale, label = axis_label(column, values)
         for number, (run, rows) in enumerate(curves.groupby("run", sort=False)):
@@ -73,17 +79,24 @@ def overlay_figure(
 
 def is_fraction(column: str) -> bool:
     """Whether a column is an accuracy or a fraction (never negative)."""
-    return "acc" in column or column.endswith(("_frac", "sparsity"))
+    return is_accuracy(column) or column.endswith(("_frac", "sparsity"))
 
 
-def totals_figure(totals: pd.DataFrame, title: str) -> Figure | None:
-    """One bar per run: total energy (hatched when estimated), wall time, best val accuracy."""
+def totals_figure(
+    totals: pd.DataFrame, title: str, metric: str = "val_acc", mode: str = "max"
+) -> Figure | None:
+    """One bar per run: total energy (hatched when estimated), wall time, and the best value
+    of the runs' metric (``metric``, better when ``mode`` is max or min)."""
+    best = f"best_{metric}"
+    best_label = pretty_name(best)
+    if not is_accuracy(metric):
+        best_label += " (highest)" if mode == "max" else " (lowest)"
     panels = [
         (column, label)
         for column, label in (
             ("total_energy_j", "total energy (J)"),
             ("wall_time_s", "wall time (s)"),
-            ("best_val_acc", "best val accuracy"),
+            (best, best_label),
         )
         if column in totals.columns and totals[column].notna().any()
     ]
@@ -107,7 +120,8 @@ def totals_figure(totals: pd.DataFrame, title: str) -> Figure | None:
         )
     for ax, (column, label) in zip(axes, panels, strict=True):
         values = totals[column].to_numpy(dtype=float)
-        if column == "best_val_acc":
+        fraction = column == best and is_accuracy(metric)
+        if fraction:
             label += " (%)" if np.nanmax(values) > 1 else " (fraction)"
         bars = ax.bar(range(len(runs)), np.nan_to_num(values), color="tab:blue", width=0.6)
         if column == "total_energy_j":
@@ -135,8 +149,10 @@ def totals_figure(totals: pd.DataFrame, title: str) -> Figure | None:
         )
         ax.set_ylabel(label)
         ax.set_title(label.split(" (")[0])
-        if column == "best_val_acc":
+        if fraction:
             set_unit_ylim(ax, values)
+        elif column == best and np.nanmin(values) < 0:
+            set_limits(ax, np.append(values, 0.0))  # R² below zero
         else:
             set_limits(ax, np.append(values * 1.05, 0.0), floor=0.0)
         ax.grid(True, axis="y", alpha=0.3)

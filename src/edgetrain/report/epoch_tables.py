@@ -18,6 +18,7 @@ __all__ = [
     "activation_table",
     "controller_table",
     "correlation_matrix",
+    "curve_columns",
     "decisions_table",
     "downsample",
     "energy_per_epoch",
@@ -30,6 +31,7 @@ __all__ = [
     "training_curves",
 ]
 
+#: The curves of a classification run; any run's are :func:`curve_columns`.
 CURVE_COLUMNS = ("train_loss", "val_loss", "train_acc", "val_acc", "lr")
 CONTROL_COLUMNS = ("batch_size", "micro_batch_size", "accum_steps", "lr")
 SCORE_COLUMNS = ("memory_score", "accuracy_score", "priority_batch_size", "priority_learning_rate")
@@ -68,9 +70,19 @@ def metrics_table(run: Run) -> pd.DataFrame:
     return metrics[["epoch", *_present(metrics, [c for c in metrics.columns if c != "epoch"])]]
 
 
+def curve_columns(run: Run) -> list[str]:
+    """The learning-curve columns of a run: losses, its task's metrics (train before val,
+    ``train_acc, val_acc`` for classification), then the learning rate."""
+    quality = run.quality_columns
+    ordered = [c for c in quality if c.startswith("train_")] + [
+        c for c in quality if c.startswith("val_")
+    ]
+    return ["train_loss", "val_loss", *ordered, "lr"]
+
+
 def training_curves(run: Run) -> pd.DataFrame:
-    """Per epoch: losses, accuracies and learning rate (columns that hold data only)."""
-    columns = _present(run.metrics, CURVE_COLUMNS)
+    """Per epoch: losses, the task's metrics and learning rate (columns with data only)."""
+    columns = _present(run.metrics, curve_columns(run))
     if not columns:
         return pd.DataFrame(columns=["epoch"])
     return run.metrics[["epoch", *columns]].reset_index(drop=True)
@@ -244,8 +256,8 @@ def correlation_matrix(run: Run, min_epochs: int = 3) -> pd.DataFrame:
 def strongest_pairs(corr: pd.DataFrame, n: int | None = 10) -> pd.DataFrame:
     """The ``n`` strongest correlations between a cost column and a performance column.
 
-    Performance columns are losses and accuracies; every other column (time, energy,
-    memory, throughput, knobs) is a cost.
+    Performance columns are losses and the task's metrics (accuracy, RMSE, perplexity...);
+    every other column (time, energy, memory, throughput, knobs) is a cost.
 
     Returns:
         Columns ``cost, performance, r, abs_r``, strongest first (all pairs if n is None).

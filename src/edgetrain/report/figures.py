@@ -17,7 +17,15 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from edgetrain.report.compare_figures import is_fraction, overlay_figure, totals_figure
-from edgetrain.report.labels import axis_label, energy_sources_in, pretty_name, time_unit
+from edgetrain.report.labels import (
+    axis_label,
+    energy_sources_in,
+    is_accuracy,
+    metric_name,
+    metric_of,
+    pretty_name,
+    time_unit,
+)
 from edgetrain.report.plotting import (
     PAGE_SIZE,
     add_legend,
@@ -64,18 +72,45 @@ def _lr_axis(ax: Axes, values: np.ndarray) -> None:
         set_limits(ax, np.append(values, 0.0), floor=0.0)
 
 
-def training_curves_figure(curves: pd.DataFrame, title: str) -> Figure | None:
-    """Loss and accuracy per epoch (train solid, val dashed); lr when it changes."""
+def _metric_panels(curves: pd.DataFrame) -> list[list[str]]:
+    """The curve columns grouped into panels: losses, then one panel per metric (its train
+    and val columns together), then the learning rate when it changes."""
     losses = [c for c in ("train_loss", "val_loss") if c in curves.columns]
-    accs = [c for c in ("train_acc", "val_acc") if c in curves.columns]
+    groups: dict[str, list[str]] = {}
+    for column in curves.columns:
+        parts = metric_of(column)
+        if parts is None or parts[2] == "loss" or parts[0]:
+            continue
+        groups.setdefault(parts[2], []).append(column)
     show_lr = "lr" in curves.columns and curves["lr"].dropna().nunique() > 1
-    panels = [group for group in (losses, accs, ["lr"] if show_lr else []) if group]
-    if curves.empty or not (losses or accs):
+    return [g for g in (losses, *groups.values(), ["lr"] if show_lr else []) if g]
+
+
+def _metric_ylabel(column: str, values: np.ndarray) -> str:
+    """'accuracy (fraction)', 'accuracy (%)', 'RMSE', 'perplexity': a metric panel's label."""
+    parts = metric_of(column)
+    name = metric_name(parts[2]) if parts is not None else pretty_name(column)
+    if is_accuracy(column):
+        return f"{name} (%)" if finite_values(values).max(initial=0) > 1 else f"{name} (fraction)"
+    return name
+
+
+def training_curves_figure(curves: pd.DataFrame, title: str) -> Figure | None:
+    """Loss and the task's metrics per epoch (train solid, val dashed), one panel per
+    metric (accuracy, RMSE, perplexity, ...); lr when it changes."""
+    panels = _metric_panels(curves)
+    if curves.empty or not [p for p in panels if p != ["lr"]]:
         return None
     figure = new_figure(f"{title}: training curves")
-    ratios = [1.0 if group == ["lr"] else 2.0 for group in panels]
-    axes = figure.subplots(1, len(panels), squeeze=False, width_ratios=ratios)[0]
-    for ax, columns in zip(axes, panels, strict=True):
+    if len(panels) <= 3:
+        ratios = [1.0 if group == ["lr"] else 2.0 for group in panels]
+        axes = list(figure.subplots(1, len(panels), squeeze=False, width_ratios=ratios)[0])
+    else:
+        columns = math.ceil(len(panels) / 2)
+        axes = list(figure.subplots(2, columns, squeeze=False).ravel())
+        for ax in axes[len(panels) :]:
+            ax.set_visible(False)
+    for ax, columns in zip(axes, panels, strict=False):
         drawn = []
         for column in columns:
             values = curves[column].to_numpy(dtype=float)
@@ -83,19 +118,18 @@ def training_curves_figure(curves: pd.DataFrame, title: str) -> Figure | None:
             ax.plot(curves["epoch"], values, style, marker="o", ms=4, label=pretty_name(column))
             drawn.append(values)
         values = np.concatenate(drawn)
-        if columns is losses:
-            set_limits(ax, values, floor=0.0)
-            label = "loss"
-        elif columns is accs:
-            set_unit_ylim(ax, values)
-            label = (
-                "accuracy (%)"
-                if finite_values(values).max(initial=0) > 1
-                else "accuracy (fraction)"
-            )
-        else:
+        if columns == ["lr"]:
             _lr_axis(ax, values)
             label = "learning rate"
+        elif all(c.endswith("_loss") for c in columns):
+            set_limits(ax, values, floor=0.0)
+            label = "loss"
+        elif is_accuracy(columns[0]):
+            set_unit_ylim(ax, values)
+            label = _metric_ylabel(columns[0], values)
+        else:
+            set_limits(ax, values, floor=0.0 if finite_values(values).min(initial=0) >= 0 else None)
+            label = _metric_ylabel(columns[0], values)
         ax.set_ylabel(label)
         epoch_axis(ax)
         add_legend(ax)
@@ -357,7 +391,7 @@ def pairs_figure(
     """Scatter plots of the strongest cost/performance pairs, one point per epoch.
 
     Each cost column appears once (its strongest pair), so the panels do not repeat
-    one quantity against train and val accuracy.
+    one quantity against the train and val values of one metric.
     """
     if pairs.empty or per_epoch.empty:
         return None

@@ -2,6 +2,9 @@
 
 Units live in the column names (``_bytes``, ``_s``, ``_j``, ``_w``, ``_pct``); this module
 turns a column into an axis label and a scale factor, and a value into a short string.
+Metric columns (``train_<m>``, ``val_<m>``, ``test_<m>``, ``best_val_<m>``) get their
+metric's name ("val RMSE", "test perplexity"); only accuracy-like metrics are fractions
+(shown as a fraction or in percent).
 """
 
 from __future__ import annotations
@@ -24,16 +27,36 @@ __all__ = [
     "estimated_note",
     "finite_number",
     "format_value",
+    "is_accuracy",
     "is_estimated",
     "is_performance",
     "mean_std_text",
+    "metric_name",
+    "metric_of",
     "pretty_name",
+    "quality_text",
     "time_unit",
 ]
 
 MIB = 1024**2
 GIB = 1024**3
 PERFORMANCE_WORDS = ("loss", "acc")
+#: The splits a metric column starts with (``val_rmse``), and prefixes before them.
+SPLITS = ("train", "val", "test")
+_METRIC_PREFIXES = ("best_", "final_", "trial_", "quantized_")
+#: Human names of the built-in metrics (others: underscores become spaces).
+METRIC_NAMES = {
+    "loss": "loss",
+    "acc": "accuracy",
+    "accuracy": "accuracy",
+    "token_acc": "token accuracy",
+    "token_accuracy": "token accuracy",
+    "mae": "MAE",
+    "mse": "MSE",
+    "rmse": "RMSE",
+    "r2": "R²",
+    "perplexity": "perplexity",
+}
 
 _NAMES = {
     "epoch": "epoch",
@@ -101,11 +124,55 @@ def _strip_prefix(column: str) -> tuple[str, str]:
     return "", column
 
 
+def metric_of(column: str) -> tuple[str, str, str] | None:
+    """A metric column's parts: 'best_val_rmse' -> ('best ', 'val', 'rmse'); None when
+    the column is not ``[best_|final_|trial_|quantized_]<train|val|test>_<metric>``.
+
+    Columns whose rest names a unit (``train_time_s``) are not metrics.
+    """
+    lead = ""
+    for prefix in _METRIC_PREFIXES:
+        if column.startswith(prefix):
+            lead, column = prefix[:-1] + " ", column[len(prefix) :]
+            break
+    split, _, metric = column.partition("_")
+    if split not in SPLITS or not metric:
+        return None
+    if metric not in METRIC_NAMES and (
+        metric.endswith(tuple(suffix for suffix, _ in _SUFFIXES)) or metric == "time"
+    ):
+        return None
+    return lead, split, metric
+
+
+def metric_name(metric: str) -> str:
+    """The human name of a metric: 'rmse' -> 'RMSE', 'token_acc' -> 'token accuracy'."""
+    return METRIC_NAMES.get(metric, metric.replace("_", " "))
+
+
+def is_accuracy(column: str) -> bool:
+    """Whether a column (or a bare metric name) is accuracy-like: a fraction of hits,
+    shown as a fraction or in percent ('val_acc', 'test_token_acc', 'best_val_acc')."""
+    parts = metric_of(column)
+    metric = parts[2] if parts is not None else column
+    return metric in ("acc", "accuracy") or metric.endswith(("_acc", "_accuracy"))
+
+
+def quality_text(column: str, value: Any) -> str:
+    """'val RMSE 0.6802' or 'val accuracy 0.93': a metric's name and its value."""
+    return f"{pretty_name(column)} {format_value(column, value)}"
+
+
 def pretty_name(column: str) -> str:
-    """A readable name without the unit: 'peak_rss_bytes' -> 'peak RSS'."""
+    """A readable name without the unit: 'peak_rss_bytes' -> 'peak RSS', 'val_rmse' ->
+    'val RMSE'."""
     prefix, base = _strip_prefix(column)
     if base in _NAMES:
         return prefix + _NAMES[base]
+    parts = metric_of(base)
+    if parts is not None and parts[2] in METRIC_NAMES:
+        lead, split, metric = parts
+        return f"{prefix}{lead}{split} {metric_name(metric)}"
     for suffix, _ in _SUFFIXES:
         if base.endswith(suffix) and len(base) > len(suffix):
             base = base[: -len(suffix)]
@@ -134,9 +201,11 @@ def unit_of(column: str, values: Iterable[float] = ()) -> tuple[float, str]:
     _, base = _strip_prefix(column)
     if base in _UNITLESS:
         return 1.0, _UNITLESS[base]
-    if "acc" in base:
+    if is_accuracy(base) or (metric_of(base) is None and "acc" in base):
         finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
         return 1.0, "%" if finite and max(finite) > 1.0 else "fraction"
+    if metric_of(base) is not None:
+        return 1.0, ""  # losses, errors, R², perplexity: in the data's own units
     if base.endswith("_bytes"):
         finite = [abs(float(v)) for v in values if v is not None and math.isfinite(float(v))]
         return bytes_unit(max(finite) if finite else 0.0)
@@ -154,8 +223,10 @@ def axis_label(column: str, values: Iterable[float] = ()) -> tuple[float, str]:
 
 
 def is_performance(column: str) -> bool:
-    """Whether a column measures model quality (a loss or an accuracy)."""
-    return any(word in column for word in PERFORMANCE_WORDS)
+    """Whether a column measures model quality: a loss, an accuracy or any other metric
+    (``train_<m>``, ``val_<m>``, ``test_<m>``)."""
+    words = column.split("_")
+    return metric_of(column) is not None or any(word in words for word in PERFORMANCE_WORDS)
 
 
 def finite_number(value: Any) -> float | None:

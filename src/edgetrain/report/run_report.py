@@ -209,7 +209,8 @@ def write_run_report(run: Run, out: Path) -> list[str]:
         "resources": resources,
         "resource_summary": tables["resource_summary"],
         "controller": tables["controller"],
-        "decisions": tables["decisions"],
+        # no decisions: a "(no data)" sheet, not the controller's column names
+        "decisions": tables["decisions"] if not tables["decisions"].empty else pd.DataFrame(),
         "correlation": correlation.rename_axis("column").reset_index()
         if not correlation.empty
         else correlation,

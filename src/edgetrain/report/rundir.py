@@ -23,9 +23,12 @@ import yaml
 
 from edgetrain.contract import (
     DECISIONS_COLUMNS,
+    METRICS_AFTER,
     METRICS_COLUMNS,
     RESOURCES_BASE_COLUMNS,
     TEXT_COLUMNS,
+    best_metric,
+    direction,
 )
 from edgetrain.errors import EdgeTrainError
 
@@ -41,6 +44,7 @@ __all__ = [
     "is_sweep_analysis",
     "is_sweep_directory",
     "load_run",
+    "metrics_contract",
     "read_csv_rows",
     "read_mapping",
     "require_directory",
@@ -82,6 +86,39 @@ class Run:
     def name(self) -> str:
         """The directory name, used as the run's label."""
         return self.path.name
+
+    @property
+    def best_metric(self) -> tuple[str, str]:
+        """The column that decides "best" and its direction (``val_acc``, ``max`` for runs
+        written before tasks), as :func:`edgetrain.contract.best_metric` reads it."""
+        return best_metric(self.summary, self.metrics.columns)
+
+    @property
+    def quality_columns(self) -> list[str]:
+        """The metric columns other than losses that hold data (``val_rmse``, ``val_acc``),
+        in file order: what the run's task measures besides its loss."""
+        return [
+            c
+            for c in self.metrics.columns
+            if c.startswith(("train_", "val_"))
+            and not c.endswith("_loss")
+            and self.metrics[c].notna().any()
+        ]
+
+    def direction(self, column: str) -> str:
+        """``max`` or ``min`` for a metric column of this run (summary.json, else defaults)."""
+        return direction(column, self.summary)
+
+
+def metrics_contract(summary: dict[str, Any]) -> tuple[str, ...]:
+    """The metrics.csv columns a run's summary.json promises: its task's metrics, or the
+    classification columns of runs written before tasks."""
+    recorded = (summary.get("task") or {}).get("metrics") if isinstance(summary, dict) else None
+    if not isinstance(recorded, dict) or not recorded:
+        return METRICS_COLUMNS
+    train = [c for c in recorded if c.startswith("train_") and c != "train_loss"]
+    val = [c for c in recorded if c.startswith("val_") and c != "val_loss"]
+    return ("epoch", "time_s", "train_loss", *train, "val_loss", *val, *METRICS_AFTER)
 
 
 def require_directory(path: Path | str) -> Path:
@@ -155,7 +192,8 @@ def load_run(path: Path | str) -> Run:
     config = read_mapping(path / "config.yaml", problems)
     env = read_mapping(path / "env.json", problems)
     summary = read_mapping(path / "summary.json", problems)
-    metrics = _tidy_metrics(read_csv_rows(path / "metrics.csv", METRICS_COLUMNS, problems))
+    metrics = read_csv_rows(path / "metrics.csv", metrics_contract(summary), problems)
+    metrics = _tidy_metrics(metrics)
     resources = read_csv_rows(path / "resources.csv", RESOURCES_COLUMNS, problems)
     decisions = read_csv_rows(path / "decisions.csv", DECISIONS_COLUMNS, problems)
     if decisions.dropna(how="all").empty:

@@ -9,7 +9,7 @@ per-epoch and over-time tables are in :mod:`.epoch_tables` and re-exported here.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pandas as pd
@@ -29,7 +29,13 @@ from edgetrain.report.epoch_tables import (
     strongest_pairs,
     training_curves,
 )
-from edgetrain.report.labels import energy_sources_in, finite_number, format_value
+from edgetrain.report.labels import (
+    energy_sources_in,
+    finite_number,
+    format_value,
+    is_accuracy,
+    pretty_name,
+)
 from edgetrain.report.rundir import Run
 from edgetrain.safefs import DirLock
 from edgetrain.units import format_seconds
@@ -52,6 +58,7 @@ __all__ = [
     "run_totals",
     "sensors_table",
     "strongest_pairs",
+    "total_rows",
     "totals_table",
     "training_curves",
 ]
@@ -78,19 +85,70 @@ def _max_of(*values: float | None) -> float | None:
     return max(known) if known else None
 
 
+def _aliases(metric: str) -> tuple[str, ...]:
+    """Names a summary.json section may give a metric (``val_acc``: also ``acc``, ...)."""
+    name = metric.split("_", 1)[1] if "_" in metric else metric
+    return (name, "accuracy") if name == "acc" else (name,)
+
+
+def _best_row(metrics: pd.DataFrame, metric: str, mode: str) -> tuple[float, float] | None:
+    """(value, epoch) of the epoch that is best by ``metric`` in metrics.csv, or None."""
+    if metric not in metrics.columns or not metrics[metric].notna().any():
+        return None
+    index = metrics[metric].idxmax() if mode == "max" else metrics[metric].idxmin()
+    return float(metrics.loc[index, metric]), float(metrics.loc[index, "epoch"])
+
+
+def _quality_totals(run: Run) -> dict[str, Any]:
+    """The run's metrics in the totals: best and final by the task's metric, the final value
+    of every other validation metric, and every test metric of summary.json.
+
+    Keys are ``best_<metric>``, ``best_epoch``, ``final_<val column>``, ``final_train_loss``
+    and ``test_<m>`` (``best_val_acc``, ``final_val_acc``, ``test_acc`` for classification).
+    """
+    summary, metrics = run.summary, run.metrics
+    last = metrics.iloc[-1] if not metrics.empty else pd.Series(dtype=object)
+    metric, mode = run.best_metric
+    best = summary.get("best") or {}
+    best_value = _pick(best, (metric, "value", *_aliases(metric)))
+    best_epoch = _pick(best, ("epoch",))
+    if best_value is None and (row := _best_row(metrics, metric, mode)) is not None:
+        best_value, best_epoch = row
+    out: dict[str, Any] = {f"best_{metric}": best_value, "best_epoch": best_epoch}
+    final = summary.get("final") or {}
+    finals = [metric] + [c for c in run.quality_columns if c.startswith("val_") and c != metric]
+    for column in finals:
+        value = _pick(final, (column, *_aliases(column)))
+        out[f"final_{column}"] = value if value is not None else finite_number(last.get(column))
+    final_loss = _pick(final, ("train_loss", "loss"))
+    out["final_train_loss"] = (
+        final_loss if final_loss is not None else finite_number(last.get("train_loss"))
+    )
+    test = summary.get("test") or {}
+    name = metric.split("_", 1)[1] if "_" in metric else metric
+    first = f"test_{name}"
+    names = (first, *_aliases(metric), *(("val_acc",) if name == "acc" else ()))
+    out[first] = _pick(test, names)
+    if isinstance(test, Mapping):
+        for key in test:
+            if str(key).startswith("test_") and key != first:
+                out[str(key)] = finite_number(test[key])
+    return out
+
+
 def run_totals(run: Run) -> dict[str, Any]:
     """The headline numbers of a run, from summary.json with fallbacks to the CSV files.
 
     Returns:
         A flat mapping with ``status, epochs, wall_time_s, total_energy_j, energy_source,
         avg_power_w, samples, energy_per_sample_j, peak_rss_bytes, peak_device_mem_bytes,
-        peak_gpu_mem_bytes, peak_activation_bytes, best_val_acc, best_epoch,
-        final_val_acc, final_train_loss, test_acc`` and, under a memory budget,
-        ``memory_budget_bytes, budget_peak_bytes, budget_violations, micro_batch``;
-        unknown values are None.
+        peak_gpu_mem_bytes, peak_activation_bytes``, the metrics of the run's task
+        (``best_<metric>, best_epoch, final_<val column>..., final_train_loss,
+        test_<m>...``: ``best_val_acc, final_val_acc, test_acc`` for classification) and,
+        under a memory budget, ``memory_budget_bytes, budget_peak_bytes,
+        budget_violations, micro_batch``; unknown values are None.
     """
     summary, metrics, resources = run.summary, run.metrics, run.resources
-    last = metrics.iloc[-1] if not metrics.empty else pd.Series(dtype=object)
     status = summary.get("status") or "unknown (no summary.json)"
     if status == "running" and DirLock.is_free(run.path):
         status = "stopped early (killed or crashed; resume it with --resume)"
@@ -123,21 +181,6 @@ def run_totals(run: Run) -> dict[str, Any]:
         if both["samples"].sum() > 0:  # the epochs where both are known, not the run's total
             per_sample = float(both["energy_j"].sum() / both["samples"].sum())
 
-    best = summary.get("best") or {}
-    best_acc = _pick(best, ("val_acc", "value", "acc", "accuracy"))
-    best_epoch = _pick(best, ("epoch",))
-    if best_acc is None and metrics["val_acc"].notna().any():
-        index = metrics["val_acc"].idxmax()
-        best_acc = float(metrics.loc[index, "val_acc"])
-        best_epoch = float(metrics.loc[index, "epoch"])
-    final = summary.get("final") or {}
-    final_acc = _pick(final, ("val_acc", "acc", "accuracy"))
-    if final_acc is None:
-        final_acc = finite_number(last.get("val_acc"))
-    final_loss = _pick(final, ("train_loss", "loss"))
-    if final_loss is None:
-        final_loss = finite_number(last.get("train_loss"))
-
     return {
         "status": status,
         "epochs": epochs,
@@ -153,11 +196,7 @@ def run_totals(run: Run) -> dict[str, Any]:
         "peak_device_mem_bytes": _column_max(metrics, "peak_device_mem_bytes"),
         "peak_gpu_mem_bytes": _column_max(resources, "gpu_mem_bytes"),
         "peak_activation_bytes": _column_max(metrics, "activation_bytes"),
-        "best_val_acc": best_acc,
-        "best_epoch": best_epoch,
-        "final_val_acc": final_acc,
-        "final_train_loss": final_loss,
-        "test_acc": _pick(summary.get("test") or {}, ("test_acc", "acc", "accuracy", "val_acc")),
+        **_quality_totals(run),
         **_budget_totals(summary.get("adapt")),
     }
 
@@ -185,6 +224,8 @@ def _budget_totals(adapt: Any) -> dict[str, Any]:
 BUDGET_KEYS = ("memory_budget_bytes", "budget_peak_bytes", "budget_violations", "micro_batch")
 
 
+#: The rows of a classification run's totals, in order (:func:`total_rows` makes them for
+#: any task).
 TOTAL_ROWS = (
     ("status", "status", ""),
     ("epochs", "epochs completed", ""),
@@ -208,6 +249,45 @@ TOTAL_ROWS = (
     ("budget_violations", "steps over the budget", ""),
     ("micro_batch", "micro-batch (last)", ""),
 )
+_HEAD_ROWS = TOTAL_ROWS[:12]
+_BUDGET_ROWS = TOTAL_ROWS[-4:]
+
+
+def _metric_row(key: str, directions: Mapping[str, str]) -> tuple[str, str, str]:
+    """(key, label, unit) of a metric total: 'best_val_rmse' -> 'best val RMSE (lowest)'."""
+    label = pretty_name(key)
+    if key.startswith("best_") and not is_accuracy(key):
+        mode = directions.get(key.removeprefix("best_"), "min")
+        label += " (highest)" if mode == "max" else " (lowest)"
+    return key, label, ""
+
+
+def total_rows(
+    totals: Iterable[str], directions: Mapping[str, str] | None = None
+) -> list[tuple[str, str, str]]:
+    """``(key, label, unit)`` of every row of a run's totals, in order, for the keys of
+    :func:`run_totals` (any task: 'best val RMSE (lowest)', 'test perplexity').
+
+    Args:
+        totals: The keys of one or more runs' totals.
+        directions: ``max``/``min`` per metric column, for the label of a ``best_`` row.
+    """
+    keys = list(dict.fromkeys(totals))
+    directions = directions or {}
+    fixed = {key for key, _, _ in _HEAD_ROWS + _BUDGET_ROWS}
+    best = [k for k in keys if k.startswith("best_") and k != "best_epoch" and k not in fixed]
+    finals = [k for k in keys if k.startswith("final_") and k != "final_train_loss"]
+    tests = [k for k in keys if k.startswith("test_")]
+    tests.sort(key=lambda k: k == "test_loss")  # the task's metric first, the loss last
+    rows = list(_HEAD_ROWS)
+    rows += [_metric_row(k, directions) for k in best]
+    if "best_epoch" in keys:
+        rows.append(("best_epoch", "best epoch", ""))
+    rows += [_metric_row(k, directions) for k in finals]
+    if "final_train_loss" in keys:
+        rows.append(("final_train_loss", "final train loss", ""))
+    rows += [_metric_row(k, directions) for k in tests]
+    return rows + list(_BUDGET_ROWS)
 
 
 ENERGY_KEYS = frozenset({"total_energy_j", "avg_power_w", "energy_per_sample_j"})
@@ -229,6 +309,7 @@ def total_text(key: str, value: Any) -> str:
 def totals_table(run: Run) -> pd.DataFrame:
     """The totals as rows ``quantity, value, unit, text`` (unknown quantities left out)."""
     totals = run_totals(run)
+    directions = {column: run.direction(column) for column in run.metrics.columns}
     estimated = str(totals.get("energy_source") or "").startswith("estimated")
     rows = [
         {
@@ -238,7 +319,7 @@ def totals_table(run: Run) -> pd.DataFrame:
             "text": total_text(key, totals[key])
             + (" (estimated)" if estimated and key in ENERGY_KEYS else ""),
         }
-        for key, label, unit in TOTAL_ROWS
+        for key, label, unit in total_rows(totals, directions)
         if totals.get(key) is not None
     ]
     return pd.DataFrame(rows, columns=["quantity", "value", "unit", "text"])

@@ -1,0 +1,757 @@
+"""What the Task seam costs: ``edgetrain.fit`` against a hand-written PyTorch loop, per task.
+
+For each built-in task the same work is trained two ways, side by side in one run:
+
+* ``fit``: ``edgetrain.fit(model, train, val, task=..., optimizer=factory, ...)`` with the
+  monitor off and no progress bar (the run directory, metrics.csv and the per-epoch
+  checkpoint are still written: they are part of what fit costs);
+* ``plain``: a hand-written loop with the same model initialisation (same seed), the same
+  batches in the same order (edgetrain's order: ``randperm`` seeded by
+  ``seed * 1_000_003 + epoch``), the same optimizer, the same per-epoch dropout seed, and
+  the same metrics computed by hand: each training step's loss (and accuracy for
+  classification, which fit also tracks on training batches) and, once per epoch, the
+  validation loss and metrics. It indexes the in-memory tensors directly (no DataLoader),
+  so fit's DataLoader, Task dispatch, torchmetrics and run-directory writes all count as
+  fit's overhead.
+
+Repetitions alternate (plain, fit, plain, fit, ...: ABAB) after one untimed warm-up run of
+each. Reported per task:
+
+* step: the median time between consecutive step ends (fetch, copy, forward, backward,
+  optimizer step, per-step metrics and callbacks; the first step of an epoch is left out),
+  fit / plain. Goal: at most 1.02.
+* epoch: the median wall time of an epoch (training steps, validation, and what fit does
+  at the epoch's end: metrics.csv row, checkpoint, summary.json), fit / plain.
+* call: the whole ``fit()`` call against the whole hand-written function (fit also opens
+  the run directory, writes config.yaml and env.json and saves model.pt).
+* same work: the largest relative difference between the two sides' final metrics (they
+  train the same model on the same batches, so it is rounding-sized).
+* peak RSS growth of each side, each measured in a fresh subprocess: the Linux RSS
+  high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``) above the RSS just
+  before the run. ``cold`` is the process's first run (fit's includes importing what it
+  imports lazily: torchmetrics, the run writer, ...); ``warm`` a second run in the same
+  process.
+
+Usage::
+
+    python benchmarks/task_overhead.py                  # about 3 minutes on 2 cores
+    python benchmarks/task_overhead.py --quick          # smoke run: seconds, no RSS
+    python benchmarks/task_overhead.py --reps 7 --tasks regression,language_modeling
+    python benchmarks/task_overhead.py --json task_overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset, default_collate
+
+import edgetrain
+from edgetrain.train import Callback, TrainState
+from edgetrain.zoo import build_model, load_dataset
+from edgetrain.zoo.base import TensorPairDataset
+
+TASK_NAMES = ("classification", "regression", "language_modeling", "model_loss")
+SEED = 0
+GOAL = 1.02
+
+
+# -- timing ------------------------------------------------------------------------------------
+def _now() -> tuple[float, float]:
+    """Wall time and this process's CPU time (all threads)."""
+    return time.perf_counter(), time.process_time()
+
+
+class Clock:
+    """Time stamps (wall, process CPU) at epoch starts, step ends and the end of the run."""
+
+    def __init__(self) -> None:
+        self.epoch_starts: list[tuple[float, float]] = []
+        self.step_ends: list[list[tuple[float, float]]] = []
+        self.end = (math.nan, math.nan)
+
+    def epoch_start(self) -> None:
+        self.epoch_starts.append(_now())
+        self.step_ends.append([])
+
+    def step_end(self) -> None:
+        self.step_ends[-1].append(_now())
+
+    def finish(self) -> None:
+        self.end = _now()
+
+    def step_s(self, kind: int = 0) -> list[float]:
+        """Intervals between consecutive step ends within each epoch (0: wall, 1: CPU)."""
+        return [
+            b[kind] - a[kind] for ends in self.step_ends for a, b in zip(ends, ends[1:], strict=False)
+        ]
+
+    def epoch_s(self) -> list[float]:
+        bounds = [*self.epoch_starts, self.end]
+        return [b[0] - a[0] for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+class ClockCallback(Callback):
+    """The same clock inside fit: epoch start, after each step, end of fit."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    def on_epoch_start(self, state: TrainState) -> None:
+        self.clock.epoch_start()
+
+    def on_batch_end(self, state: TrainState) -> None:
+        self.clock.step_end()
+
+    def on_fit_end(self, state: TrainState) -> None:
+        self.clock.finish()
+
+
+# -- the hand-written side, per task -----------------------------------------------------------
+class Plain:
+    """What a user writes without edgetrain: batches, the loss, the metrics (by hand)."""
+
+    def batch(self, data: Any, idx: list[int]) -> Any:
+        index = torch.as_tensor(idx, dtype=torch.long)
+        return data.x[index], data.y[index]
+
+    def forward(self, model: Callable[..., Any], batch: Any) -> Any:
+        return model(batch[0])
+
+    def criterion(self, out: Any, batch: Any) -> torch.Tensor:
+        """The batch's mean loss."""
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, Any]:
+        """The batch's mean loss and the model's output."""
+        out = self.forward(model, batch)
+        return self.criterion(out, batch), out
+
+    def new_stats(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def track(self, stats: dict[str, torch.Tensor], out: Any, batch: Any) -> None:
+        """Per-step training metrics (classification: accuracy, as fit tracks it)."""
+
+    def train_metrics(self, stats: dict[str, torch.Tensor], samples: int) -> dict[str, float]:
+        return {}
+
+    def evaluate(self, model: nn.Module, data: Any, batch_size: int) -> dict[str, float]:
+        raise NotImplementedError
+
+
+def _eval_batches(n: int, batch_size: int) -> list[list[int]]:
+    return [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+
+
+class PlainClassification(Plain):
+    def criterion(self, out: Any, batch: Any) -> torch.Tensor:
+        return F.cross_entropy(out, batch[1])
+
+    def new_stats(self) -> dict[str, torch.Tensor]:
+        return {"correct": torch.zeros((), dtype=torch.long)}
+
+    def track(self, stats: dict[str, torch.Tensor], out: Any, batch: Any) -> None:
+        stats["correct"] += (out.detach().argmax(dim=1) == batch[1]).sum()
+
+    def train_metrics(self, stats: dict[str, torch.Tensor], samples: int) -> dict[str, float]:
+        return {"train_acc": float(stats["correct"]) / samples}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, data: Any, batch_size: int) -> dict[str, float]:
+        loss = correct = 0.0
+        for idx in _eval_batches(len(data), batch_size):
+            x, y = self.batch(data, idx)
+            out = model(x)
+            loss += float(F.cross_entropy(out, y, reduction="sum"))
+            correct += float((out.argmax(dim=1) == y).sum())
+        return {"val_loss": loss / len(data), "val_acc": correct / len(data)}
+
+
+class PlainRegression(Plain):
+    def criterion(self, out: Any, batch: Any) -> torch.Tensor:
+        y = batch[1]
+        return F.mse_loss(out.reshape(y.shape), y)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, data: Any, batch_size: int) -> dict[str, float]:
+        sse = sae = sy = syy = 0.0
+        for idx in _eval_batches(len(data), batch_size):
+            x, y = self.batch(data, idx)
+            err = model(x).reshape(y.shape) - y
+            sse += float((err * err).sum())
+            sae += float(err.abs().sum())
+            sy += float(y.sum())
+            syy += float((y * y).sum())
+        n = len(data)
+        sst = syy - sy * sy / n
+        return {
+            "val_loss": sse / n,
+            "val_mae": sae / n,
+            "val_rmse": math.sqrt(sse / n),
+            "val_r2": 1.0 - sse / sst,
+        }
+
+
+class PlainLanguageModeling(Plain):
+    def criterion(self, out: Any, batch: Any) -> torch.Tensor:
+        return F.cross_entropy(out.reshape(-1, out.shape[-1]), batch[1].reshape(-1))
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, data: Any, batch_size: int) -> dict[str, float]:
+        loss = correct = tokens = 0.0
+        for idx in _eval_batches(len(data), batch_size):
+            x, y = self.batch(data, idx)
+            out = model(x)
+            loss += float(
+                F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), reduction="sum")
+            )
+            correct += float((out.argmax(dim=-1) == y).sum())
+            tokens += y.numel()
+        return {
+            "val_loss": loss / tokens,
+            "val_perplexity": math.exp(loss / tokens),
+            "val_token_acc": correct / tokens,
+        }
+
+
+class PlainModelLoss(Plain):
+    def batch(self, data: Any, idx: list[int]) -> Any:
+        return default_collate([data[i] for i in idx])  # what a DataLoader would collate
+
+    def forward(self, model: Callable[..., Any], batch: Any) -> Any:
+        return model(**batch)
+
+    def criterion(self, out: Any, batch: Any) -> torch.Tensor:
+        return out.loss
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, data: Any, batch_size: int) -> dict[str, float]:
+        loss = 0.0
+        for idx in _eval_batches(len(data), batch_size):
+            batch = self.batch(data, idx)
+            loss += float(model(**batch).loss) * len(idx)
+        return {"val_loss": loss / len(data)}
+
+
+# -- a model that computes its own loss (the Hugging Face convention), on dict batches --------
+@dataclass
+class ModelOutput:
+    loss: torch.Tensor | None
+    logits: torch.Tensor
+
+
+class DictMLP(nn.Module):
+    """``model(features=..., labels=...)`` -> an output with ``.loss`` and ``.logits``."""
+
+    def __init__(self, features: int, hidden: int, classes: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
+        )
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> ModelOutput:
+        logits = self.head(self.net(features))
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        return ModelOutput(loss, logits)
+
+
+class DictDataset(Dataset):
+    """Items ``{"features": x[i], "labels": y[i]}``."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"features": self.x[i], "labels": self.y[i]}
+
+
+# -- the workloads -----------------------------------------------------------------------------
+@dataclass
+class Workload:
+    task: str
+    label: str
+    make_model: Callable[[], nn.Module]
+    train: Dataset
+    val: Dataset
+    batch_size: int
+    epochs: int
+    batches: int | None  # max batches per epoch
+    plain: Plain
+    lr: float = 0.05
+    optimizer: str = "sgd"
+
+    def make_optimizer(self, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+        if self.optimizer == "adam":
+            return torch.optim.Adam(params, lr=self.lr)
+        return torch.optim.SGD(params, lr=self.lr, momentum=0.9)
+
+    def model(self) -> nn.Module:
+        torch.manual_seed(SEED)  # the same initialisation on both sides
+        return self.make_model()
+
+    @property
+    def steps_per_epoch(self) -> int:
+        n = -(-len(self.train) // self.batch_size)  # type: ignore[arg-type]
+        return min(n, self.batches) if self.batches else n
+
+
+def _split(ds: TensorPairDataset, n_val: int) -> tuple[TensorPairDataset, TensorPairDataset]:
+    """A fixed random split into contiguous train and validation tensors."""
+    perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(SEED))
+    tr, va = perm[n_val:], perm[:n_val]
+    x, y = ds.x, ds.y
+    return (
+        TensorPairDataset(x[tr].contiguous(), y[tr].contiguous()),
+        TensorPairDataset(x[va].contiguous(), y[va].contiguous()),
+    )
+
+
+def build_workload(task: str, quick: bool) -> Workload:
+    epochs = 1 if quick else 3
+    if task == "classification":
+        ds, info = load_dataset("digits")
+        train, val = _split(ds, 360)  # type: ignore[arg-type]
+        return Workload(
+            task,
+            "cnn (16, 32) on digits 8x8, batch 64",
+            lambda: build_model("cnn", num_classes=10, in_channels=1, input_size=(8, 8)),
+            train,
+            val,
+            batch_size=64,
+            epochs=epochs,
+            batches=4 if quick else None,
+            plain=PlainClassification(),
+        )
+    if task == "regression":
+        ds, _ = load_dataset("diabetes")
+        train, val = _split(ds, 88)  # type: ignore[arg-type]
+        return Workload(
+            task,
+            "mlp (256, 128) on diabetes, batch 32",
+            lambda: build_model("mlp", num_classes=1, in_channels=10, input_size=(1, 1)),
+            train,
+            val,
+            batch_size=32,
+            epochs=epochs,
+            batches=4 if quick else None,
+            plain=PlainRegression(),
+            lr=0.01,
+        )
+    if task == "language_modeling":
+        seq = 64
+        ds, _ = load_dataset("pycorpus", max_bytes=20_000 if quick else 200_000, seq_len=seq)
+        train, val = _split(ds, 32 if quick else 256)  # type: ignore[arg-type]
+        return Workload(
+            task,
+            f"gpt d64 x2 layers, 4 heads on pycorpus {seq}-byte windows, batch 32",
+            lambda: build_model(
+                "gpt",
+                num_classes=256,
+                in_channels=1,
+                input_size=(1, seq),
+                d_model=64,
+                n_layers=2,
+                n_heads=4,
+            ),
+            train,
+            val,
+            batch_size=32,
+            epochs=epochs,
+            batches=4 if quick else 25,
+            plain=PlainLanguageModeling(),
+            lr=3e-3,
+            optimizer="adam",
+        )
+    if task == "model_loss":
+        gen = torch.Generator().manual_seed(SEED)
+        n, features, classes = (512 if quick else 4096), 32, 4
+        x = torch.randn(n, features, generator=gen)
+        teacher = torch.randn(features, classes, generator=gen)
+        y = (x @ teacher).argmax(dim=1)
+        n_val = n // 8
+        return Workload(
+            task,
+            "dict-batch MLP (32-128-128-4) returning .loss, batch 64",
+            lambda: DictMLP(features, 128, classes),
+            DictDataset(x[n_val:], y[n_val:]),
+            DictDataset(x[:n_val], y[:n_val]),
+            batch_size=64,
+            epochs=epochs,
+            batches=4 if quick else 30,
+            plain=PlainModelLoss(),
+        )
+    raise SystemExit(f"unknown task {task!r}; choose from {', '.join(TASK_NAMES)}")
+
+
+# -- the two sides -----------------------------------------------------------------------------
+def epoch_order(n: int, batch_size: int, epoch: int) -> list[list[int]]:
+    """edgetrain's training order for an epoch (train/data.py): randperm seeded by
+    ``seed * 1_000_003 + epoch``, cut into batches."""
+    gen = torch.Generator().manual_seed(SEED * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=gen).tolist()
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def run_plain(w: Workload, model: nn.Module, clock: Clock) -> dict[str, float]:
+    """The hand-written loop. Returns the last epoch's metrics."""
+    plain = w.plain
+    optimizer = w.make_optimizer(model.parameters())
+    eval_batch = max(w.batch_size, 256)  # fit evaluates in batches of this size too
+    row: dict[str, float] = {}
+    for epoch in range(w.epochs):
+        clock.epoch_start()
+        torch.manual_seed(SEED * 1_000_003 + epoch)  # dropout: as fit seeds each epoch
+        model.train()
+        stats = plain.new_stats()
+        loss_sum, seen = 0.0, 0
+        order = epoch_order(len(w.train), w.batch_size, epoch)  # type: ignore[arg-type]
+        for idx in order[: w.batches] if w.batches else order:
+            batch = plain.batch(w.train, idx)
+            optimizer.zero_grad(set_to_none=True)
+            loss, out = plain.loss(model, batch)
+            loss.backward()
+            optimizer.step()
+            plain.track(stats, out, batch)
+            loss_sum += loss.item() * len(idx)
+            seen += len(idx)
+            clock.step_end()
+        model.eval()
+        row = {"train_loss": loss_sum / seen, **plain.train_metrics(stats, seen)}
+        row.update(plain.evaluate(model, w.val, eval_batch))
+    clock.finish()
+    return row
+
+
+def run_fit(w: Workload, model: nn.Module, clock: Clock, out: Path) -> dict[str, float]:
+    """``edgetrain.fit`` on the same work. Returns the last epoch's metrics."""
+    result = edgetrain.fit(
+        model,
+        w.train,
+        w.val,
+        task=w.task,
+        optimizer=w.make_optimizer,
+        callbacks=[ClockCallback(clock)],
+        epochs=w.epochs,
+        batch_size=w.batch_size,
+        max_batches_per_epoch=w.batches,
+        seed=SEED,
+        monitor={"enabled": False},
+        out=str(out),
+        overwrite=True,
+        progress=False,
+    )
+    last = result.history.iloc[-1].to_dict()
+    return {k: float(v) for k, v in last.items() if isinstance(v, int | float)}
+
+
+def run_side(w: Workload, side: str, scratch: Path) -> dict[str, Any]:
+    model = w.model()
+    clock = Clock()
+    t0 = time.perf_counter()
+    if side == "fit":
+        row = run_fit(w, model, clock, scratch / "fit-run")
+    else:
+        row = run_plain(w, model, clock)
+    call_s = time.perf_counter() - t0
+    return {
+        "step_s": clock.step_s(0),
+        "step_cpu_s": clock.step_s(1),
+        "epoch_s": clock.epoch_s(),
+        "call_s": call_s,
+        "row": row,
+    }
+
+
+def same_work(fit_row: dict[str, float], plain_row: dict[str, float]) -> tuple[float, str]:
+    """The largest relative difference of the metrics both sides report, and which."""
+    worst, name = 0.0, ""
+    for key, value in plain_row.items():
+        other = fit_row.get(key)
+        if other is None or not math.isfinite(other):
+            continue
+        diff = abs(other - value) / max(abs(value), 1e-12)
+        if diff >= worst:
+            worst, name = diff, key
+    return worst, name
+
+
+# -- peak RSS, in a fresh subprocess per side --------------------------------------------------
+def _status_kib(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _trim() -> None:
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+    except OSError:
+        pass
+
+
+def _reset_hwm() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return _status_kib("VmHWM:") is not None
+
+
+def child_rss(task: str, side: str, quick: bool) -> dict[str, Any]:
+    """Run ``side`` twice in this (fresh) process; peak RSS growth of each run, in bytes."""
+    w = build_workload(task, quick)
+    out: dict[str, Any] = {"method": "VmHWM above VmRSS before the run"}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label in ("cold", "warm"):
+            _trim()
+            before = _status_kib("VmRSS:")
+            if not _reset_hwm() or before is None:
+                if label == "cold":  # no resettable mark: the process's lifetime peak
+                    import resource
+
+                    before_max = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                    run_side(w, side, Path(tmp))
+                    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                    out["method"] = "ru_maxrss (lifetime peak; 0 if below the earlier peak)"
+                    out["cold"] = max(0, peak - before_max) * 1024
+                out.setdefault("warm", None)
+                break
+            run_side(w, side, Path(tmp))
+            peak = _status_kib("VmHWM:") or 0
+            out[label] = max(0, peak - before) * 1024
+    return out
+
+
+def measure_rss(task: str, side: str, quick: bool) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", task, side] + (["--quick"] if quick else [])
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# -- the comparison ----------------------------------------------------------------------------
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def compare(w: Workload, reps: int, scratch: Path) -> dict[str, Any]:
+    for side in ("plain", "fit"):  # warm-up: imports, allocator, kernels
+        run_side(w, side, scratch)
+    results: dict[str, list[dict[str, Any]]] = {"plain": [], "fit": []}
+    for _ in range(reps):
+        for side in ("plain", "fit"):  # ABAB
+            results[side].append(run_side(w, side, scratch))
+
+    def pooled(side: str, key: str) -> list[float]:
+        return [v for r in results[side] for v in r[key]]
+
+    step = {s: _median(pooled(s, "step_s")) for s in results}
+    step_cpu = {s: _median(pooled(s, "step_cpu_s")) for s in results}
+    epoch = {s: _median(pooled(s, "epoch_s")) for s in results}
+    call = {s: _median([r["call_s"] for r in results[s]]) for s in results}
+    pair_step = [
+        _median(f["step_s"]) / _median(p["step_s"])
+        for p, f in zip(results["plain"], results["fit"], strict=True)
+    ]
+    pair_epoch = [
+        _median(f["epoch_s"]) / _median(p["epoch_s"])
+        for p, f in zip(results["plain"], results["fit"], strict=True)
+    ]
+    diff, metric = same_work(results["fit"][0]["row"], results["plain"][0]["row"])
+    return {
+        "workload": w.label,
+        "epochs": w.epochs,
+        "steps_per_epoch": w.steps_per_epoch,
+        "train_samples": len(w.train),  # type: ignore[arg-type]
+        "val_samples": len(w.val),  # type: ignore[arg-type]
+        "step_s_median": step,
+        "epoch_s_median": epoch,
+        "call_s_median": call,
+        "step_ratio": step["fit"] / step["plain"],
+        "step_cpu_s_median": step_cpu,
+        "step_cpu_ratio": step_cpu["fit"] / step_cpu["plain"],
+        "step_ratio_pairs": pair_step,
+        "epoch_ratio": epoch["fit"] / epoch["plain"],
+        "epoch_ratio_pairs": pair_epoch,
+        "call_ratio": call["fit"] / call["plain"],
+        "same_work_max_rel_diff": diff,
+        "same_work_metric": metric,
+        "final_metrics": {"fit": results["fit"][0]["row"], "plain": results["plain"][0]["row"]},
+    }
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "edgetrain": edgetrain.__version__,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def _mib(value: Any) -> str:
+    return "n/a" if value is None else f"{value / 2**20:.1f}"
+
+
+def _spread(values: list[float]) -> str:
+    return f"{min(values):.3f}-{max(values):.3f}" if values else "n/a"
+
+
+def print_report(report: dict[str, Any]) -> None:
+    m, s = report["machine"], report["settings"]
+    print(
+        f"machine: {m['cpu']}, {m['cpu_count']} CPUs, torch threads {m['torch_threads']}, "
+        f"load average at start {' '.join(f'{v:.2f}' for v in m['load_average'] or [])}"
+    )
+    print(
+        f"versions: edgetrain {m['edgetrain']}, torch {m['torch']}, python {m['python']}; "
+        f"{s['reps']} reps per side, ABAB after one warm-up run each{' (quick)' if s['quick'] else ''}"
+    )
+    tasks = report["tasks"]
+    for name, t in tasks.items():
+        print(
+            f"  {name}: {t['workload']}; {t['epochs']} epochs x {t['steps_per_epoch']} steps, "
+            f"{t['train_samples']} train / {t['val_samples']} val samples"
+        )
+    header = (
+        f"{'task':<18} {'step plain':>10} {'step fit':>9} {'step fit/plain':>14} "
+        f"{'(pairs)':>13} {'epoch fit/plain':>15} {'call fit/plain':>14} {'same work':>9}"
+    )
+    print()
+    print(header)
+    for name, t in tasks.items():
+        st = t["step_s_median"]
+        print(
+            f"{name:<18} {st['plain'] * 1e3:>8.2f}ms {st['fit'] * 1e3:>7.2f}ms "
+            f"{t['step_ratio']:>14.3f} {_spread(t['step_ratio_pairs']):>13} "
+            f"{t['epoch_ratio']:>15.3f} {t['call_ratio']:>14.3f} "
+            f"{t['same_work_max_rel_diff']:>9.1e}"
+        )
+    rss = report.get("rss")
+    print()
+    if rss:
+        method = next((r["method"] for r in rss.values() if "method" in r), "")
+        print(f"peak RSS growth, MiB ({method}; one fresh process per side):")
+        print(f"{'task':<18} {'plain cold':>10} {'fit cold':>9} {'plain warm':>10} {'fit warm':>9}")
+        for name in tasks:
+            p, f = rss.get(f"{name}/plain", {}), rss.get(f"{name}/fit", {})
+            print(
+                f"{name:<18} {_mib(p.get('cold')):>10} {_mib(f.get('cold')):>9} "
+                f"{_mib(p.get('warm')):>10} {_mib(f.get('warm')):>9}"
+                + (f"  error: {p.get('error') or f.get('error')}" if "error" in p or "error" in f else "")
+            )
+    else:
+        print("peak RSS: not measured (--quick or --no-rss)")
+    met = [n for n, t in tasks.items() if t["step_ratio"] <= GOAL]
+    missed = [n for n, t in tasks.items() if t["step_ratio"] > GOAL]
+    print()
+    print(
+        f"goal step fit/plain <= {GOAL}: met by {', '.join(met) or 'none'}"
+        + (f"; not met by {', '.join(missed)}" if missed else "")
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=None, help="runs per side (default 5)")
+    parser.add_argument("--tasks", default=",".join(TASK_NAMES), help="comma-separated")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, 1 rep")
+    parser.add_argument(
+        "--rss",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="measure peak RSS in fresh subprocesses (default: on, off with --quick)",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    parser.add_argument("--child", nargs=2, metavar=("TASK", "SIDE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        print(json.dumps(child_rss(args.child[0], args.child[1], args.quick)))
+        return
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    for t in tasks:
+        if t not in TASK_NAMES:
+            parser.error(f"unknown task {t!r}; choose from {', '.join(TASK_NAMES)}")
+    reps = args.reps or (1 if args.quick else 5)
+    rss_on = args.rss if args.rss is not None else not args.quick
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "settings": {"reps": reps, "quick": args.quick, "tasks": tasks, "seed": SEED},
+        "tasks": {},
+    }
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for task in tasks:
+            w = build_workload(task, args.quick)
+            report["tasks"][task] = compare(w, reps, Path(tmp))
+    if rss_on:
+        report["rss"] = {
+            f"{task}/{side}": measure_rss(task, side, args.quick)
+            for task in tasks
+            for side in ("plain", "fit")
+        }
+    report["wall_s"] = time.perf_counter() - t_start
+    report["machine"]["load_average_end"] = (
+        list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    )
+    print_report(report)
+    print(f"wall time {report['wall_s']:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
