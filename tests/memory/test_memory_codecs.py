@@ -372,3 +372,62 @@ def test_pack_int_is_lossless_with_any_offset() -> None:
     small = codecs.pack_int(torch.tensor([-3, 100, 30000]))
     assert small.data.dtype == torch.int16
     assert torch.equal(codecs.unpack_int(small), torch.tensor([-3, 100, 30000]))
+
+
+# -- mask: one bit per element when the non-zeros share one bit pattern ------------------
+
+
+def _masks(dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    keep = torch.rand(4, 6, 5, 7) > 0.3
+    one = torch.tensor(True) if dtype == torch.bool else torch.tensor(1 / 0.9).to(dtype)
+    mask = torch.where(keep, one, torch.zeros((), dtype=dtype))
+    return {
+        "dense": mask,
+        "transposed": mask.transpose(1, 3),
+        "gaps": mask[:, ::2, :, 1:],
+        "channels_last": mask.contiguous(memory_format=torch.channels_last),
+        "offset_view": mask[1:],
+        "scalar": one.clone(),
+        "zero_scalar": torch.zeros((), dtype=dtype),
+        "empty": torch.zeros(0, 3, dtype=dtype),
+        "odd": mask.reshape(-1)[:1001],
+        "all_zero": torch.zeros(40, dtype=dtype),
+        "all_set": one.expand(37).clone(),
+    }
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize(
+    "dtype", [torch.bool, torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64]
+)
+def test_mask_round_trip_and_size(dtype: torch.dtype, backend: str, as_bits: Callable) -> None:
+    for label, x in _masks(dtype).items():
+        payload = codecs.pack_mask(x, backend=backend)
+        assert payload is not None, label
+        assert payload.nbytes == (x.numel() + 7) // 8 + x.element_size(), label
+        y = codecs.unpack_mask(payload, backend=backend)
+        assert y.shape == x.shape and y.dtype == x.dtype, label
+        if x.numel() > 1:
+            assert y.stride() == x.stride(), label
+        assert torch.equal(as_bits(x), as_bits(y)), label
+        assert y.data_ptr() != x.data_ptr() or x.numel() == 0, "must not alias the input"
+
+
+def test_mask_backends_make_identical_payloads() -> None:
+    x = _masks(torch.float32)["dense"]
+    a = codecs.pack_mask(x, backend="numpy")
+    b = codecs.pack_mask(x, backend="torch")
+    assert torch.equal(a.bitmap, b.bitmap) and torch.equal(a.value, b.value)
+    assert torch.equal(codecs.unpack_mask(a, backend="torch"), x)
+
+
+def test_mask_refuses_two_non_zero_patterns(as_bits: Callable) -> None:
+    assert codecs.pack_mask(torch.relu(torch.randn(100))) is None
+    x = torch.zeros(16)
+    x[3], x[5] = 1.0, -0.0  # -0.0 is a non-zero bit pattern, not 1.0's
+    assert codecs.pack_mask(x) is None
+    x[5] = 1.0
+    assert torch.equal(codecs.unpack_mask(codecs.pack_mask(x)), x)
+    nan = torch.full((9,), math.nan)
+    assert torch.equal(as_bits(codecs.unpack_mask(codecs.pack_mask(nan))), as_bits(nan))

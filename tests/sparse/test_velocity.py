@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from edgetrain.sparse import VelocityTracker, neuron_similarity, probe_batch, velocity_step
 
@@ -102,9 +103,57 @@ def test_velocity_step_formula():
 
 def test_probe_is_the_first_samples_in_order(blobs):
     data = blobs(n=20)
-    probe = probe_batch(data, 5)
-    assert torch.equal(probe, data.x[:5])
-    assert len(probe_batch(data, 100)) == 20
+    x, y = probe_batch(data, 5)  # collated as training collates: inputs and targets
+    assert torch.equal(x, data.x[:5]) and torch.equal(y, data.y[:5])
+    assert len(probe_batch(data, 100)[0]) == 20
+    assert torch.equal(probe_batch(data, 25, repeat=True)[0][20:], data.x[:5])
+
+
+def test_probe_uses_the_collate_fn_or_the_data_loaders(blobs):
+    data = blobs(n=6)
+
+    def as_dict(items):
+        return {"x": torch.stack([i[0] for i in items]), "n": len(items)}
+
+    assert probe_batch(data, 4, as_dict)["n"] == 4
+    loader = DataLoader(data, batch_size=2, collate_fn=as_dict)
+    probe = probe_batch(loader, 3, collate_fn=lambda items: 1 / 0)  # the loader's own is used
+    assert probe["n"] == 3 and torch.equal(probe["x"], data.x[:3])
+    with pytest.raises(ValueError, match="at least one sample"):
+        probe_batch([], 2)
+    with pytest.raises(ValueError, match="without automatic batching"):
+        probe_batch(DataLoader(data, batch_size=None), 2)
+
+
+def test_linear_on_sequences_has_one_velocity_per_output_feature():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3, bias=False))
+    probe = torch.randn(5, 7, 4)  # (samples, tokens, features)
+    tracker = VelocityTracker(model, ["0"], probe)
+    assert tracker.record()["0"].shape == (5, 3, 7)  # features are the neurons
+    tracker.observe()
+    with torch.no_grad():
+        model[0].weight[1] *= -1  # neuron 1 reversed, the others unchanged
+    tracker.observe()
+    assert tracker.phi["0"].tolist() == pytest.approx([1.0, -1.0, 1.0], abs=1e-6)
+
+
+def test_embedding_rows_are_neurons_measured_on_their_vectors():
+    torch.manual_seed(0)
+    emb = nn.Embedding(6, 4)
+    model = nn.Sequential(emb, nn.Linear(4, 2))
+    ids = torch.tensor([[0, 1, 2], [2, 1, 0]])  # rows 3..5 never appear in the probe
+    tracker = VelocityTracker(model, ["0", "1"], ids)
+    assert tracker.record()["0"].shape == (1, 6, 4)
+    tracker.observe()
+    with torch.no_grad():
+        emb.weight[1] = -emb.weight[1]  # a probe token turned around
+        emb.weight[4] = torch.tensor([1.0, 0.0, 0.0, 0.0])  # an unseen token changed too
+    tracker.observe()
+    phi = tracker.phi["0"]
+    assert phi.shape == (6,)
+    assert phi[1].item() == pytest.approx(-1.0) and phi[4].item() < 0.99
+    assert phi[[0, 2, 3, 5]].tolist() == pytest.approx([1.0] * 4)
 
 
 def test_state_dict_round_trip():

@@ -69,9 +69,7 @@ class ModuleTracker:
     def __enter__(self) -> ModuleTracker:
         if self.model is not None and not self._handles:
             for module in self.model.modules():
-                self._handles.append(
-                    module.register_forward_pre_hook(self._push, with_kwargs=True)
-                )
+                self._handles.append(module.register_forward_pre_hook(self._push, with_kwargs=True))
                 # always_call: pop even when forward raises, so the stack stays right
                 self._handles.append(module.register_forward_hook(self._pop, always_call=True))
         return self

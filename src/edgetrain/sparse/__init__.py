@@ -1,6 +1,10 @@
 """Budgeted sparse updates: track neuron velocity (NEq), select neurons under a parameter or
 memory budget, and freeze the rest so that they neither move nor cost backward work.
 
+Neurons are output units of Linear layers, output channels of convolutions and rows of
+embeddings (a token's vector). Probing runs the model through a task's forward, so any
+batch structure works (``describe_model(model, batch, task.forward)``).
+
 A building block: it acts on a model and an optimizer and knows nothing about files or the
 CLI (``edgetrain.train.features.sparse`` composes it into training).
 
@@ -20,6 +24,7 @@ Example::
 import logging
 
 from edgetrain.sparse.budget import (
+    WEIGHT_ONLY_SAVES,
     ActivationProfile,
     Budget,
     CostModel,
@@ -54,6 +59,7 @@ from edgetrain.sparse.velocity import (
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
+    "WEIGHT_ONLY_SAVES",
     "ActivationProfile",
     "Budget",
     "CostModel",

@@ -7,9 +7,9 @@ Two cost models share one interface, so every selection scheme works with both:
   a parameter tensor with any selected row adds its gradient and optimizer state (whole
   tensor: autograd computes the whole weight gradient); saved activations are what
   autograd keeps from the first trainable module (in forward order) onwards, since
-  nothing before it is differentiated, plus a Linear layer's input only while its weight
-  is trainable (a frozen Linear does not keep it; a frozen convolution still does when
-  gradients flow through it, so that is counted too).
+  nothing before it is differentiated, plus a Linear layer's input (an embedding's ids)
+  only while its weight is trainable (a frozen Linear does not keep it; a frozen
+  convolution still does when gradients flow through it, so that is counted too).
 
 Activation bytes come from :func:`profile_activations`: one training-mode forward pass
 with saved-tensor hooks, each storage counted once and tagged with the forward position
@@ -22,16 +22,17 @@ import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from edgetrain.errors import EdgeTrainError
-from edgetrain.sparse.layers import ModelUnits, NeuronLayer, row_size
+from edgetrain.sparse.layers import Forward, ModelUnits, NeuronLayer, call, row_size
 from edgetrain.units import format_bytes, parse_bytes
 
 __all__ = [
+    "WEIGHT_ONLY_SAVES",
     "ActivationProfile",
     "Budget",
     "CostModel",
@@ -44,6 +45,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Neuron layer kinds whose saved tensors serve only their weight's gradient (a Linear's
+#: input, an embedding's ids): a frozen one keeps nothing.
+WEIGHT_ONLY_SAVES = ("linear", "embedding")
 
 
 @dataclass(frozen=True)
@@ -107,20 +112,31 @@ class ActivationProfile:
 
 
 def profile_activations(
-    model: nn.Module, batch: torch.Tensor, linear_layers: Iterable[str] = ()
+    model: nn.Module,
+    batch: Any,
+    linear_layers: Iterable[str] = (),
+    forward: Forward = call,
+    *,
+    size: int | None = None,
 ) -> ActivationProfile:
     """Record what autograd saves in one training-mode forward with every parameter trainable.
 
     Buffers (batch-norm statistics), ``requires_grad`` flags and the global RNG are restored.
-    ``linear_layers`` are module names whose saved input is only needed for their weight
-    gradient (their saves are tagged so the cost model can drop them while frozen).
+    ``linear_layers`` are module names whose saves are only needed for their weight
+    gradient (Linear layers' inputs, embeddings' ids: tagged so the cost model can drop
+    them while frozen). The model runs as ``forward(model, batch)``; the tensors of
+    ``batch`` are not counted (they exist anyway) and ``size`` is its number of samples
+    (default: the leading dimension of its first tensor).
     """
+    from edgetrain.tasks.batch import apply_tensors, batch_size  # lazy: tasks loads torchmetrics
+
     names = dict(model.named_modules())
     linears = set(linear_layers)
     order: dict[str, int] = {}
     stack: list[str] = []
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    inputs = {batch.untyped_storage().data_ptr()}
+    inputs: set[int] = set()
+    apply_tensors(batch, lambda t: inputs.add(t.untyped_storage().data_ptr()))
     saves: list[tuple[int, str, int, int]] = []
     current = [0]
 
@@ -156,7 +172,7 @@ def profile_activations(
             torch.random.fork_rng(devices=[]),
             torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
         ):
-            model(batch)
+            forward(model, batch)
     finally:
         for h in handles:
             h.remove()
@@ -166,7 +182,8 @@ def profile_activations(
             for b, saved in buffers:
                 b.copy_(saved)
         model.train(was_training)
-    return ActivationProfile(saves=tuple(saves), batch_size=int(batch.shape[0]))
+    samples = batch_size(batch) if size is None else int(size)
+    return ActivationProfile(saves=tuple(saves), batch_size=samples)
 
 
 class CostModel:
@@ -240,7 +257,7 @@ class MemoryCost(CostModel):
         self.profile = profile
         self.batch_size = batch_size
         self.state_slots = state_slots
-        self._linears = frozenset(la.name for la in units.layers if la.kind == "linear")
+        self._linears = frozenset(la.name for la in units.layers if la.kind in WEIGHT_ONLY_SAVES)
         self._cache: dict[tuple[int, frozenset[str]], int] = {}
 
     def weights_bytes(self) -> int:

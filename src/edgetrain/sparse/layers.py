@@ -1,26 +1,53 @@
-"""Which neurons a model has: output channels of convolutions, output units of linear layers.
+"""Which neurons a model has: output channels of convolutions, output units of linear layers,
+rows of embeddings.
 
 A neuron owns one row of its layer's weight (``weight[i]``) and, when the layer has a
 bias, one bias entry. Its parameter count is the row's size: ``in_channels / groups *
 kernel_h * kernel_w`` for a convolution, so a depthwise neuron has ``kernel_h * kernel_w``
-weights (+1 bias), not ``in_channels`` times that (the WACV code's over-count).
+weights (+1 bias), not ``in_channels`` times that (the WACV code's over-count). An
+embedding's neurons are its rows: selecting row ``i`` updates token ``i``'s vector
+(``embedding_dim`` parameters).
+
+The model is run on an example batch to learn the order of its modules; ``forward(model,
+batch)`` says how (default ``model(batch)``; the training loop passes its task's forward,
+so any batch structure works).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["ModelUnits", "NeuronLayer", "describe_model", "row_count", "row_size"]
+__all__ = [
+    "EMBEDDING_TYPES",
+    "Forward",
+    "ModelUnits",
+    "NeuronLayer",
+    "call",
+    "describe_model",
+    "row_count",
+    "row_size",
+]
 
 log = logging.getLogger(__name__)
 
-_NEURON_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
+_NEURON_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, *EMBEDDING_TYPES)
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+Forward = Callable[[nn.Module, Any], Any]
+"""How to run a model on a batch: ``forward(model, batch) -> output`` (a task's forward)."""
+
+
+def call(model: nn.Module, batch: Any) -> Any:
+    """The default :data:`Forward`: ``model(batch)``."""
+    return model(batch)
 
 
 @dataclass(frozen=True)
@@ -28,7 +55,7 @@ class NeuronLayer:
     """A layer whose output units are neurons."""
 
     name: str  # module name
-    kind: str  # "linear", "conv" or "depthwise"
+    kind: str  # "linear", "conv", "depthwise" or "embedding"
     weight: str  # parameter names
     bias: str | None
     neurons: int
@@ -93,7 +120,7 @@ def row_size(shape: tuple[int, ...]) -> int:
     return math.prod(shape[1:]) if shape else 1
 
 
-def forward_order(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+def forward_order(model: nn.Module, example: Any, forward: Forward = call) -> dict[str, int]:
     """Module name -> order of its first call in one forward pass (eval mode, no grad)."""
     order: dict[str, int] = {}
     handles = []
@@ -107,7 +134,7 @@ def forward_order(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     model.eval()
     try:
         with torch.no_grad():
-            model(example)
+            forward(model, example)
     finally:
         model.train(was_training)
         for h in handles:
@@ -115,16 +142,16 @@ def forward_order(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     return order
 
 
-def describe_model(model: nn.Module, example: torch.Tensor) -> ModelUnits:
+def describe_model(model: nn.Module, example: Any, forward: Forward = call) -> ModelUnits:
     """Find the neuron layers of ``model`` and the forward order of its modules.
 
-    Only parameters with ``requires_grad`` count. ``example`` is a small input batch used
-    for one forward pass in eval mode without gradients.
+    Only parameters with ``requires_grad`` count. ``example`` is a small batch used for one
+    forward pass in eval mode without gradients, run as ``forward(model, example)``.
 
     Raises:
-        ValueError: if the model has no trainable Linear or Conv layer.
+        ValueError: if the model has no trainable Linear, Conv or Embedding layer.
     """
-    order = forward_order(model, example)
+    order = forward_order(model, example, forward)
     unused = len(order) + 1
     layers: list[NeuronLayer] = []
     shapes: dict[str, tuple[int, ...]] = {}
@@ -153,9 +180,12 @@ def describe_model(model: nn.Module, example: torch.Tensor) -> ModelUnits:
             has_bias = isinstance(bias, nn.Parameter) and bias.requires_grad
             groups = getattr(module, "groups", 1)
             depthwise = groups > 1 and groups == getattr(module, "in_channels", 0)
-            kind = (
-                "linear" if isinstance(module, nn.Linear) else "depthwise" if depthwise else "conv"
-            )
+            if isinstance(module, EMBEDDING_TYPES):
+                kind = "embedding"
+            elif isinstance(module, nn.Linear):
+                kind = "linear"
+            else:
+                kind = "depthwise" if depthwise else "conv"
             layers.append(
                 NeuronLayer(
                     name=mod_name,
@@ -174,7 +204,9 @@ def describe_model(model: nn.Module, example: torch.Tensor) -> ModelUnits:
         else:
             other += [prefix + n for n, _ in own]
     if not layers:
-        raise ValueError("the model has no trainable Linear or Conv layer to select neurons from")
+        raise ValueError(
+            "the model has no trainable Linear, Conv or Embedding layer to select neurons from"
+        )
     if other:
         log.info("parameters outside neuron and norm layers (frozen by sparse schemes): %s", other)
     layers.sort(key=lambda layer: layer.position)

@@ -11,34 +11,79 @@ probe sample ``n`` after epoch ``t`` (flattened over spatial positions):
 with ``phi_0 = 1`` (before training a neuron's output is identical to itself) and
 ``v_0 = 0``, so after the first epoch ``v_1 = phi_1 - 1``: minus how far the output turned.
 A neuron without spatial extent (a Linear unit) has one number per sample; its cosine is
-taken across the probe samples instead. Two zero vectors have similarity 1, one zero
-vector 0. NEq freezes a neuron when ``|v_t| <= epsilon``; budgeted schemes rank by ``|v_t|``.
+taken across the probe samples instead. A Linear layer on sequences (``[N, T, features]``)
+has one number per sample and position: its positions play the part of spatial ones. An
+embedding's neurons are its rows, and its output for a token is that token's row: its
+phi is the cosine between each row's vector before and after (all rows, not only the
+tokens of the probe). Two zero vectors have similarity 1, one zero vector 0. NEq freezes a
+neuron when ``|v_t| <= epsilon``; budgeted schemes rank by ``|v_t|``.
 
 The probe set is the first ``probe_size`` samples of the training split, in order and
-without augmentation (see :func:`probe_batch`).
+without augmentation, collated as training collates them (see :func:`probe_batch`); a
+task (:class:`edgetrain.tasks.Task`) says how to run the model on it, so any batch
+structure works (token ids, dicts, a model computing its own loss).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from edgetrain.sparse.layers import EMBEDDING_TYPES
+
+if TYPE_CHECKING:
+    from edgetrain.tasks import Task
 
 __all__ = ["VelocityTracker", "neuron_similarity", "probe_batch", "velocity_step"]
 
 log = logging.getLogger(__name__)
 
 
-def probe_batch(dataset: Dataset, size: int) -> torch.Tensor:
-    """The first ``size`` inputs of ``dataset`` in order, stacked (fewer if it is smaller)."""
-    n = min(int(size), len(dataset))  # type: ignore[arg-type]
-    if n < 1:
+def probe_batch(
+    data: Dataset | DataLoader,
+    size: int,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    *,
+    repeat: bool = False,
+) -> Any:
+    """The first ``size`` samples of ``data`` in order, collated into one CPU batch (fewer
+    if the data set is smaller, unless ``repeat``: then samples repeat to reach ``size``).
+
+    Args:
+        data: a map-style Dataset, or a DataLoader (its ``dataset`` and ``collate_fn``).
+        size: samples in the batch.
+        collate_fn: builds the batch from a Dataset's samples (None: ``default_collate``);
+            a DataLoader brings its own.
+        repeat: repeat samples when the data set has fewer than ``size``.
+
+    Raises:
+        ValueError: an empty data set, one without a length, or a DataLoader that does not
+            batch.
+    """
+    if isinstance(data, DataLoader):
+        if data.batch_size is None and data.batch_sampler is None:
+            raise ValueError(
+                "cannot build a probe batch from a DataLoader without automatic batching "
+                "(batch_size=None): pass the Dataset, or a DataLoader with a batch_size"
+            )
+        dataset, collate = data.dataset, data.collate_fn
+    else:
+        dataset, collate = data, collate_fn
+    try:
+        total = len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValueError(
+            f"probe data must have a length (a map-style Dataset), got {type(dataset).__name__}"
+        ) from None
+    n = int(size) if repeat else min(int(size), total)
+    if n < 1 or total < 1:
         raise ValueError("the probe set needs at least one sample")
-    return torch.stack([torch.as_tensor(dataset[i][0]) for i in range(n)])
+    return (collate or default_collate)([dataset[i % total] for i in range(n)])
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
@@ -80,25 +125,29 @@ class VelocityTracker:
     Args:
         model: the model (hooks are attached only while recording).
         layers: names of the modules whose outputs are neurons.
-        probe: the probe inputs, already on the model's device and dtype.
+        probe: the probe batch, already on the model's device (inputs only without a
+            task; with one, a batch the task understands).
         mu: velocity momentum.
         batch_size: probe samples per forward pass.
+        task: how to size, split and run the probe batch (None: ``model(probe)``).
     """
 
     def __init__(
         self,
         model: nn.Module,
         layers: Sequence[str],
-        probe: torch.Tensor,
+        probe: Any,
         *,
         mu: float = 0.5,
         batch_size: int = 64,
+        task: Task | None = None,
     ) -> None:
         self.model = model
         self.layers = list(layers)
         self.probe = probe
         self.mu = float(mu)
         self.batch_size = int(batch_size)
+        self.task = task
         self.outputs: dict[str, torch.Tensor] | None = None
         self.phi: dict[str, torch.Tensor] = {}
         self.delta_phi: dict[str, torch.Tensor] = {}
@@ -109,27 +158,53 @@ class VelocityTracker:
     def has_velocity(self) -> bool:
         return self.steps > 0
 
+    def _size(self) -> int:
+        if self.task is not None:
+            return self.task.size(self.probe)
+        from edgetrain.tasks.batch import batch_size  # lazy: tasks loads torchmetrics
+
+        return batch_size(self.probe)
+
+    def _run(self, lo: int, hi: int) -> None:
+        if self.task is not None:
+            self.task.forward(self.model, self.task.split(self.probe, lo, hi))
+            return
+        from edgetrain.tasks.batch import slice_batch
+
+        self.model(slice_batch(self.probe, lo, hi))
+
     @torch.no_grad()
     def record(self) -> dict[str, torch.Tensor]:
-        """Each layer's outputs on the probe set (eval mode, no grad), float32 on the CPU."""
+        """Each layer's outputs on the probe set (eval mode, no grad), float32 on the CPU:
+        ``(samples, neurons, *positions)``; an embedding's rows as ``(1, rows, dim)``."""
         modules = dict(self.model.named_modules())
+        rows = {n for n in self.layers if isinstance(modules[n], EMBEDDING_TYPES)}
         chunks: dict[str, list[torch.Tensor]] = {name: [] for name in self.layers}
+        for name in rows:
+            chunks[name].append(modules[name].weight.detach().float().cpu().unsqueeze(0))
         seen: set[str] = set()
         handles = []
         for name in self.layers:
+            if name in rows:
+                continue
 
             def hook(mod: nn.Module, args: Any, output: Any, name: str = name) -> None:
                 if name not in seen:  # a module called twice: its first call
                     seen.add(name)
-                    chunks[name].append(output.detach().float().cpu())
+                    out = output.detach()
+                    if isinstance(mod, nn.Linear) and out.dim() > 2:
+                        out = out.movedim(-1, 1)  # features are the neurons, tokens positions
+                    chunks[name].append(out.float().cpu())
 
             handles.append(modules[name].register_forward_hook(hook))
         was_training = self.model.training
         self.model.eval()
         try:
-            for lo in range(0, len(self.probe), self.batch_size):
-                seen.clear()
-                self.model(self.probe[lo : lo + self.batch_size])
+            if handles:
+                size = self._size()
+                for lo in range(0, size, self.batch_size):
+                    seen.clear()
+                    self._run(lo, min(size, lo + self.batch_size))
         finally:
             self.model.train(was_training)
             for h in handles:

@@ -1,6 +1,9 @@
 """Sparse updates inside training: velocity tracking, selection and freezing, once per epoch.
 
-Before training the probe outputs are recorded; at the start of each epoch the
+The probe batch is built, moved and run by the run's task (``state.task``), so sparse updates
+work on any task: classification, regression, language modelling on token ids (an
+embedding's neurons are its rows), a model computing its own loss. Before training the
+probe outputs are recorded; at the start of each epoch the
 configured scheme picks the rows to update and :class:`~edgetrain.sparse.RowFreezer`
 freezes the rest; at the end of each epoch the probe is recorded again and velocities are
 updated. ``RUN/sparse_update.csv`` gets one row per epoch and neuron layer; ``metrics.csv``
@@ -12,11 +15,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from edgetrain.config.sparse import BUDGETED_SCHEMES, SparseUpdateConfig
 from edgetrain.errors import EdgeTrainError
 from edgetrain.sparse import (
+    WEIGHT_ONLY_SAVES,
     Budget,
     MemoryCost,
     ModelUnits,
@@ -66,8 +70,9 @@ class SparseUpdateCallback(Callback):
 
     Args:
         config: the ``sparse_update`` section.
-        probe_data: the training split; its first ``probe_size`` samples, in order and
-            un-augmented, are the probe set.
+        probe_data: the training split (a Dataset, or a DataLoader: its data set and
+            collate_fn); its first ``probe_size`` samples, in order and un-augmented,
+            collated (``state.collate_fn``, else default_collate), are the probe set.
         seed: seed of the random scheme (default: ``config.seed``, else the run's seed).
 
     Only one instance acts on a run: a second one (the default callback plus one passed by
@@ -79,7 +84,11 @@ class SparseUpdateCallback(Callback):
     unique = True
 
     def __init__(
-        self, config: SparseUpdateConfig, probe_data: Dataset, *, seed: int | None = None
+        self,
+        config: SparseUpdateConfig,
+        probe_data: Dataset | DataLoader,
+        *,
+        seed: int | None = None,
     ) -> None:
         self.config = config
         self.probe_data = probe_data
@@ -100,20 +109,21 @@ class SparseUpdateCallback(Callback):
     # -- set-up --------------------------------------------------------------------------
     def on_fit_start(self, state: TrainState) -> None:
         self.active = True
-        cfg, model = self.config, state.model
+        cfg, model, task = self.config, state.model, state.task
         dtype = next(model.parameters()).dtype
         try:
-            probe = probe_batch(self.probe_data, cfg.probe_size).to(state.device, dtype)
-        except ValueError as exc:
-            raise EdgeTrainError(f"sparse_update: {exc}") from exc
-        example = probe if len(probe) >= 2 else probe.repeat(2, *([1] * (probe.dim() - 1)))
-        try:
-            units = describe_model(model, example)
+            probe = probe_batch(self.probe_data, cfg.probe_size, state.collate_fn)
+            example = probe  # two samples at least: training-mode batch norm needs them
+            if task.size(probe) < 2:
+                example = probe_batch(self.probe_data, 2, state.collate_fn, repeat=True)
+            probe = task.to_device(probe, state.device, dtype)
+            example = task.to_device(example, state.device, dtype)
+            units = describe_model(model, example, task.forward)
         except ValueError as exc:
             raise EdgeTrainError(f"sparse_update: {exc}") from exc
         self.units = units
-        linears = [la.name for la in units.layers if la.kind == "linear"]
-        profile = profile_activations(model, example, linears)
+        owners = [la.name for la in units.layers if la.kind in WEIGHT_ONLY_SAVES]
+        profile = profile_activations(model, example, owners, task.forward, size=task.size(example))
         self.memory = MemoryCost(
             units, profile, self._micro_batch(state), optimizer_state_slots(state.optimizer)
         )
@@ -134,7 +144,7 @@ class SparseUpdateCallback(Callback):
         if cfg.scheme != "full":
             self.freezer = RowFreezer(model, state.optimizer, mask_only=cfg.mask_only)
             self.tracker = VelocityTracker(
-                model, [la.name for la in units.layers], probe, mu=cfg.mu
+                model, [la.name for la in units.layers], probe, mu=cfg.mu, task=task
             )
         restored, self._restored = self._restored, None
         if restored is not None:
