@@ -23,11 +23,18 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def _test_metric(columns: Any) -> str:
+    """The comparison's test metric: ``test_acc`` for classification, ``test_rmse``..."""
+    names = [str(c).removesuffix("_mean") for c in columns if not str(c).startswith("final_")]
+    return next((c for c in names if c.startswith("test_")), "test_acc")
+
+
 def _render(table_df: Any) -> Table:
     from edgetrain.units import format_bytes
 
+    metric = _test_metric(table_df.columns)
     table = Table(title="sparse-compare (mean ± std over seeds)")
-    for col in ("scheme", "budget", "seeds", "test_acc", "updated", "peak train mem", "step s"):
+    for col in ("scheme", "budget", "seeds", metric, "updated", "peak train mem", "step s"):
         table.add_column(col, justify="left" if col in ("scheme", "budget") else "right")
     for _, r in table_df.iterrows():
 
@@ -42,7 +49,7 @@ def _render(table_df: Any) -> Table:
             str(r["scheme"]),
             _fmt(r["budget"]) if r["budget"] is not None else "-",
             str(r["seeds"]),
-            pm("test_acc"),
+            pm(metric),
             f"{_fmt(r['trainable_frac_mean'] * 100 if r['trainable_frac_mean'] is not None else None, 1)}%",
             format_bytes(mem) if mem == mem and mem is not None else "-",
             pm("step_time_s", 4),
@@ -92,8 +99,9 @@ def register(app: typer.Typer) -> None:
             if row is None:
                 err.print(f"[{index + 1}/{total}] {label} ...", highlight=False)
             else:
+                metric = _test_metric(row)
                 err.print(
-                    f"[{index + 1}/{total}] {label}: test_acc {_fmt(row['test_acc'])} "
+                    f"[{index + 1}/{total}] {label}: {metric} {_fmt(row.get(metric))} "
                     f"(best val epoch {row['best_epoch']}), {row['wall_s']:.1f} s",
                     highlight=False,
                 )

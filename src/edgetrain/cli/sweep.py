@@ -70,7 +70,10 @@ def _run(
         str | None,
         typer.Option(
             "--objectives",
-            help="accuracy,energy (default) | efficiency | accuracy | energy.",
+            help="Comma-separated: a validation metric and/or energy, or efficiency. A metric "
+            "is accuracy, metric (the task's own) or a column with its direction "
+            "(val_rmse:min, val_r2:max). Default: the task's metric and energy "
+            "(accuracy,energy for classification).",
         ),
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Sampler seed.")] = None,
@@ -152,8 +155,8 @@ def _final(
         str | None,
         typer.Option(
             "--pick",
-            help="knee | efficiency | accuracy | energy | per-parameter (default: knee for "
-            "accuracy+energy, else the objective).",
+            help="knee | metric (the sweep's metric; accuracy for classification) | energy | "
+            "efficiency | per-parameter (default: knee for metric+energy, else the objective).",
         ),
     ] = None,
     epochs: Annotated[int, typer.Option("--epochs", help="Epochs of the final run.")] = 50,
@@ -167,7 +170,7 @@ def _final(
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
-    """Retrain the chosen configuration into DIR/final/ and report its test accuracy."""
+    """Retrain the chosen configuration into DIR/final/ and report its test metrics."""
     from edgetrain.errors import EdgeTrainError
     from edgetrain.sweep.final import final_training
     from edgetrain.sweep.render import render_final

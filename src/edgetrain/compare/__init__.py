@@ -6,6 +6,7 @@ from edgetrain.compare.sparse import (
     TestEveryEpochCallback,
     parse_budgets,
     parse_schemes,
+    result_metrics,
     sparse_compare,
     summarize_runs,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "TestEveryEpochCallback",
     "parse_budgets",
     "parse_schemes",
+    "result_metrics",
     "sparse_compare",
     "summarize_runs",
 ]

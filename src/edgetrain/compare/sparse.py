@@ -4,9 +4,11 @@ For every scheme, budget (budgeted schemes only: ``full``, ``last_k`` and ``bias
 run once per seed) and seed, one training run goes to ``OUT/runs/<scheme>-b<budget>-s<seed>/``.
 Besides the run directory, each run is measured by two callbacks added here:
 
-- the test split is evaluated after every epoch, and the table reports the test accuracy
-  at the epoch with the best validation accuracy (the first such epoch; the last epoch
-  when there is no validation split). ``summary.json`` only has the final test accuracy.
+- the test split is evaluated after every epoch, and the table reports the task's best
+  metric on the test split (``test_acc`` for classification, ``test_rmse`` for
+  regression) at the epoch that is best by that metric on the validation split
+  (``best_val_acc``, ``best_val_rmse``; the first such epoch; the last epoch when there is
+  no validation split). ``summary.json`` only has the final test metrics.
 - training memory per step is accounted: parameters + gradients + optimizer state +
   saved-for-backward activations (saved-tensor hooks, each storage once); its peak over
   the run is ``peak_train_bytes``. ``step_time_s`` is the median wall time of a training
@@ -45,6 +47,7 @@ __all__ = [
     "TestEveryEpochCallback",
     "parse_budgets",
     "parse_schemes",
+    "result_metrics",
     "run_label",
     "sparse_compare",
     "summarize_runs",
@@ -52,9 +55,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-RESULT_METRICS = (
-    "test_acc",
-    "best_val_acc",
+#: What each run costs, summarised over seeds after its metrics.
+COST_METRICS = (
     "updated_params",
     "trainable_frac",
     "peak_train_bytes",
@@ -62,6 +64,8 @@ RESULT_METRICS = (
     "step_cpu_s",
     "train_time_s",
 )
+#: The summarised columns of a classification comparison (any: :func:`result_metrics`).
+RESULT_METRICS = ("test_acc", "best_val_acc", *COST_METRICS)
 
 
 def parse_schemes(text: str) -> list[str]:
@@ -112,21 +116,29 @@ def run_label(scheme: str, budget: int | float | str | None, seed: int) -> str:
 
 
 class TestEveryEpochCallback(Callback):
-    """Evaluates the test split after each epoch (kept here, not in metrics.csv)."""
+    """Evaluates the test split after each epoch (kept here, not in metrics.csv): the task's
+    best metric on it (``test_key``: ``test_acc`` for classification, ``test_rmse``...)."""
 
     name = "test_every_epoch"
 
     def __init__(self, test_set: Dataset | None) -> None:
         self.test_set = test_set
-        self.test_acc: list[float | None] = []
+        self.values: list[float | None] = []
+        self.test_key = "test_acc"
+
+    @property
+    def test_acc(self) -> list[float | None]:
+        """The values per epoch (the name of classification's metric, kept for callers)."""
+        return self.values
 
     def on_epoch_end(self, state: TrainState) -> None:
+        self.test_key = "test_" + state.task.best_metric.removeprefix("val_")
         if self.test_set is None:
-            self.test_acc.append(None)
+            self.values.append(None)
             return
-        # the task's deciding metric on the test split (test_acc for classification)
-        key = "test_" + state.task.best_metric.removeprefix("val_")
-        self.test_acc.append(evaluate(state.model, state.model, self.test_set, state, "test")[key])
+        self.values.append(
+            evaluate(state.model, state.model, self.test_set, state, "test").get(self.test_key)
+        )
 
 
 class StepCostCallback(Callback):
@@ -211,12 +223,23 @@ class CompareResult:
     xlsx_path: Path | None
 
 
-def _best_epoch(history: pd.DataFrame) -> int:
-    """0-based index of the first epoch with the best val_acc (the last without any)."""
-    val = pd.to_numeric(history["val_acc"], errors="coerce")
+def _best_epoch(history: pd.DataFrame, metric: str = "val_acc", mode: str = "max") -> int:
+    """0-based index of the first epoch with the best ``metric`` (the last without any)."""
+    if metric not in history.columns:
+        return len(history) - 1
+    val = pd.to_numeric(history[metric], errors="coerce").reset_index(drop=True)
     if val.notna().any():
-        return int(val.idxmax())
+        return int(val.idxmax() if mode == "max" else val.idxmin())
     return len(history) - 1
+
+
+def result_metrics(columns: Iterable[str]) -> list[str]:
+    """The columns of a runs table summarised over seeds: its test metric, its best
+    validation metric (``test_acc, best_val_acc`` for classification), then the costs."""
+    columns = list(columns)
+    tests = [c for c in columns if c.startswith("test_")]
+    best = [c for c in columns if c.startswith("best_val_")]
+    return [*tests, *best, *COST_METRICS]
 
 
 def run_one(
@@ -237,7 +260,11 @@ def run_one(
     )
     wall_s = time.perf_counter() - t0
     history = result.history
-    best = _best_epoch(history)
+    task = result.summary.get("task") or {}
+    metric = str(task.get("best_metric") or "val_acc")
+    mode = str(task.get("best_mode") or "max")
+    best = _best_epoch(history, metric, mode)
+    test_key = "test_" + metric.removeprefix("val_")
     info = result.summary.get("sparse_update") or {}
     total = info.get("total_params")
     updated = info.get("mean_updated_params")
@@ -250,9 +277,9 @@ def run_one(
         "seed": config.seed,
         "run": str(result.run_dir),
         "best_epoch": best + 1,
-        "best_val_acc": _float(history["val_acc"].iloc[best]),
-        "test_acc": tester.test_acc[best] if best < len(tester.test_acc) else None,
-        "final_test_acc": (result.summary.get("test") or {}).get("test_acc"),
+        f"best_{metric}": _float(history[metric].iloc[best]) if metric in history else None,
+        test_key: tester.values[best] if best < len(tester.values) else None,
+        f"final_{test_key}": (result.summary.get("test") or {}).get(test_key),
         "updated_params": updated,
         "total_params": total,
         "trainable_frac": updated / total if total else None,
@@ -274,7 +301,8 @@ def _float(value: Any) -> float | None:
 
 
 def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean and standard deviation over seeds per (scheme, budget); order kept."""
+    """Mean and standard deviation over seeds per (scheme, budget) of
+    :func:`result_metrics`; order kept."""
     rows = []
     keys = pd.Series(
         [
@@ -291,7 +319,7 @@ def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:
             "budget": None if pd.isna(first["budget"]) else first["budget"],
             "seeds": len(group),
         }
-        for metric in RESULT_METRICS:
+        for metric in result_metrics(runs.columns):
             column = group[metric] if metric in group else pd.Series(dtype=float)
             values = pd.to_numeric(column, errors="coerce").dropna()
             row[f"{metric}_mean"] = float(values.mean()) if len(values) else None

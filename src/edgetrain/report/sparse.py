@@ -6,6 +6,11 @@ results.csv (a comparison stopped mid-grid) the means are computed from runs.csv
 
 ``budget`` is written as given (see :mod:`.sparse_budget`, whose names are re-exported
 here); the figures are drawn by :mod:`.sparse_figures`.
+
+The comparison's metric is its task's best metric on the test split (``test_acc`` for
+classification, ``test_rmse`` for regression, ``test_loss`` for language modelling), at
+the epoch that is best on the validation split (``best_val_<m>``); names and directions
+come from the columns and the runs' summary.json.
 """
 
 from __future__ import annotations
@@ -19,14 +24,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from edgetrain.contract import direction
 from edgetrain.errors import EdgeTrainError
 from edgetrain.report import sparse_figures as sfig
 from edgetrain.report.labels import (
     energy_source_text,
     energy_sources_in,
     estimated_note,
+    is_accuracy,
     is_estimated,
     mean_std_text,
+    pretty_name,
 )
 from edgetrain.report.pdf import assemble, drawn_figures, save_pdf, save_pngs
 from edgetrain.report.reportkind import ReportKind
@@ -56,9 +64,12 @@ __all__ = [
     "SPARSE_KIND",
     "BudgetAxis",
     "SparseCompare",
+    "SparseMetric",
     "budget_axis",
     "load_sparse_compare",
     "parse_budget",
+    "result_metrics",
+    "sparse_figure_names",
     "sparse_overview",
     "sparse_results",
     "summarize_runs",
@@ -67,9 +78,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-RESULT_METRICS = (
-    "test_acc",
-    "best_val_acc",
+COST_METRICS = (
     "updated_params",
     "trainable_frac",
     "peak_train_bytes",
@@ -78,9 +87,44 @@ RESULT_METRICS = (
     "train_time_s",
     "energy_j",
 )
+#: The summarised columns of a classification comparison (any: :func:`result_metrics`).
+RESULT_METRICS = ("test_acc", "best_val_acc", *COST_METRICS)
+#: The figures of a classification comparison (any: :func:`sparse_figure_names`).
 SPARSE_FIGURES = ("sparse_accuracy", "sparse_costs")
 GLANCE_COLUMNS = ("scheme", "budget", "seeds", "test_acc", "trainable_frac", "energy_j")
+
+
+def result_metrics(columns: Any) -> list[str]:
+    """The metrics summarised over seeds: the test metric and the best validation metric
+    among ``columns`` (``test_acc, best_val_acc`` for classification; ``_mean`` columns of
+    a results table count too), then the costs."""
+    names = [str(c).removesuffix("_mean") for c in columns if not str(c).endswith("_std")]
+    tests = [c for c in dict.fromkeys(names) if c.startswith("test_")]
+    best = [c for c in dict.fromkeys(names) if c.startswith("best_val_")]
+    return [*tests, *best, *COST_METRICS]
+
+
 _WORDS = ("scheme", "budget", "run", "energy_source")
+
+
+@dataclass(frozen=True)
+class SparseMetric:
+    """The metric a comparison reports.
+
+    Attributes:
+        test: the test column (``test_acc``, ``test_rmse``).
+        best: the validation column of the best epoch (``best_val_acc``).
+        mode: ``max`` when higher is better, else ``min``.
+    """
+
+    test: str = "test_acc"
+    best: str = "best_val_acc"
+    mode: str = "max"
+
+    @property
+    def is_accuracy(self) -> bool:
+        """Whether the metric is accuracy-like (a fraction)."""
+        return is_accuracy(self.test)
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,6 +138,7 @@ class SparseCompare:
         runs: One row per run (runs.csv) with ``energy_j`` and ``energy_source`` added.
         results_source: 'results.csv' or 'runs.csv' (where the means come from).
         problems: What was wrong with the files.
+        task: The ``task`` section of a run's summary.json (directions of the metrics).
     """
 
     path: Path
@@ -101,6 +146,19 @@ class SparseCompare:
     runs: pd.DataFrame
     results_source: str
     problems: tuple[str, ...] = field(default=())
+    task: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def metric(self) -> SparseMetric:
+        """The test metric of the comparison and its direction (``test_acc`` when the
+        tables name none)."""
+        columns = [*self.results.columns, *self.runs.columns]
+        metrics = result_metrics(columns)
+        test = next((c for c in metrics if c.startswith("test_")), "test_acc")
+        name = test.removeprefix("test_")
+        best = next((c for c in metrics if c.startswith("best_val_")), f"best_val_{name}")
+        mode = direction(f"val_{name}", {"task": self.task})
+        return SparseMetric(test, best, mode)
 
     @property
     def name(self) -> str:
@@ -126,9 +184,9 @@ def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:
 
     Returns:
         Columns ``scheme, budget, seeds`` and ``<metric>_mean, <metric>_std`` for each of
-        :data:`RESULT_METRICS` that the runs have.
+        :func:`result_metrics` that the runs have.
     """
-    metrics = [m for m in RESULT_METRICS if m in runs.columns]
+    metrics = [m for m in result_metrics(runs.columns) if m in runs.columns]
     columns = ["scheme", "budget", "seeds", *[f"{m}_{s}" for m in metrics for s in ("mean", "std")]]
     if runs.empty or "scheme" not in runs.columns:
         return pd.DataFrame(columns=columns)
@@ -160,13 +218,18 @@ def _run_directory(root: Path, written: Any) -> Path | None:
     return None
 
 
-def _add_energy(root: Path, runs: pd.DataFrame, problems: list[str]) -> pd.DataFrame:
-    """``energy_j`` and ``energy_source`` of each run from its summary.json (NaN when absent)."""
+def _add_energy(
+    root: Path, runs: pd.DataFrame, problems: list[str], task: dict[str, Any] | None = None
+) -> pd.DataFrame:
+    """``energy_j`` and ``energy_source`` of each run from its summary.json (NaN when absent);
+    the first ``task`` section found goes into ``task``."""
     runs = runs.copy()
     energy, sources, missing = [], [], 0
     for written in runs.get("run", pd.Series([None] * len(runs))):
         directory = _run_directory(root, written)
         summary = read_mapping(directory / "summary.json", problems) if directory else {}
+        if task is not None and not task and isinstance(summary.get("task"), dict):
+            task.update(summary["task"])
         value = summary.get("total_energy_j")
         ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
         missing += not ok
@@ -193,9 +256,10 @@ def load_sparse_compare(path: Path | str) -> SparseCompare:
             f"{path} is not a sparse-update comparison (no results.csv or runs.csv)"
         )
     problems: list[str] = []
+    task: dict[str, Any] = {}
     runs = read_csv_rows(path / "runs.csv", (), problems, words=_WORDS)
     if not runs.empty and "scheme" in runs.columns:
-        runs = _add_energy(path, runs, problems)
+        runs = _add_energy(path, runs, problems, task)
     results = read_csv_rows(path / "results.csv", (), problems, words=_WORDS)
     source = "results.csv"
     if results.empty or "scheme" not in results.columns:
@@ -213,7 +277,7 @@ def load_sparse_compare(path: Path | str) -> SparseCompare:
             ]
     if results.empty:
         raise EdgeTrainError(f"{path}: results.csv and runs.csv hold no runs yet")
-    return SparseCompare(path, results, runs, source, tuple(problems))
+    return SparseCompare(path, results, runs, source, tuple(problems), task)
 
 
 # -- tables -------------------------------------------------------------------------------
@@ -253,7 +317,7 @@ def sparse_overview(sc: SparseCompare) -> pd.DataFrame:
         ("runs", str(len(sc.runs)) if not sc.runs.empty else "(no runs.csv)"),
         ("means from", sc.results_source),
         ("energy source", energy_source_text(sc.energy_sources)),
-        ("test accuracy", "at the epoch with the best validation accuracy (first such epoch)"),
+        _metric_note(sc.metric),
         ("updated parameters", "mean number of parameters updated per step"),
         (
             "peak training memory",
@@ -265,11 +329,28 @@ def sparse_overview(sc: SparseCompare) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["key", "value"])
 
 
+def _metric_note(metric: SparseMetric) -> tuple[str, str]:
+    """The overview's line on the metric: 'test accuracy: at the epoch with ...'."""
+    if metric.test == "test_acc":
+        return "test accuracy", "at the epoch with the best validation accuracy (first such epoch)"
+    best = pretty_name(metric.best.removeprefix("best_"))
+    way = "highest" if metric.mode == "max" else "lowest"
+    return pretty_name(metric.test), f"at the epoch with the best {best} ({way}; first such epoch)"
+
+
+def sparse_figure_names(sc: SparseCompare) -> tuple[str, str]:
+    """The figures: ``sparse_accuracy`` (``sparse_<test metric>`` for another metric) and
+    ``sparse_costs``."""
+    metric = sc.metric
+    first = "sparse_accuracy" if metric.test == "test_acc" else f"sparse_{metric.test}"
+    return first, "sparse_costs"
+
+
 def _results_text(results: pd.DataFrame) -> pd.DataFrame:
     """Results for the PDF: one 'mean ± std' column per metric."""
     shown = results[["scheme", "budget", "seeds"]].copy()
     shown["budget"] = shown["budget"].map(lambda b: "-" if pd.isna(b) else str(b))
-    for metric in RESULT_METRICS:
+    for metric in result_metrics(results.columns):
         if f"{metric}_mean" not in results.columns or results[f"{metric}_mean"].isna().all():
             continue
         std = results.get(f"{metric}_std", pd.Series(np.nan, index=results.index))
@@ -292,19 +373,21 @@ def write_sparse_report(sc: SparseCompare, out: Path) -> list[str]:
     results = sparse_results(sc)
     axis = budget_axis(results)
     sources = sc.energy_sources
+    names = sparse_figure_names(sc)
     drawn = {
-        "sparse_accuracy": sfig.accuracy_figure(results, sc.runs, axis, sc.name),
-        "sparse_costs": sfig.costs_figure(results, axis, sc.name, sources),
+        names[0]: sfig.accuracy_figure(results, sc.runs, axis, sc.name, sc.metric.mode),
+        names[1]: sfig.costs_figure(results, axis, sc.name, sources),
     }
-    figures = drawn_figures(drawn, SPARSE_FIGURES, sc.path)
-    save_pngs(figures, SPARSE_FIGURES, out)
+    figures = drawn_figures(drawn, names, sc.path)
+    save_pngs(figures, names, out)
 
     overview = sparse_overview(sc)
     width = page_width_chars(PORTRAIT)
     pairs = zip(overview["key"], overview["value"], strict=True)
     sections = opening_sections("Comparison", pairs, sc.problems, width)
     glance = _results_text(results)
-    glance = glance[[c for c in GLANCE_COLUMNS if c in glance.columns]]
+    wanted = [sc.metric.test if c == "test_acc" else c for c in GLANCE_COLUMNS]
+    glance = glance[[c for c in wanted if c in glance.columns]]
     note = " (energy estimated)" if is_estimated(sources) else ""
     sections += frame_sections(glance, f"Results at a glance: mean ± std over seeds{note}", width)
     title = f"Sparse-update comparison: {sc.name}"

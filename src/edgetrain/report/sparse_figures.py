@@ -1,4 +1,4 @@
-"""Drawing the sparse-update comparison: accuracy and costs against the budget.
+"""Drawing the sparse-update comparison: the task's metric and costs against the budget.
 
 Budgeted schemes are lines over the budgets (mean ± std over seeds); schemes without a
 budget (full, last_k, bias_only) are horizontal lines with a ±std band, so that every
@@ -14,7 +14,13 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from edgetrain.report.labels import axis_label, energy_source_text, is_estimated
+from edgetrain.report.labels import (
+    axis_label,
+    energy_source_text,
+    is_accuracy,
+    is_estimated,
+    pretty_name,
+)
 from edgetrain.report.plotting import (
     add_note,
     finite_values,
@@ -39,8 +45,13 @@ def _styles(results: pd.DataFrame) -> dict[str, tuple[str, str]]:
 
 
 def _accuracy_column(results: pd.DataFrame) -> str | None:
-    for metric in ("test_acc", "best_val_acc"):
-        if f"{metric}_mean" in results.columns and results[f"{metric}_mean"].notna().any():
+    """The metric drawn: the test metric (``test_acc``, ``test_rmse``), else the best
+    validation metric, whichever has data."""
+    names = [str(c).removesuffix("_mean") for c in results.columns if str(c).endswith("_mean")]
+    tests = [c for c in names if c.startswith("test_")]
+    best = [c for c in names if c.startswith("best_val_")]
+    for metric in [*tests, *best]:
+        if results[f"{metric}_mean"].notna().any():
             return metric
     return None
 
@@ -92,14 +103,15 @@ def _against_budget(
 
 
 def accuracy_figure(
-    results: pd.DataFrame, runs: pd.DataFrame, axis: BudgetAxis, title: str
+    results: pd.DataFrame, runs: pd.DataFrame, axis: BudgetAxis, title: str, mode: str = "max"
 ) -> Figure | None:
-    """Test accuracy against the budget, and against the share of parameters updated."""
+    """The task's test metric (accuracy, RMSE, ...) against the budget, and against the
+    share of parameters updated (``mode``: whether higher or lower is better)."""
     metric = _accuracy_column(results)
     if results.empty or metric is None:
         return None
     styles = _styles(results)
-    what = "test accuracy" if metric == "test_acc" else "best val accuracy"
+    what = pretty_name(metric)
     figure = new_figure(f"{title}: {what} against the update budget")
     add_note(figure, "mean ± std over seeds; dashed lines and bands: schemes without a budget")
     frac = "trainable_frac_mean" in results.columns and results["trainable_frac_mean"].notna().any()
@@ -120,9 +132,13 @@ def accuracy_figure(
         values = np.concatenate([values, runs[metric].to_numpy(dtype=float)])
     set_limits(axes[0], values, floor=0.0)
     _, label = axis_label(metric, values)
+    if not is_accuracy(metric):
+        label += " (higher is better)" if mode == "max" else " (lower is better)"
     axes[0].set_ylabel(label)
     axes[0].set_title(f"{what} by budget (small dots: single runs)", fontsize=11)
-    axes[0].legend(fontsize=8, loc="lower right", framealpha=0.85)
+    axes[0].legend(
+        fontsize=8, loc="lower right" if mode == "max" else "upper right", framealpha=0.85
+    )
     if frac:
         ax = axes[1]
         x = results["trainable_frac_mean"].to_numpy(dtype=float)
@@ -151,7 +167,9 @@ def accuracy_figure(
         ax.set_ylabel(label)
         ax.set_title(f"{what} by what was actually updated", fontsize=11)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right", framealpha=0.85)
+        ax.legend(
+            fontsize=8, loc="lower right" if mode == "max" else "upper right", framealpha=0.85
+        )
     return figure
 
 

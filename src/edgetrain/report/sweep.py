@@ -26,20 +26,23 @@ from edgetrain.report.labels import estimated_note
 from edgetrain.report.pdf import assemble, drawn_figures, save_pdf, save_pngs
 from edgetrain.report.reportkind import ReportKind
 from edgetrain.report.rundir import is_sweep_directory, load_run
-from edgetrain.report.sweep_data import ANALYSIS_TABLES, Sweep, load_sweep
+from edgetrain.report.sweep_data import ANALYSIS_TABLES, Sweep, analysis_tables, load_sweep
 from edgetrain.report.sweep_stats import (
     TOP_DISPLAY,
     TOP_TITLES,
     best_trial,
+    best_trial_reason,
     completed_table,
     failed_trials,
     importance_bars,
+    metric_words,
     parameter_effects,
     parameter_groups,
     parameter_kinds,
     pareto_points,
     sweep_overview,
     top_table,
+    top_titles,
     trial_counts,
 )
 from edgetrain.report.textpages import (
@@ -71,6 +74,7 @@ __all__ = [
     "parameter_groups",
     "parameter_kinds",
     "pareto_points",
+    "sweep_figure_names",
     "sweep_overview",
     "top_table",
     "trial_counts",
@@ -79,6 +83,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: The figures of a sweep ranked by accuracy (any sweep's: :func:`sweep_figure_names`).
 SWEEP_FIGURES = (
     "sweep_pareto",
     "sweep_importance",
@@ -89,35 +94,51 @@ SWEEP_FIGURES = (
 )
 
 
+def sweep_figure_names(sweep: Sweep) -> tuple[str, ...]:
+    """The figures of a sweep, in report order: the metric's distribution figure is
+    ``sweep_<target>_by_parameter`` (``sweep_accuracy_by_parameter``)."""
+    target = sweep.metric.target
+    return tuple(
+        f"sweep_{target}_by_parameter" if name == "sweep_accuracy_by_parameter" else name
+        for name in SWEEP_FIGURES
+    )
+
+
 def _targets(sweep: Sweep) -> list[str]:
     objectives = [str(o) for o in sweep.summary.get("objectives") or []]
-    return ["energy", "accuracy"] + (["efficiency"] if "efficiency" in objectives else [])
+    efficiency = "efficiency" in objectives and sweep.metric.efficiency
+    return ["energy", sweep.metric.target] + (["efficiency"] if efficiency else [])
 
 
 def sweep_figures(sweep: Sweep, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
     """The figures that have data, by name, in report order."""
     sources = sweep.energy_sources
+    metric = sweep.metric
     drawn: dict[str, Any] = {
-        "sweep_pareto": sfig.pareto_figure(tables["pareto_points"], sweep.name, sources),
+        "sweep_pareto": sfig.pareto_figure(
+            tables["pareto_points"], sweep.name, sources, metric.column, metric.mode
+        ),
         "sweep_importance": sfig.importance_figure(
-            {t: tables[f"importance_{t}"] for t in _targets(sweep)}, sweep.name
+            {t: tables[f"importance_{t}"] for t in _targets(sweep)},
+            sweep.name,
+            metric_words(metric)[2],
         ),
         "sweep_energy_by_parameter": sfig.effects_figure(
             tables["parameter_effects"], "energy_j", sweep.name, sources
         ),
-        "sweep_accuracy_by_parameter": sfig.effects_figure(
-            tables["parameter_effects"], "val_acc", sweep.name, sources
+        f"sweep_{metric.target}_by_parameter": sfig.effects_figure(
+            tables["parameter_effects"], metric.column, sweep.name, sources
         ),
     }
     number, run_dir = best_trial(sweep)
     if run_dir is not None:
         run = load_run(run_dir)
-        label = f"{sweep.name}, trial {number} (most efficient)"
+        label = f"{sweep.name}, trial {number} ({best_trial_reason(sweep)})"
         drawn["best_trial_curves"] = fig.training_curves_figure(training_curves(run), label)
         drawn["best_trial_energy"] = fig.energy_figure(energy_per_epoch(run), label)
     elif number is not None:
         logger.info("trial %s: run directory not found; its curves are left out", number)
-    return drawn_figures(drawn, SWEEP_FIGURES, sweep.path)
+    return drawn_figures(drawn, sweep_figure_names(sweep), sweep.path)
 
 
 def sweep_tables(sweep: Sweep) -> dict[str, pd.DataFrame]:
@@ -130,9 +151,9 @@ def sweep_tables(sweep: Sweep) -> dict[str, pd.DataFrame]:
         "parameter_groups": parameter_groups(effects),
         "failed": failed_trials(sweep),
     }
-    for target in ("energy", "accuracy", "efficiency"):
+    for target in dict.fromkeys(("energy", sweep.metric.target, "efficiency")):
         tables[f"importance_{target}"] = importance_bars(sweep, target)
-    for name in TOP_TITLES:
+    for name in top_titles(sweep.metric):
         tables[name] = top_table(sweep, name)
     return tables
 
@@ -178,7 +199,7 @@ def _table_sections(sweep: Sweep, tables: dict[str, pd.DataFrame]) -> list[Secti
     width = page_width_chars(LANDSCAPE, TABLE_FONT_SIZE)
     note = estimated_note(sweep.energy_sources)
     sections = []
-    for name, title in TOP_TITLES.items():
+    for name, title in top_titles(sweep.metric).items():
         top = tables[name]
         count = f"Top {len(top)} trials" if len(top) else "Top trials"
         heading = f"{count}: {title}{note}"
@@ -222,7 +243,7 @@ def write_sweep_report(sweep: Sweep, out: Path) -> list[str]:
     claim_dir(out, "report", reuse=True, what="report directory")
     tables = sweep_tables(sweep)
     drawn = sweep_figures(sweep, tables)
-    save_pngs(drawn, SWEEP_FIGURES, out)
+    save_pngs(drawn, sweep_figure_names(sweep), out)
     title = f"Sweep report: {sweep.name}"
     intro = [f"sweep directory: {sweep.path.resolve()}", f"analysis: {sweep.analysis_dir}"]
     front = text_pages(_front_sections(sweep, tables), title, intro=intro)
@@ -232,7 +253,7 @@ def write_sweep_report(sweep: Sweep, out: Path) -> list[str]:
     save_pdf(pages, out / "report.pdf", title=title, footer=f"edgetrain sweep report: {sweep.name}")
     sheets = {
         "overview": tables["overview"],
-        **{name: sweep.tables[name] for name in ANALYSIS_TABLES},
+        **{name: sweep.tables[name] for name in analysis_tables(sweep.metric)},
         "pareto_points": tables["pareto_points"],
         "parameter_effects": tables["parameter_effects"],
         "parameter_groups": tables["parameter_groups"],

@@ -1,5 +1,8 @@
 """Drawing the sweep report: Pareto front, parameter importance, per-parameter distributions.
 
+The sweep's metric is read from the tables' columns: validation accuracy (``val_acc``) or
+any other (``val_rmse``), named and scaled by :mod:`edgetrain.report.labels`.
+
 Each function takes a table from :mod:`edgetrain.report.sweep_stats` and returns a Figure,
 or None when the table is empty. :func:`set_value_axis`, :func:`spans_decade` and
 :func:`log_limits` live in :mod:`edgetrain.report.plotting` and are re-exported here.
@@ -14,7 +17,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from edgetrain.report.labels import energy_source_text, is_estimated
+from edgetrain.report.labels import (
+    axis_label,
+    energy_source_text,
+    is_accuracy,
+    is_estimated,
+    pretty_name,
+)
 from edgetrain.report.plotting import (
     add_note,
     finite_values,
@@ -42,20 +51,53 @@ def _energy_label(sources: Sequence[str], what: str = "energy per trial") -> str
     return f"{what} (J, estimated)" if is_estimated(sources) else f"{what} (J)"
 
 
-def _accuracy_label(values: np.ndarray) -> str:
-    finite = finite_values(values)
-    return "val accuracy (%)" if finite.size and finite.max() > 1 else "val accuracy (fraction)"
+_NOT_METRIC = frozenset({"number", "energy_j", "avg_power_w", "time_s", "on_front", "knee"})
 
 
-def pareto_figure(points: pd.DataFrame, title: str, sources: Sequence[str]) -> Figure | None:
-    """Accuracy against energy for every completed trial; the Pareto front and knee marked."""
+def _metric_label(column: str, values: np.ndarray) -> str:
+    """'val accuracy (fraction)', 'val accuracy (%)', 'val RMSE'."""
+    return axis_label(column, finite_values(values))[1]
+
+
+def _metric_column(points: pd.DataFrame) -> str:
+    """The metric column of a table of trials (``val_acc`` when it has one)."""
+    if "val_acc" in points.columns:
+        return "val_acc"
+    names = [c for c in points.columns if c not in _NOT_METRIC and not c.startswith("eff")]
+    return next((c for c in names if c.startswith("val_")), "val_acc")
+
+
+def _metric_word(column: str) -> str:
+    """'accuracy' for val_acc, else the metric's name ('val RMSE')."""
+    return "accuracy" if column == "val_acc" else pretty_name(column)
+
+
+def pareto_figure(
+    points: pd.DataFrame,
+    title: str,
+    sources: Sequence[str],
+    metric: str | None = None,
+    mode: str | None = None,
+) -> Figure | None:
+    """The metric (accuracy, RMSE, ...) against energy for every completed trial; the
+    Pareto front and knee marked.
+
+    Args:
+        points: :func:`~edgetrain.report.sweep_stats.pareto_points`.
+        title: The figure title's start.
+        sources: The energy sources (an estimate is labelled).
+        metric: The metric column (default: the table's ``val_`` column).
+        mode: ``max`` or ``min``: said on the axis of a metric other than accuracy.
+    """
     if points.empty:
         return None
-    figure = new_figure(f"{title}: accuracy vs energy, Pareto front")
+    metric = metric or _metric_column(points)
+    word = _metric_word(metric)
+    figure = new_figure(f"{title}: {word} vs energy, Pareto front")
     add_note(figure, "energy source: " + energy_source_text(sources))
     ax = figure.subplots()
     energy = points["energy_j"].to_numpy(dtype=float)
-    accuracy = points["val_acc"].to_numpy(dtype=float)
+    accuracy = points[metric].to_numpy(dtype=float)
     front = points["on_front"].to_numpy(dtype=bool)
     knee = points["knee"].to_numpy(dtype=bool)
     ax.scatter(
@@ -75,7 +117,9 @@ def pareto_figure(points: pd.DataFrame, title: str, sources: Sequence[str]) -> F
             ms=7,
             lw=1.5,
             zorder=3,
-            label="Pareto front (no trial is both more accurate and cheaper)",
+            label="Pareto front (no trial is both "
+            + ("more accurate" if metric == "val_acc" else "better")
+            + " and cheaper)",
         )
     if knee.any():
         ax.scatter(
@@ -96,10 +140,14 @@ def pareto_figure(points: pd.DataFrame, title: str, sources: Sequence[str]) -> F
     set_value_axis(ax, energy, axis="x")
     set_limits(ax, accuracy, floor=0.0)
     ax.set_xlabel(_energy_label(sources) + (", log scale" if spans_decade(energy) else ""))
-    ax.set_ylabel(_accuracy_label(accuracy))
+    label = _metric_label(metric, accuracy)
+    if mode is not None and not is_accuracy(metric):
+        label += " (higher is better)" if mode == "max" else " (lower is better)"
+    ax.set_ylabel(label)
     ax.set_title("each point is a completed trial, labelled with its number", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=9, loc="lower right", framealpha=0.85)
+    # the front runs to the lower right when higher is better, to the upper right when lower is
+    ax.legend(fontsize=9, loc="lower right" if is_accuracy(metric) else "best", framealpha=0.85)
     return figure
 
 
@@ -110,8 +158,13 @@ _TARGET_TITLES = {
 }
 
 
-def importance_figure(bars: dict[str, pd.DataFrame], title: str) -> Figure | None:
-    """Per target: fANOVA importance and Kruskal-Wallis ε² of each parameter (0..1 bars)."""
+def importance_figure(
+    bars: dict[str, pd.DataFrame], title: str, per_kj: str = "acc/kJ"
+) -> Figure | None:
+    """Per target: fANOVA importance and Kruskal-Wallis ε² of each parameter (0..1 bars).
+
+    ``per_kj``: the unit of the efficiency target (the sweep's metric per kJ).
+    """
     panels = {target: table for target, table in bars.items() if not table.empty}
     if not panels:
         return None
@@ -145,7 +198,7 @@ def importance_figure(bars: dict[str, pd.DataFrame], title: str) -> Figure | Non
         ax.set_xlim(0, top * 1.6)
         ax.set_ylim(-0.7, len(table) - 0.3)
         ax.set_xlabel("importance (0..1)")
-        ax.set_title(_TARGET_TITLES.get(target, target), fontsize=11)
+        ax.set_title(_TARGET_TITLES.get(target, f"what drives {_metric_word(target)}"), fontsize=11)
         ax.grid(True, axis="x", alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
     return figure
@@ -158,7 +211,7 @@ def _tick_label(text: str) -> str:
 def effects_figure(
     effects: pd.DataFrame, column: str, title: str, sources: Sequence[str]
 ) -> Figure | None:
-    """One panel per parameter: the trials' energy or accuracy by the parameter's value.
+    """One panel per parameter: the trials' energy or metric by the parameter's value.
 
     Categorical parameters get a box per value with the trials as points; numeric ones a
     scatter (log x when the values span more than 10x). All panels share the y axis.
@@ -170,7 +223,7 @@ def effects_figure(
     columns = 5 if count > 8 else 4 if count > 6 else 3 if count > 4 else count
     rows = math.ceil(count / columns)
     energy = column == "energy_j"
-    what = "energy" if energy else "accuracy"
+    what = "energy" if energy else _metric_word(column)
     figure = new_figure(f"{title}: {what} of the trials by parameter value")
     if energy:
         add_note(figure, "energy source: " + energy_source_text(sources))
@@ -221,7 +274,7 @@ def effects_figure(
         label = _energy_label(sources) + (", log" if spans_decade(values) else "")
     else:
         set_limits(axes[0], values, floor=0.0)
-        label = _accuracy_label(values)
+        label = _metric_label(column, values)
     for row in range(rows):
         axes[row * columns].set_ylabel(label, fontsize=9)
     return figure

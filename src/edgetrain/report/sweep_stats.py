@@ -1,7 +1,10 @@
 """The tables of the sweep report, made from the analysis tables of a :class:`Sweep`.
 
 Each function takes a :class:`~edgetrain.report.sweep_data.Sweep` and returns a
-DataFrame (or a small mapping), empty when the analysis lacks its input.
+DataFrame (or a small mapping), empty when the analysis lacks its input. The sweep's
+metric (``sweep.metric``: validation accuracy, or any metric with its direction) names
+the columns: ``val_acc`` and ``efficiency_acc_per_kj`` for a classification sweep,
+``val_rmse`` (and no efficiency) for a regression sweep ranked by RMSE.
 """
 
 from __future__ import annotations
@@ -19,26 +22,34 @@ from edgetrain.report.labels import (
     finite_number,
     format_value,
     is_estimated,
+    pretty_name,
 )
 from edgetrain.report.rundir import is_run_directory
-from edgetrain.report.sweep_data import Sweep, completed
+from edgetrain.report.sweep_data import ACCURACY, Sweep, SweepMetric, completed
 
 __all__ = [
     "TOP_DISPLAY",
     "TOP_TITLES",
     "best_trial",
+    "best_trial_reason",
     "completed_table",
     "failed_trials",
     "importance_bars",
+    "metric_words",
     "parameter_effects",
     "parameter_groups",
     "parameter_kinds",
     "pareto_points",
     "sweep_overview",
+    "top_display",
     "top_table",
+    "top_titles",
     "trial_counts",
+    "trial_display",
 ]
 
+#: The top tables of a sweep ranked by accuracy and their titles (any sweep's:
+#: :func:`top_titles`).
 TOP_TITLES = {
     "top_accuracy": "highest validation accuracy",
     "top_energy": "lowest energy",
@@ -54,6 +65,47 @@ TOP_DISPLAY = (
     "time_s",
 )
 TRIAL_DISPLAY = ("number", "val_acc", "energy_j", "avg_power_w", "efficiency_acc_per_kj", "time_s")
+
+
+def metric_words(metric: SweepMetric) -> tuple[str, str, str]:
+    """(name, short name, per-kJ unit) of a sweep's metric: ('accuracy', 'val acc',
+    'acc/kJ') for accuracy, ('val RMSE', 'val RMSE', '') for RMSE."""
+    if metric.is_accuracy:
+        return "accuracy", "val acc", "acc/kJ"
+    name = pretty_name(metric.column)
+    unit = f"{metric.column.removeprefix('val_')}/kJ" if metric.efficiency else ""
+    return name, name, unit
+
+
+def top_titles(metric: SweepMetric = ACCURACY) -> dict[str, str]:
+    """The top tables of a sweep ranked by ``metric`` and their titles, in order."""
+    if metric.is_accuracy:
+        return dict(TOP_TITLES)
+    name = metric_words(metric)[0]
+    titles = {
+        metric.table: f"{'highest' if metric.higher_is_better else 'lowest'} {name}",
+        "top_energy": "lowest energy",
+    }
+    if metric.efficiency:
+        titles["top_efficiency"] = f"highest efficiency ({name} per kJ)"
+    return titles
+
+
+def _display(columns: tuple[str, ...], metric: SweepMetric) -> tuple[str, ...]:
+    mapped = {"val_acc": metric.column, "efficiency_acc_per_kj": metric.efficiency}
+    return tuple(c for c in (mapped.get(c, c) for c in columns) if c)
+
+
+def top_display(metric: SweepMetric = ACCURACY) -> tuple[str, ...]:
+    """The columns of a top table shown in the report (:data:`TOP_DISPLAY` for accuracy)."""
+    return _display(TOP_DISPLAY, metric)
+
+
+def trial_display(metric: SweepMetric = ACCURACY) -> tuple[str, ...]:
+    """The columns of a trial shown in the report (:data:`TRIAL_DISPLAY` for accuracy)."""
+    return _display(TRIAL_DISPLAY, metric)
+
+
 _NUMERIC_MIN_VALUES = 5  # a parameter without a space.yaml entry: fewer distinct values = choices
 
 
@@ -75,7 +127,7 @@ def trial_counts(sweep: Sweep) -> dict[str, int]:
 
 
 def _trial_line(sweep: Sweep, number: Any) -> str:
-    """'trial 4: val acc 0.9304, energy 12.36 J, 75.28 acc/kJ'."""
+    """'trial 4: val acc 0.9304, energy 12.36 J, 75.28 acc/kJ' (the sweep's metric)."""
     if number is None or finite_number(number) is None:
         return "-"
     trials = sweep.tables["trials"]
@@ -83,13 +135,18 @@ def _trial_line(sweep: Sweep, number: Any) -> str:
     if row.empty:
         return f"trial {int(float(number))}"
     row = row.iloc[0]
+    metric = sweep.metric
+    _, short, per_kj = metric_words(metric)
     estimated = " (est.)" if is_estimated([row.get("energy_source")]) else ""
-    return (
-        f"trial {int(row['number'])}: val acc {format_value('val_acc', row.get('val_acc'))}, "
+    line = (
+        f"trial {int(row['number'])}: {short} "
+        f"{format_value(metric.column, row.get(metric.column))}, "
         f"energy {format_value('energy_j', row.get('energy_j'))} J{estimated}, "
-        f"avg power {format_value('avg_power_w', row.get('avg_power_w'))} W, "
-        f"{format_value('efficiency', row.get('efficiency_acc_per_kj'))} acc/kJ"
+        f"avg power {format_value('avg_power_w', row.get('avg_power_w'))} W"
     )
+    if metric.efficiency:
+        line += f", {format_value('efficiency', row.get(metric.efficiency))} {per_kj}"
+    return line
 
 
 def sweep_overview(sweep: Sweep) -> pd.DataFrame:
@@ -123,25 +180,24 @@ def sweep_overview(sweep: Sweep) -> pd.DataFrame:
         )
     if summary.get("vary_data") or space.get("vary_data"):
         rows.append(("data", "the space varies data keys: trials saw different validation data"))
-    for key, label in (
-        ("best_accuracy_trial", "best accuracy"),
-        ("lowest_energy_trial", "lowest energy"),
-        ("best_efficiency_trial", "best efficiency"),
-        ("knee_trial", "Pareto knee"),
-    ):
+    metric = sweep.metric
+    name = metric_words(metric)[0]
+    picks = [
+        (f"best_{metric.target}_trial", f"best {name}", metric.table),
+        ("lowest_energy_trial", "lowest energy", "top_energy"),
+    ]
+    if metric.efficiency:
+        picks.append(("best_efficiency_trial", "best efficiency", "top_efficiency"))
+    picks.append(("knee_trial", "Pareto knee", ""))
+    for key, label, table in picks:
         number = summary.get(key)
-        if number is None and key != "knee_trial":
-            table = {
-                "best_accuracy_trial": "top_accuracy",
-                "lowest_energy_trial": "top_energy",
-                "best_efficiency_trial": "top_efficiency",
-            }[key]
-            top = sweep.tables[table]
-            number = None if top.empty else top["number"].iloc[0]
+        if number is None and table:
+            top = sweep.tables.get(table, pd.DataFrame())
+            number = None if top.empty or "number" not in top else top["number"].iloc[0]
         rows.append((label, _trial_line(sweep, number)))
     for key, label in (
         ("top_energy_driver", "top energy driver"),
-        ("top_accuracy_driver", "top accuracy driver"),
+        (f"top_{metric.target}_driver", f"top {name} driver"),
     ):
         if summary.get(key):
             rows.append((label, str(summary[key])))
@@ -156,11 +212,13 @@ def _param_display(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFram
 
 
 def top_table(sweep: Sweep, name: str) -> pd.DataFrame:
-    """A top-k table for display: rank, trial, accuracy, energy, avg power, acc/kJ, time, params."""
-    table = sweep.tables[name]
+    """A top-k table for display: rank, trial, the metric, energy, avg power, the metric
+    per kJ (when it has one), time, params."""
+    table = sweep.tables.get(name, pd.DataFrame())
+    display = top_display(sweep.metric)
     if table.empty:
-        return pd.DataFrame(columns=list(TOP_DISPLAY))
-    return _param_display(table, TOP_DISPLAY)
+        return pd.DataFrame(columns=list(display))
+    return _param_display(table, display)
 
 
 def _knee_flags(pareto: pd.DataFrame) -> pd.Series:
@@ -170,24 +228,26 @@ def _knee_flags(pareto: pd.DataFrame) -> pd.Series:
 
 
 def pareto_points(sweep: Sweep) -> pd.DataFrame:
-    """Every completed trial with accuracy and energy; ``on_front`` and ``knee`` flags.
+    """Every completed trial with the metric and energy; ``on_front`` and ``knee`` flags.
 
     Returns:
-        Columns ``number, val_acc, energy_j, avg_power_w, efficiency_acc_per_kj, time_s,
-        on_front, knee``, sorted by energy.
+        Columns ``number, <metric>, energy_j, avg_power_w, <metric per kJ>, time_s,
+        on_front, knee`` (``val_acc`` and ``efficiency_acc_per_kj`` for accuracy), sorted
+        by energy.
     """
-    columns = list(TRIAL_DISPLAY)
+    metric = sweep.metric
+    columns = list(trial_display(metric))
     done = completed(sweep.tables["trials"])
     present = [c for c in columns if c in done.columns]
-    if done.empty or not {"val_acc", "energy_j"} <= set(present):
+    if done.empty or not {metric.column, "energy_j"} <= set(present):
         return pd.DataFrame(columns=[*columns, "on_front", "knee"])
-    points = done[present].dropna(subset=["val_acc", "energy_j"]).copy()
+    points = done[present].dropna(subset=[metric.column, "energy_j"]).copy()
     pareto = sweep.tables["pareto"]
     if not pareto.empty and "number" in pareto.columns:
         front = set(pareto["number"].dropna().astype(int))
         knees = set(pareto.loc[_knee_flags(pareto), "number"].dropna().astype(int))
     else:
-        front, knees = _front_numbers(points), set()
+        front, knees = _front_numbers(points, metric), set()
         knee = sweep.summary.get("knee_trial")
         if finite_number(knee) is not None:
             knees = {int(knee)}
@@ -197,10 +257,12 @@ def pareto_points(sweep: Sweep) -> pd.DataFrame:
     return points.sort_values(["energy_j", "number"], kind="stable").reset_index(drop=True)
 
 
-def _front_numbers(points: pd.DataFrame) -> set[int]:
-    """Non-dominated trials in (max accuracy, min energy), when pareto.csv is absent."""
+def _front_numbers(points: pd.DataFrame, metric: SweepMetric = ACCURACY) -> set[int]:
+    """Non-dominated trials in (best metric, min energy), when pareto.csv is absent."""
     front = set()
-    values = points[["number", "val_acc", "energy_j"]].to_numpy(dtype=float)
+    values = points[["number", metric.column, "energy_j"]].to_numpy(dtype=float)
+    if not metric.higher_is_better:
+        values[:, 1] = -values[:, 1]  # higher is better from here on
     for number, acc, energy in values:
         dominated = (
             (values[:, 1] >= acc)
@@ -292,11 +354,13 @@ def parameter_effects(sweep: Sweep) -> pd.DataFrame:
     """Long table of completed trials per parameter, for the distribution figures.
 
     Returns:
-        Columns ``parameter, kind, value, x, order, number, val_acc, energy_j``: ``value``
-        is the text of the value, ``x`` its number (numeric parameters), ``order`` the
-        position of a categorical value among the space's choices.
+        Columns ``parameter, kind, value, x, order, number, <metric>, energy_j``
+        (``val_acc`` for accuracy): ``value`` is the text of the value, ``x`` its number
+        (numeric parameters), ``order`` the position of a categorical value among the
+        space's choices.
     """
-    columns = ["parameter", "kind", "value", "x", "order", "number", "val_acc", "energy_j"]
+    metric = sweep.metric.column
+    columns = ["parameter", "kind", "value", "x", "order", "number", metric, "energy_j"]
     done = completed(sweep.tables["trials"])
     if done.empty:
         return pd.DataFrame(columns=columns)
@@ -314,7 +378,7 @@ def parameter_effects(sweep: Sweep) -> pd.DataFrame:
                 "value": [_normalise(str(v)) if pd.notna(v) else "(none)" for v in raw],
                 "x": _column(done, column) if spec["kind"] == "numeric" else np.nan,
                 "number": done["number"].to_numpy(),
-                "val_acc": _column(done, "val_acc"),
+                metric: _column(done, metric),
                 "energy_j": _column(done, "energy_j"),
             }
         )
@@ -332,20 +396,22 @@ def parameter_effects(sweep: Sweep) -> pd.DataFrame:
 
 
 def parameter_groups(effects: pd.DataFrame) -> pd.DataFrame:
-    """Per categorical parameter value: trials, median and mean energy and accuracy.
+    """Per categorical parameter value: trials, median and mean energy and the metric.
 
     Returns:
         Columns ``parameter, value, trials, energy_j_median, energy_j_mean,
-        val_acc_median, val_acc_mean`` in choice order.
+        <metric>_median, <metric>_mean`` (``val_acc_median``...) in choice order.
     """
+    fixed = ("parameter", "kind", "value", "x", "order", "number", "energy_j")
+    metric = next((c for c in effects.columns if c not in fixed), "val_acc")
     columns = [
         "parameter",
         "value",
         "trials",
         "energy_j_median",
         "energy_j_mean",
-        "val_acc_median",
-        "val_acc_mean",
+        f"{metric}_median",
+        f"{metric}_mean",
     ]
     categorical = effects[effects["kind"] == "categorical"] if not effects.empty else effects
     if categorical.empty:
@@ -355,8 +421,7 @@ def parameter_groups(effects: pd.DataFrame) -> pd.DataFrame:
         trials=("number", "size"),
         energy_j_median=("energy_j", "median"),
         energy_j_mean=("energy_j", "mean"),
-        val_acc_median=("val_acc", "median"),
-        val_acc_mean=("val_acc", "mean"),
+        **{f"{metric}_median": (metric, "median"), f"{metric}_mean": (metric, "mean")},
     ).reset_index()
     params = list(dict.fromkeys(categorical["parameter"]))
     table["position"] = table["parameter"].map({p: i for i, p in enumerate(params)})
@@ -364,20 +429,40 @@ def parameter_groups(effects: pd.DataFrame) -> pd.DataFrame:
     return table[columns].reset_index(drop=True)
 
 
+def best_trial_reason(sweep: Sweep) -> str:
+    """Why :func:`best_trial` chose its trial: 'most efficient' or 'Pareto knee'."""
+    return "most efficient" if sweep.metric.efficiency else "Pareto knee"
+
+
+def _first_number(table: pd.DataFrame) -> int | None:
+    if table.empty or "number" not in table.columns or not table["number"].notna().any():
+        return None
+    return int(table["number"].dropna().iloc[0])
+
+
 def best_trial(sweep: Sweep) -> tuple[int | None, Path | None]:
-    """The most efficient completed trial (highest accuracy per kJ) and its run directory.
+    """The most efficient completed trial (highest metric per kJ) and its run directory; for
+    a metric where lower is better (no efficiency), the Pareto knee, else the best trial.
 
     Returns:
         (number, run directory); the directory is None when it is not on this machine.
     """
-    top = sweep.tables["top_efficiency"]
+    metric = sweep.metric
     number = None
-    if not top.empty and top["number"].notna().any():
-        number = int(top["number"].dropna().iloc[0])
-    else:
+    if metric.efficiency:
+        number = _first_number(sweep.tables.get("top_efficiency", pd.DataFrame()))
         done = completed(sweep.tables["trials"])
-        if "efficiency_acc_per_kj" in done.columns and done["efficiency_acc_per_kj"].notna().any():
-            number = int(done.loc[done["efficiency_acc_per_kj"].idxmax(), "number"])
+        column = metric.efficiency
+        if number is None and column in done.columns and done[column].notna().any():
+            number = int(done.loc[pd.to_numeric(done[column]).idxmax(), "number"])
+    else:
+        knee = finite_number(sweep.summary.get("knee_trial"))
+        pareto = sweep.tables["pareto"]
+        if knee is None and not pareto.empty and "knee" in pareto.columns:
+            knee = _first_number(pareto[_knee_flags(pareto)])
+        number = int(knee) if knee is not None else None
+        if number is None:
+            number = _first_number(sweep.tables.get(metric.table, pd.DataFrame()))
     if number is None:
         return None, None
     trials = sweep.tables["trials"]
@@ -404,5 +489,6 @@ def failed_trials(sweep: Sweep) -> pd.DataFrame:
 
 
 def completed_table(sweep: Sweep) -> pd.DataFrame:
-    """Every completed trial for display: number, accuracy, energy, power, acc/kJ, time, params."""
-    return _param_display(completed(sweep.tables["trials"]), TRIAL_DISPLAY)
+    """Every completed trial for display: number, the metric, energy, power, the metric per
+    kJ (when it has one), time, params."""
+    return _param_display(completed(sweep.tables["trials"]), trial_display(sweep.metric))

@@ -23,6 +23,8 @@ _EXPORTS = {
     "load_space": "space",
     "space_from_dict": "space",
     "check_objectives": "objectives",
+    "parse_objective": "objectives",
+    "Objective": "objectives",
     "efficiency_acc_per_kj": "objectives",
     "make_sampler": "samplers",
     "mask_url": "storage",

@@ -1,13 +1,15 @@
-"""``final_training``: retrain the configuration the analysis chose, then report test accuracy.
+"""``final_training``: retrain the configuration the analysis chose, then report its test
+metrics (test accuracy for classification, test RMSE, MAE and R² for regression, ...).
 
 This is the only step of a sweep that reads test data. The choice comes from the
 study's own analysis (recomputed here and written to ``DIR/analysis/``), so the final
 run always follows the tables it is reported with:
 
-- ``knee``: the Pareto front's knee (default for accuracy + energy sweeps);
-- ``accuracy`` | ``energy`` | ``efficiency``: the best trial by that measure;
+- ``knee``: the Pareto front's knee (default for metric + energy sweeps);
+- ``metric`` (``accuracy`` for a sweep ranked by accuracy, or the metric's column such
+  as ``val_rmse``) | ``energy`` | ``efficiency``: the best trial by that measure;
 - ``per-parameter``: each parameter's best value (greenscreen's intent), for the
-  study's objective (efficiency when it has two).
+  study's objective (efficiency when it has two and the metric has one, else the metric).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from edgetrain.errors import EdgeTrainError, suggest
 from edgetrain.sweep.analysis import Analysis, analyze_study, write_analysis
+from edgetrain.sweep.objectives import parse_objective
 from edgetrain.sweep.space import encode_choice
 from edgetrain.sweep.study import load_study
 
@@ -27,7 +30,7 @@ __all__ = ["PICKS", "FinalResult", "choose", "final_training"]
 
 log = logging.getLogger(__name__)
 
-PICKS = ("knee", "efficiency", "accuracy", "energy", "per-parameter")
+PICKS = ("knee", "efficiency", "accuracy", "metric", "energy", "per-parameter")
 FINAL_FILE = "final.json"
 
 
@@ -43,8 +46,14 @@ class FinalResult:
 
 
 def default_pick(objectives: tuple[str, ...]) -> str:
-    """``knee`` for two objectives, else the single objective."""
-    return "knee" if len(objectives) > 1 else objectives[0]
+    """``knee`` for two objectives, else the single objective (``metric`` for a validation
+    metric other than accuracy)."""
+    if len(objectives) > 1:
+        return "knee"
+    objective = parse_objective(objectives[0])
+    if objective.kind != "metric":
+        return objective.name
+    return "accuracy" if objective.target == "accuracy" else "metric"
 
 
 def choose(analysis: Analysis, study: Any, pick: str) -> tuple[int | None, dict[str, Any]]:
@@ -53,13 +62,16 @@ def choose(analysis: Analysis, study: Any, pick: str) -> tuple[int | None, dict[
     Raises:
         EdgeTrainError: an unknown pick, or no completed trial to choose from.
     """
-    if pick not in PICKS:
+    if pick not in PICKS and pick != analysis.metric.column:
         raise EdgeTrainError(
             f"--pick must be one of {list(PICKS)}, got {pick!r}{suggest(pick, PICKS)}"
         )
     space = analysis.space
     if pick == "per-parameter":
-        target = space.objectives[0] if len(space.objectives) == 1 else "efficiency"
+        if len(space.objectives) == 1:
+            target = parse_objective(space.objectives[0]).target
+        else:
+            target = "efficiency" if "top_efficiency" in analysis.tables else "metric"
         best = analysis.best_values(target)
         missing = [n for n in space.params if n not in best]
         if missing:
@@ -70,9 +82,10 @@ def choose(analysis: Analysis, study: Any, pick: str) -> tuple[int | None, dict[
         return None, {n: encode_choice(best[n]) for n in space.params}
     number = analysis.best_number(pick)
     if number is None:
+        column = analysis.metric.column
+        what = f"{column} and energy" if pick == "knee" else column if pick == "metric" else pick
         raise EdgeTrainError(
-            f"no completed trial with {'accuracy and energy' if pick == 'knee' else pick} to pick "
-            f"from in study '{analysis.study_name}'"
+            f"no completed trial with {what} to pick from in study '{analysis.study_name}'"
         )
     return number, dict(study.trials[number].params)
 
@@ -88,13 +101,13 @@ def final_training(
     overwrite: bool = False,
     progress: bool = True,
 ) -> FinalResult:
-    """Retrain the chosen configuration into ``DIR/final/`` and report its test accuracy.
+    """Retrain the chosen configuration into ``DIR/final/`` and report its test metrics.
 
     Args:
         sweep_dir: the sweep directory (None for a database study; then ``out`` or
             ``./final-<study>``).
-        pick: knee | efficiency | accuracy | energy | per-parameter (default: knee for
-            two objectives, else the objective).
+        pick: knee | metric (accuracy) | energy | efficiency | per-parameter (default:
+            knee for two objectives, else the objective).
         epochs: epochs of the final run (None: the trial's own).
         storage: database URL for a study in a database.
         study_name: the study (default from DIR/sweep.json).
@@ -130,16 +143,19 @@ def final_training(
     log.info("final training of %s (pick %s) into %s", number, pick, run_dir)
     fit = train(config, overwrite=overwrite, progress=progress)
     s = fit.summary
-    test = s.get("test") or {}
+    test = {k: v for k, v in (s.get("test") or {}).items() if str(k).startswith("test_")}
+    final = {k: v for k, v in (s.get("final") or {}).items() if str(k).startswith("val_")}
+    metric = analysis.metric
     report: dict[str, Any] = {
         "study": study.study_name,
         "pick": pick,
         "trial": number,
         "params": {k: v for k, v in params.items()},
         "epochs": (s.get("epochs_completed")),
-        "test_acc": test.get("test_acc"),
-        "test_loss": test.get("test_loss"),
-        "val_acc": (s.get("final") or {}).get("val_acc"),
+        "metric": metric.column,
+        "metric_mode": metric.mode,
+        **test,  # test_acc, test_loss for classification; test_rmse, ... for regression
+        **final,  # the final epoch's validation metrics
         "energy_j": s.get("total_energy_j"),
         "energy_source": s.get("energy_source"),
         "avg_power_w": s.get("avg_power_w"),
@@ -150,9 +166,11 @@ def final_training(
     }
     if number is not None:
         ua = study.trials[number].user_attrs
-        report["trial_val_acc"] = ua.get("val_acc")
+        report[f"trial_{metric.column}"] = ua.get(metric.column)
         report["trial_energy_j"] = ua.get("energy_j")
-    if quantize:
+    if quantize and "test_acc" not in test:
+        log.warning("the final run's task reports no accuracy: int8 accuracy left out")
+    elif quantize:
         q = quantize_run(run_dir, split="test")
         report["quantized"] = {
             "test_acc": q.quantized_acc,

@@ -1,4 +1,4 @@
-"""Which parameters drive energy and accuracy: Pareto front, fANOVA, Kruskal-Wallis.
+"""Which parameters drive energy and the metric: Pareto front, fANOVA, Kruskal-Wallis.
 
 Pure functions of a trials table (``trials_frame``), testable on synthetic studies.
 """
@@ -27,7 +27,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: target -> (column, "max" or "min")
+#: target -> (column, "max" or "min") of a classification sweep (any sweep's:
+#: ``Analysis.targets``)
 TARGETS: dict[str, tuple[str, str]] = {
     "accuracy": ("val_acc", "max"),
     "energy": ("energy_j", "min"),
@@ -36,39 +37,46 @@ TARGETS: dict[str, tuple[str, str]] = {
 _MAX_BINS = 4  # a numeric parameter with more distinct values is cut into quantile bins
 
 
-def pareto_front(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows of ``frame`` not dominated in (max ``val_acc``, min ``energy_j``), by energy."""
-    ok = frame.dropna(subset=["val_acc", "energy_j"])
-    acc = ok["val_acc"].to_numpy(float)
+def pareto_front(frame: pd.DataFrame, column: str = "val_acc", mode: str = "max") -> pd.DataFrame:
+    """Rows of ``frame`` not dominated in (``mode`` ``column``, min ``energy_j``), by energy.
+
+    Args:
+        frame: trials with ``column`` and ``energy_j``.
+        column: the metric (``val_acc``, ``val_rmse``).
+        mode: ``max`` when higher is better, ``min`` when lower is.
+    """
+    ok = frame.dropna(subset=[column, "energy_j"])
+    sign = 1.0 if mode == "max" else -1.0
+    good = sign * ok[column].to_numpy(float)  # higher is better from here on
     energy = ok["energy_j"].to_numpy(float)
     keep = []
     for i in range(len(ok)):
         dominated = np.any(
-            (acc >= acc[i]) & (energy <= energy[i]) & ((acc > acc[i]) | (energy < energy[i]))
+            (good >= good[i]) & (energy <= energy[i]) & ((good > good[i]) | (energy < energy[i]))
         )
         keep.append(not dominated)
     front = ok[np.array(keep, dtype=bool)] if len(ok) else ok
-    return front.sort_values(["energy_j", "val_acc"], ascending=[True, False])
+    return front.sort_values(["energy_j", column], ascending=[True, mode != "max"])
 
 
-def knee_index(front: pd.DataFrame) -> Any:
-    """The front's knee: closest to the ideal point (best accuracy at least energy).
+def knee_index(front: pd.DataFrame, column: str = "val_acc", mode: str = "max") -> Any:
+    """The front's knee: closest to the ideal point (best metric at least energy).
 
-    Accuracy and log10 energy are each scaled to [0, 1] over the front, so a 10x energy
+    The metric and log10 energy are each scaled to [0, 1] over the front, so a 10x energy
     step weighs the same wherever it is.
     """
     if front.empty:
         return None
-    acc = front["val_acc"].to_numpy(float)
+    good = (1.0 if mode == "max" else -1.0) * front[column].to_numpy(float)
     log_e = np.log10(np.maximum(front["energy_j"].to_numpy(float), 1e-12))
 
     def scale(x: np.ndarray) -> np.ndarray:
         span = x.max() - x.min()
         return (x - x.min()) / span if span > 0 else np.zeros_like(x)
 
-    dist = np.hypot(1.0 - scale(acc), scale(log_e))
-    # ties (a two-point front) go to the more accurate trial
-    order = np.lexsort((-acc, np.round(dist, 12)))
+    dist = np.hypot(1.0 - scale(good), scale(log_e))
+    # ties (a two-point front) go to the better trial by the metric
+    order = np.lexsort((-good, np.round(dist, 12)))
     return front.index[int(order[0])]
 
 

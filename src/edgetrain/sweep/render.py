@@ -11,6 +11,7 @@ from rich.table import Table
 
 from edgetrain.sweep.analysis import Analysis
 from edgetrain.sweep.final import FinalResult
+from edgetrain.sweep.objectives import Objective, efficiency_column, parse_objective
 from edgetrain.sweep.runner import SweepResult
 
 __all__ = ["render_analysis", "render_final", "render_sweep"]
@@ -52,43 +53,81 @@ def _params_text(row: pd.Series, params: list[str]) -> str:
     return " ".join(f"{p}={_fmt(row[f'param_{p}'])}" for p in params)
 
 
-def _trial_table(title: str, frame: pd.DataFrame, params: list[str], rows: int = 5) -> Table:
+def _name(column: str) -> str:
+    """'val RMSE', 'val accuracy', 'test perplexity' (report.labels, imported when used)."""
+    from edgetrain.report.labels import pretty_name
+
+    return pretty_name(column)
+
+
+def _per_kj_header(column: str) -> str:
+    """'acc/kJ' for accuracy, 'r2/kJ' for another metric."""
+    name = column.removeprefix("val_")
+    return f"{name}/kJ"
+
+
+def _trial_table(
+    title: str,
+    frame: pd.DataFrame,
+    params: list[str],
+    rows: int = 5,
+    metric: Objective | None = None,
+) -> Table:
+    metric = metric or parse_objective("accuracy")
+    per_kj = efficiency_column(metric.column, metric.mode)
     table = Table(title=title, title_justify="left")
-    for col in ("trial", "val_acc", "energy J", "power W", "acc/kJ"):
+    headers = ["trial", metric.column, "energy J", "power W"]
+    if per_kj is not None:
+        headers.append(_per_kj_header(metric.column))
+    for col in headers:
         table.add_column(col, justify="right", no_wrap=True)
     table.add_column("parameters", overflow="fold")
     for _, r in frame.head(rows).iterrows():
-        table.add_row(
+        cells = [
             _fmt(r["number"]),
-            _fmt(r["val_acc"], ".4f"),
+            _fmt(r.get(metric.column), ".4f"),
             _fmt(r["energy_j"], ".4g"),
             _fmt(r["avg_power_w"], ".3g"),
-            _fmt(r["efficiency_acc_per_kj"], ".4g"),
-            _params_text(r, params),
-        )
+        ]
+        if per_kj is not None:
+            cells.append(_fmt(r.get(per_kj), ".4g"))
+        table.add_row(*cells, _params_text(r, params))
     return table
 
 
 def render_analysis(analysis: Analysis) -> Group:
-    """Top trials by accuracy, energy and efficiency, the Pareto front and the drivers."""
+    """Top trials by the metric, energy and efficiency, the Pareto front and the drivers."""
     t = analysis.tables
     params = list(analysis.space.params)
+    metric = analysis.metric
+    target = metric.target
+    if target == "accuracy":
+        best_title, what = "best validation accuracy", "accuracy"
+    else:
+        what = _name(metric.column)
+        best_title = f"best {what} ({'highest' if metric.mode == 'max' else 'lowest'})"
     parts: list[Any] = [
-        _trial_table("best validation accuracy", t["top_accuracy"], params),
-        _trial_table("lowest energy", t["top_energy"], params),
-        _trial_table("best accuracy per kJ", t["top_efficiency"], params),
+        _trial_table(best_title, t[f"top_{target}"], params, metric=metric),
+        _trial_table("lowest energy", t["top_energy"], params, metric=metric),
+    ]
+    if "top_efficiency" in t:
+        parts.append(
+            _trial_table(f"best {what} per kJ", t["top_efficiency"], params, metric=metric)
+        )
+    parts.append(
         _trial_table(
-            f"Pareto front (accuracy vs energy; knee: trial {analysis.knee_number})",
+            f"Pareto front ({what} vs energy; knee: trial {analysis.knee_number})",
             t["pareto"],
             params,
             rows=10,
-        ),
-    ]
+            metric=metric,
+        )
+    )
     imp = Table(
-        title="what drives energy and accuracy (fANOVA importance; Kruskal-Wallis ε²)",
+        title=f"what drives energy and {what} (fANOVA importance; Kruskal-Wallis ε²)",
         title_justify="left",
     )
-    for col in ("parameter", "energy", "ε²", "best", "accuracy", "ε²", "best"):
+    for col in ("parameter", "energy", "ε²", "best", what, "ε²", "best"):
         imp.add_column(col, overflow="fold")
     frame = t["importance"]
 
@@ -98,7 +137,7 @@ def render_analysis(analysis: Analysis) -> Group:
 
     energy_order = frame[frame["target"] == "energy"].sort_values("rank")["parameter"]
     for name in energy_order:
-        e, a = row("energy", name), row("accuracy", name)
+        e, a = row("energy", name), row(target, name)
         imp.add_row(
             name,
             _fmt(e.get("fanova_importance"), ".2f"),
@@ -127,7 +166,7 @@ def render_analysis(analysis: Analysis) -> Group:
 
 
 def render_final(result: FinalResult) -> Table:
-    """The final run's test accuracy and cost."""
+    """The final run's test metrics and cost."""
     r = result.report
     table = Table(title=f"final training (pick: {result.pick})", show_header=False, box=None)
     table.add_row(
@@ -136,8 +175,14 @@ def render_final(result: FinalResult) -> Table:
     for k, v in result.params.items():
         table.add_row(f"  {k}", _fmt(v))
     table.add_row("epochs", _fmt(r.get("epochs")))
-    table.add_row("test accuracy", _fmt(r.get("test_acc"), ".4f"))
-    table.add_row("validation accuracy", _fmt(r.get("val_acc"), ".4f"))
+    metric = r.get("metric") or "val_acc"
+    first = "test_" + metric.removeprefix("val_")
+    tests = [k for k in r if k.startswith("test_")]
+    tests.sort(key=lambda k: (k != first, k == "test_loss"))  # the sweep's metric first
+    for key in tests:
+        table.add_row(_name(key), _fmt(r.get(key), ".4f"))
+    if r.get(metric) is not None:
+        table.add_row(_name(metric).replace("val ", "validation ", 1), _fmt(r[metric], ".4f"))
     table.add_row("energy", f"{_fmt(r.get('energy_j'), '.1f')} J ({r.get('energy_source') or '-'})")
     table.add_row("average power", f"{_fmt(r.get('avg_power_w'), '.1f')} W")
     q = r.get("quantized")

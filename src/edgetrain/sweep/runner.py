@@ -49,7 +49,7 @@ from edgetrain.sweep.heartbeat import (
     trial_id_of,
 )
 from edgetrain.sweep.launch import TrialOutcome, choose_launcher, make_launcher, run_trial_process
-from edgetrain.sweep.objectives import objective_values
+from edgetrain.sweep.objectives import objective_values, parse_objective, quality_objective
 from edgetrain.sweep.recover import (
     import_result,
     import_results,
@@ -511,7 +511,7 @@ def run_sweep(
     )
     shared = _Shared()
     label = read_sweep_info(sweep_dir).get("storage") or storage_label(storage, sweep_dir)
-    display = _Display(study, trials, progress, console)
+    display = _Display(study, trials, progress, console, space.objectives)
     workers_ = [
         _Worker(
             i,
@@ -574,9 +574,17 @@ def run_sweep(
 class _Display:
     """The rich progress bar: trials done of the target, failed, running, best so far."""
 
-    def __init__(self, study: Any, target: int, enabled: bool, console: Any) -> None:
+    def __init__(
+        self,
+        study: Any,
+        target: int,
+        enabled: bool,
+        console: Any,
+        objectives: tuple[str, ...] = ("accuracy", "energy"),
+    ) -> None:
         self.study = study
         self.target = target
+        self.metric = quality_objective(objectives) or parse_objective("accuracy")
         self.enabled = enabled
         self.console = console
         self._progress: Any = None
@@ -635,9 +643,8 @@ class _Display:
 
         done = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         parts = [f"failed {counts.failed}", f"running {counts.running}"]
-        accs = [
-            t.user_attrs.get("val_acc") for t in done if t.user_attrs.get("val_acc") is not None
-        ]
+        column, pick = self.metric.column, max if self.metric.mode == "max" else min
+        accs = [t.user_attrs.get(column) for t in done if t.user_attrs.get(column) is not None]
         energies = [
             t.user_attrs.get("energy_j") for t in done if t.user_attrs.get("energy_j") is not None
         ]
@@ -647,7 +654,7 @@ class _Display:
             if t.user_attrs.get("efficiency_acc_per_kj") is not None
         ]
         if accs:
-            parts.append(f"best val_acc {max(accs):.4f}")
+            parts.append(f"best {column} {pick(accs):.4f}")
         if energies:
             parts.append(f"min energy {min(energies):.1f} J")
         if effs:

@@ -9,7 +9,8 @@ A space file (YAML)::
       epochs: {low: 1, high: 3}                       # int range (both bounds integers)
       monitor.interval_s: {choices: [0.1, 0.2]}       # dotted keys reach sections
       internal: {choices: [none, quantize, compile]}  # greenscreen's "internal" knob
-    objectives: [accuracy, energy]                    # the default; or [efficiency], ...
+    objectives: [accuracy, energy]                    # default: the task's metric + energy;
+                                                      # or [val_rmse:min, energy], [efficiency]
     sampler: random                                   # random (default) | tpe | nsga2
     seed: 0                                           # the sampler's seed
 
@@ -34,7 +35,13 @@ from pydantic import BaseModel
 
 from edgetrain.config import TrainConfig, config_to_dict, read_yaml, validate_config
 from edgetrain.errors import EdgeTrainError, suggest
-from edgetrain.sweep.objectives import DEFAULT_OBJECTIVES, check_objectives, needs_energy
+from edgetrain.sweep.objectives import (
+    DEFAULT_OBJECTIVES,
+    needs_energy,
+    parse_objective,
+    resolve_objectives,
+    task_of_config,
+)
 
 __all__ = [
     "DATA_KEYS",
@@ -485,9 +492,10 @@ def space_from_dict(
         problems.append(f"seed must be an integer, got {seed!r}")
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
     try:
-        objectives = check_objectives(raw.get("objectives", list(DEFAULT_OBJECTIVES)))
+        objectives = resolve_objectives(raw.get("objectives"), base)
     except EdgeTrainError as exc:
         problems.append(str(exc))
+    problems += _task_problems(base, objectives, params_raw=raw.get("params"))
     params_raw = raw.get("params")
     params: dict[str, ParamSpec] = {}
     if not isinstance(params_raw, Mapping) or not params_raw:
@@ -529,6 +537,29 @@ def space_from_dict(
         vary_data=vary_data,
         source=source,
     )
+
+
+def _task_problems(
+    base: dict[str, Any] | None, objectives: tuple[str, ...], params_raw: Any
+) -> list[str]:
+    """What the base config's task cannot do: accuracy per kJ or int8 accuracy without
+    accuracy (a task that reports none, e.g. regression)."""
+    task = task_of_config(base) if base is not None else None
+    if task in (None, "classification"):
+        return []
+    problems = []
+    if any(parse_objective(o).kind == "efficiency" for o in objectives):
+        problems.append(
+            f"objectives: efficiency is validation accuracy per kJ, and the {task} task "
+            "reports no accuracy; optimise its metric and energy instead ([metric, energy])"
+        )
+    internal = params_raw.get(INTERNAL) if isinstance(params_raw, Mapping) else None
+    if isinstance(internal, Mapping) and "quantize" in (internal.get("choices") or []):
+        problems.append(
+            f"params.internal: quantize measures int8 accuracy and works for classification "
+            f"only, not for the {task} task"
+        )
+    return problems
 
 
 def load_space(

@@ -12,6 +12,7 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +25,7 @@ from edgetrain.errors import EdgeTrainError
 from edgetrain.safefs import claim_dir
 from edgetrain.sweep._optuna import optuna
 from edgetrain.sweep.heartbeat import FAIL_REASON_ATTR
-from edgetrain.sweep.objectives import directions
+from edgetrain.sweep.objectives import Objective, directions, efficiency_column, sweep_metric
 from edgetrain.sweep.samplers import make_sampler
 from edgetrain.sweep.space import SearchSpace, decode_choice, space_from_dict
 from edgetrain.sweep.storage import (
@@ -47,6 +48,8 @@ __all__ = [
     "load_study",
     "open_study",
     "open_sweep_study",
+    "study_metric",
+    "trial_columns",
     "trials_frame",
 ]
 
@@ -59,7 +62,8 @@ SPACE_ATTR = "edgetrain:space"
 #: (``refused``: parameters from the storage that the local space does not allow). A trial
 #: ``killed`` from outside the sweep is not counted either, unless it was already a retry.
 NOT_COUNTED = ("lost", "interrupted", "refused")
-#: Columns of trials.csv (then one ``param_<name>`` column per parameter).
+#: Columns of trials.csv of a sweep ranked by accuracy (then one ``param_<name>`` column per
+#: parameter); a sweep ranked by another metric has :func:`trial_columns`.
 TRIAL_COLUMNS = (
     "number",
     "state",
@@ -85,6 +89,9 @@ TRIAL_COLUMNS = (
     "retry_of",
 )
 
+
+#: The columns of :data:`TRIAL_COLUMNS` that only a task with accuracy fills.
+ACCURACY_COLUMNS = ("val_acc", "efficiency_acc_per_kj", "val_acc_float", "quantized_val_acc")
 
 _STATE_NAMES = {"COMPLETE": "complete", "FAIL": "failed", "RUNNING": "running", "PRUNED": "pruned"}
 
@@ -361,17 +368,61 @@ def count_trials(study: Any) -> TrialCounts:
     return TrialCounts(**c)
 
 
-def trials_frame(study: Any, space: SearchSpace) -> pd.DataFrame:
-    """One row per trial (not waiting ones): outcome, metrics and ``param_<name>`` columns."""
+def study_metric(study: Any, space: SearchSpace) -> Objective:
+    """The validation metric the study's tables rank by (see :func:`sweep_metric`)."""
     from optuna.trial import TrialState
 
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    recorded = [(t.user_attrs.get("best_metric"), t.user_attrs.get("best_mode")) for t in done]
+    return sweep_metric(space.objectives, space.base, recorded)
+
+
+def trial_columns(metric: Objective, trials: Sequence[Any] = ()) -> list[str]:
+    """The metric and outcome columns of trials.csv: :data:`TRIAL_COLUMNS` for a sweep
+    ranked by accuracy; otherwise the metric in place of ``val_acc`` followed by the other
+    validation metrics the trials recorded, and the accuracy columns only when filled."""
+    if metric.column == "val_acc":
+        return list(TRIAL_COLUMNS)
+    recorded: dict[str, None] = {}
+    for t in trials:
+        modes = t.user_attrs.get("metric_modes")
+        names = list(modes) if isinstance(modes, dict) else sorted(t.user_attrs)
+        recorded.update(dict.fromkeys(n for n in names if t.user_attrs.get(n) is not None))
+    others = [
+        c
+        for c in recorded
+        if c.startswith("val_") and c != metric.column and c not in ACCURACY_COLUMNS
+    ]
+    per_kj = efficiency_column(metric.column, metric.mode)
+    columns: list[str] = []
+    for column in TRIAL_COLUMNS:
+        if column == "val_acc":
+            columns += [metric.column, *others]
+        if column == "efficiency_acc_per_kj" and per_kj is not None:
+            columns.append(per_kj)
+        if column not in ACCURACY_COLUMNS or column in recorded:
+            columns.append(column)
+    return list(dict.fromkeys(columns))
+
+
+def trials_frame(study: Any, space: SearchSpace, metric: Objective | None = None) -> pd.DataFrame:
+    """One row per trial (not waiting ones): outcome, metrics and ``param_<name>`` columns.
+
+    Args:
+        study: the Optuna study.
+        space: its search space.
+        metric: the metric the tables rank by (default :func:`study_metric`).
+    """
+    from optuna.trial import TrialState
+
+    metric = metric or study_metric(study, space)
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+    outcome = trial_columns(metric, trials)
     rows = []
-    for t in study.get_trials(deepcopy=False):
-        if t.state == TrialState.WAITING:
-            continue
+    for t in trials:
         ua = t.user_attrs
         owner = t.system_attrs.get("edgetrain:owner") or {}
-        row: dict[str, Any] = {c: ua.get(c) for c in TRIAL_COLUMNS}
+        row: dict[str, Any] = {c: ua.get(c) for c in outcome}
         row.update(
             number=t.number,
             state=_STATE_NAMES.get(t.state.name, t.state.name.lower()),
@@ -385,6 +436,6 @@ def trials_frame(study: Any, space: SearchSpace) -> pd.DataFrame:
                 json.dumps(decoded) if isinstance(decoded, list | dict) else decoded
             )
         rows.append(row)
-    columns = [*TRIAL_COLUMNS, *(f"param_{n}" for n in space.params)]
+    columns = [*outcome, *(f"param_{n}" for n in space.params)]
     frame = pd.DataFrame(rows, columns=columns)
     return frame.sort_values("number").reset_index(drop=True)

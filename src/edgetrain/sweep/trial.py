@@ -1,8 +1,9 @@
 """One trial, in its own process: ``python -m edgetrain.sweep.trial SPEC.json``.
 
 The process trains the trial's config into its run directory, optionally quantises the
-model, and writes ``RUN/trial.json`` with the metrics the sweep reads (validation
-accuracy, energy, average power, times, model sizes) and the identity of its study trial.
+model, and writes ``RUN/trial.json`` with the metrics the sweep reads (the task's
+validation metrics and its best metric, energy, average power, times, model sizes) and
+the identity of its study trial.
 ``trial.json`` is on disk (fsynced) before the process exits, so a finished result
 survives its worker: the sweep re-imports it if the study never heard of it (see
 :mod:`edgetrain.sweep.recover`). A crash or a kill ends only this process; the worker
@@ -64,27 +65,54 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def trial_metrics(summary: dict[str, Any]) -> dict[str, Any]:
-    """The sweep's metrics from a run's summary.json (final epoch; never test metrics)."""
-    from edgetrain.sweep.objectives import efficiency_acc_per_kj
+    """The sweep's metrics from a run's summary.json (final epoch; never test metrics).
+
+    Besides energy, power and times: every validation metric of the final epoch
+    (``val_acc`` for classification, ``val_rmse``... for regression), the task's best
+    metric (``best_metric``, ``best_mode``, its best value ``best_<metric>``), the
+    direction of each metric (``metric_modes``) and, when higher is better, the best
+    metric per kJ (``efficiency_acc_per_kj`` for accuracy). The accuracy columns
+    (``val_acc``, ``val_acc_float``, ``efficiency_acc_per_kj``) are there for tasks that
+    report accuracy only.
+    """
+    from edgetrain.contract import best_metric, direction
+    from edgetrain.sweep.objectives import efficiency_acc_per_kj, efficiency_column
 
     final = summary.get("final") or {}
-    val_acc = final.get("val_acc")
+    best = summary.get("best") or {}
     energy_j = summary.get("total_energy_j")
-    return {
-        "val_acc": val_acc,
-        "val_acc_float": val_acc,
-        "val_loss": final.get("val_loss"),
-        "best_val_acc": (summary.get("best") or {}).get("val_acc"),
-        "energy_j": energy_j,
-        "energy_source": summary.get("energy_source"),
-        "avg_power_w": summary.get("avg_power_w"),
-        "time_s": summary.get("total_time_s"),
-        "epochs_completed": summary.get("epochs_completed"),
-        "peak_rss_bytes": summary.get("peak_rss_bytes"),
-        "peak_device_mem_bytes": summary.get("peak_device_mem_bytes"),
-        "samples_per_s": final.get("samples_per_s"),
-        "efficiency_acc_per_kj": efficiency_acc_per_kj(val_acc, energy_j),
-    }
+    metric, mode = best_metric(summary, final.keys())
+    validation = {str(k): v for k, v in final.items() if str(k).startswith("val_")}
+    metrics: dict[str, Any] = {}
+    if "val_acc" in validation or not summary.get("task"):  # classification, or written so
+        val_acc = final.get("val_acc")
+        metrics.update(val_acc=val_acc, val_acc_float=val_acc)
+    metrics.update(validation)
+    metrics.setdefault("val_loss", final.get("val_loss"))
+    metrics[f"best_{metric}"] = best.get(metric)
+    metrics.update(
+        energy_j=energy_j,
+        energy_source=summary.get("energy_source"),
+        avg_power_w=summary.get("avg_power_w"),
+        time_s=summary.get("total_time_s"),
+        epochs_completed=summary.get("epochs_completed"),
+        peak_rss_bytes=summary.get("peak_rss_bytes"),
+        peak_device_mem_bytes=summary.get("peak_device_mem_bytes"),
+        samples_per_s=final.get("samples_per_s"),
+    )
+    if "val_acc" in metrics:
+        metrics["efficiency_acc_per_kj"] = efficiency_acc_per_kj(metrics["val_acc"], energy_j)
+    per_kj = efficiency_column(metric, mode)
+    if per_kj is not None and per_kj not in metrics:
+        metrics[per_kj] = efficiency_acc_per_kj(validation.get(metric), energy_j)
+    task = summary.get("task") or {}
+    metrics.update(
+        task=task.get("name") or ("classification" if "val_acc" in metrics else None),
+        best_metric=metric,
+        best_mode=mode,
+        metric_modes={column: direction(column, summary) for column in validation} or None,
+    )
+    return metrics
 
 
 def fsync_dir(path: Path) -> None:
@@ -147,6 +175,7 @@ def run_trial(spec: dict[str, Any], started_at: float | None = None) -> int:
     try:
         import torch
 
+        from edgetrain.errors import EdgeTrainError
         from edgetrain.train import train
 
         if spec.get("threads"):
@@ -160,6 +189,11 @@ def run_trial(spec: dict[str, Any], started_at: float | None = None) -> int:
         metrics = trial_metrics(fit.summary)
         metrics["model_bytes"] = _state_bytes(fit.model)
         if spec.get("quantize"):
+            if metrics.get("val_acc") is None:
+                raise EdgeTrainError(
+                    f"internal: quantize measures int8 accuracy and works for classification "
+                    f"only; this run's task ({metrics.get('task') or 'unknown'}) reports none"
+                )
             t_q = time.time()
             from edgetrain.sweep.quantize import quantize_run
 
