@@ -43,9 +43,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import ctypes.util
 import gc
+import importlib
+import itertools
 import json
 import math
 import os
@@ -55,7 +58,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,32 +85,78 @@ def _now() -> tuple[float, float]:
 
 
 class Clock:
-    """Time stamps (wall, process CPU) at epoch starts, step ends and the end of the run."""
+    """Time stamps (wall, process CPU) at epoch starts, step ends and the end of the run;
+    with a :class:`Meter`, the time of named pieces between them too."""
 
-    def __init__(self) -> None:
+    def __init__(self, meter: Meter | None = None) -> None:
         self.epoch_starts: list[tuple[float, float]] = []
         self.step_ends: list[list[tuple[float, float]]] = []
         self.end = (math.nan, math.nan)
+        self.meter = meter
 
     def epoch_start(self) -> None:
+        if self.meter is not None:
+            self.meter.close_epoch()
         self.epoch_starts.append(_now())
         self.step_ends.append([])
 
     def step_end(self) -> None:
         self.step_ends[-1].append(_now())
+        if self.meter is not None:
+            self.meter.close_step(first=len(self.step_ends[-1]) == 1)
 
     def finish(self) -> None:
         self.end = _now()
+        if self.meter is not None:
+            self.meter.close_epoch()
 
     def step_s(self, kind: int = 0) -> list[float]:
         """Intervals between consecutive step ends within each epoch (0: wall, 1: CPU)."""
-        return [
-            b[kind] - a[kind] for ends in self.step_ends for a, b in zip(ends, ends[1:], strict=False)
-        ]
+        return [b[kind] - a[kind] for ends in self.step_ends for a, b in itertools.pairwise(ends)]
 
     def epoch_s(self) -> list[float]:
         bounds = [*self.epoch_starts, self.end]
-        return [b[0] - a[0] for a, b in zip(bounds, bounds[1:], strict=False)]
+        return [b[0] - a[0] for a, b in itertools.pairwise(bounds)]
+
+
+class Meter:
+    """Where the time goes (``--breakdown``): wrapped calls add their wall time to a named
+    piece of the current step (or, for per-epoch pieces, of the current epoch). Only the
+    outermost wrapped call is timed, so nested pieces are counted once, in their caller."""
+
+    def __init__(self, epoch_pieces: Iterable[str] = ()) -> None:
+        self.epoch_pieces = frozenset(epoch_pieces)
+        self.current: dict[str, float] = {}
+        self.current_epoch: dict[str, float] = {}
+        self.steps: list[dict[str, float]] = []  # one per step interval the Clock keeps
+        self.epochs: list[dict[str, float]] = []
+        self._depth = 0
+
+    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if self._depth:
+                return fn(*args, **kwargs)
+            self._depth += 1
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._depth -= 1
+                into = self.current_epoch if name in self.epoch_pieces else self.current
+                into[name] = into.get(name, 0.0) + time.perf_counter() - t0
+
+        return timed
+
+    def close_step(self, first: bool) -> None:
+        if not first:  # the Clock has no interval for an epoch's first step
+            self.steps.append(self.current)
+        self.current = {}
+
+    def close_epoch(self) -> None:
+        if self.current_epoch:
+            self.epochs.append(self.current_epoch)
+        self.current_epoch = {}
+        self.current = {}
 
 
 class ClockCallback(Callback):
@@ -333,7 +382,7 @@ def _split(ds: TensorPairDataset, n_val: int) -> tuple[TensorPairDataset, Tensor
 def build_workload(task: str, quick: bool) -> Workload:
     epochs = 1 if quick else 3
     if task == "classification":
-        ds, info = load_dataset("digits")
+        ds, _ = load_dataset("digits")
         train, val = _split(ds, 360)  # type: ignore[arg-type]
         return Workload(
             task,
@@ -364,10 +413,10 @@ def build_workload(task: str, quick: bool) -> Workload:
     if task == "language_modeling":
         seq = 64
         ds, _ = load_dataset("pycorpus", max_bytes=20_000 if quick else 200_000, seq_len=seq)
-        train, val = _split(ds, 32 if quick else 256)  # type: ignore[arg-type]
+        train, val = _split(ds, 32 if quick else 128)  # type: ignore[arg-type]
         return Workload(
             task,
-            f"gpt d64 x2 layers, 4 heads on pycorpus {seq}-byte windows, batch 32",
+            f"gpt (d_model 64, 2 layers, 4 heads) on pycorpus {seq}-byte windows, batch 16",
             lambda: build_model(
                 "gpt",
                 num_classes=256,
@@ -379,9 +428,9 @@ def build_workload(task: str, quick: bool) -> Workload:
             ),
             train,
             val,
-            batch_size=32,
+            batch_size=16,
             epochs=epochs,
-            batches=4 if quick else 25,
+            batches=4 if quick else 20,
             plain=PlainLanguageModeling(),
             lr=3e-3,
             optimizer="adam",
@@ -446,13 +495,15 @@ def run_plain(w: Workload, model: nn.Module, clock: Clock) -> dict[str, float]:
     return row
 
 
-def run_fit(w: Workload, model: nn.Module, clock: Clock, out: Path) -> dict[str, float]:
+def run_fit(
+    w: Workload, model: nn.Module, clock: Clock, out: Path, task: Any = None
+) -> dict[str, float]:
     """``edgetrain.fit`` on the same work. Returns the last epoch's metrics."""
     result = edgetrain.fit(
         model,
         w.train,
         w.val,
-        task=w.task,
+        task=task or w.task,
         optimizer=w.make_optimizer,
         callbacks=[ClockCallback(clock)],
         epochs=w.epochs,
@@ -556,12 +607,166 @@ def child_rss(task: str, side: str, quick: bool) -> dict[str, Any]:
 
 
 def measure_rss(task: str, side: str, quick: bool) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--child", task, side] + (["--quick"] if quick else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        task,
+        side,
+        "--threads",
+        str(torch.get_num_threads()),
+    ]
+    cmd += ["--quick"] if quick else []
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# -- where the time goes (--breakdown): each side's pieces timed inside real runs ------------
+STEP_PIECES = (
+    "fetch batch",
+    "to_device",
+    "augment_generator",
+    "augment",
+    "size/count/split",
+    "forward (model)",
+    "loss",
+    "backward",
+    "optimizer.zero_grad",
+    "optimizer.step",
+    "training metrics",
+)
+EPOCH_PIECES = ("validation", "epoch-end writes")
+
+
+@contextlib.contextmanager
+def _patched(target: Any, name: str, value: Any) -> Iterator[None]:
+    old = getattr(target, name)
+    setattr(target, name, value)
+    try:
+        yield
+    finally:
+        setattr(target, name, old)
+
+
+def metered_run(w: Workload, side: str, scratch: Path) -> tuple[Clock, Meter]:
+    """One run of ``side`` with its pieces wrapped (about 0.5 us per wrapped call).
+
+    Wraps ``Tensor.backward`` and the optimizer's methods on both sides; on fit's side the
+    Task's methods, the DataLoader iterator's ``__next__``, and (per epoch) ``evaluate``
+    and the run writer, which are edgetrain and torch internals, restored afterwards."""
+    from torch.utils.data import dataloader
+
+    from edgetrain.tasks import make_task
+    from edgetrain.train.writer import RunWriter
+
+    loop = importlib.import_module("edgetrain.train.loop")
+    meter = Meter(EPOCH_PIECES)
+    clock = Clock(meter)
+    model = w.model()
+    make_optimizer = w.make_optimizer
+
+    def optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+        opt = make_optimizer(params)
+        opt.step = meter.wrap("optimizer.step", opt.step)  # type: ignore[method-assign]
+        opt.zero_grad = meter.wrap("optimizer.zero_grad", opt.zero_grad)  # type: ignore[method-assign]
+        return opt
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(
+            _patched(torch.Tensor, "backward", meter.wrap("backward", torch.Tensor.backward))
+        )
+        if side == "plain":
+            plain = type(w.plain)()
+            for attr, piece in (
+                ("batch", "fetch batch"),
+                ("forward", "forward (model)"),
+                ("criterion", "loss"),
+                ("track", "training metrics"),
+                ("evaluate", "validation"),
+            ):
+                setattr(plain, attr, meter.wrap(piece, getattr(plain, attr)))
+            stack.enter_context(_patched(w, "plain", plain))
+            stack.enter_context(_patched(w, "make_optimizer", optimizer))
+            run_plain(w, model, clock)
+            return clock, meter
+        task = make_task(w.task)
+        for attr, piece in (
+            ("to_device", "to_device"),
+            ("augment", "augment"),
+            ("size", "size/count/split"),
+            ("count", "size/count/split"),
+            ("split", "size/count/split"),
+            ("forward", "forward (model)"),
+            ("loss_sum", "loss"),
+            ("update_metrics", "training metrics"),
+        ):
+            setattr(task, attr, meter.wrap(piece, getattr(task, attr)))
+        it = dataloader._BaseDataLoaderIter
+        stack.enter_context(_patched(it, "__next__", meter.wrap("fetch batch", it.__next__)))
+        stack.enter_context(
+            _patched(
+                loop,
+                "augment_generator",
+                meter.wrap("augment_generator", loop.augment_generator),
+            )
+        )
+        stack.enter_context(_patched(loop, "evaluate", meter.wrap("validation", loop.evaluate)))
+        stack.enter_context(
+            _patched(
+                RunWriter,
+                "on_epoch_end",
+                meter.wrap("epoch-end writes", RunWriter.on_epoch_end),
+            )
+        )
+        stack.enter_context(_patched(w, "make_optimizer", optimizer))
+        run_fit(w, model, clock, scratch / "fit-run", task=task)
+    return clock, meter
+
+
+def breakdown(w: Workload, scratch: Path, reps: int) -> dict[str, Any]:
+    """Per side: the median time of each piece per step (microseconds) and per epoch
+    (milliseconds), and the rest of the step or epoch (the loop's own code)."""
+    out: dict[str, Any] = {}
+    runs: dict[str, list[tuple[Clock, Meter]]] = {"plain": [], "fit": []}
+    for _ in range(reps):
+        for side in ("plain", "fit"):
+            runs[side].append(metered_run(w, side, scratch))
+    for side, pairs in runs.items():
+        steps: list[dict[str, float]] = []
+        epochs: list[dict[str, float]] = []
+        for clock, meter in pairs:
+            for step_s, pieces in zip(clock.step_s(0), meter.steps, strict=True):
+                steps.append({**pieces, "rest": step_s - sum(pieces.values()), "step": step_s})
+            for wall, pieces in zip(clock.epoch_s(), meter.epochs, strict=True):
+                epochs.append({**pieces, "epoch": wall})
+        out[side] = {
+            "per_step_us": {
+                k: _median([p.get(k, 0.0) for p in steps]) * 1e6
+                for k in (*STEP_PIECES, "rest", "step")
+            },
+            "per_epoch_ms": {
+                k: _median([p.get(k, 0.0) for p in epochs]) * 1e3 for k in (*EPOCH_PIECES, "epoch")
+            },
+        }
+    return out
+
+
+def print_breakdown(name: str, b: dict[str, Any]) -> None:
+    plain, fit = b["plain"], b["fit"]
+    print(f"\n{name}: where the time goes (median per step / per epoch of metered runs)")
+    print(f"  {'per step':<30} {'plain us':>9} {'fit us':>9} {'fit - plain':>11}")
+    for k in (*STEP_PIECES, "rest", "step"):
+        p, f = plain["per_step_us"][k], fit["per_step_us"][k]
+        label = {"rest": "rest of the loop", "step": "whole step (median)"}.get(k, k)
+        print(f"  {label:<30} {p:>9.1f} {f:>9.1f} {f - p:>11.1f}")
+    print(f"  {'per epoch':<30} {'plain ms':>9} {'fit ms':>9} {'fit - plain':>11}")
+    for k in (*EPOCH_PIECES, "epoch"):
+        p, f = plain["per_epoch_ms"][k], fit["per_epoch_ms"][k]
+        label = {"epoch": "whole epoch (median)"}.get(k, k)
+        print(f"  {label:<30} {p:>9.2f} {f:>9.2f} {f - p:>11.2f}")
 
 
 # -- the comparison ----------------------------------------------------------------------------
@@ -647,13 +852,15 @@ def _spread(values: list[float]) -> str:
 
 def print_report(report: dict[str, Any]) -> None:
     m, s = report["machine"], report["settings"]
+    load = " ".join(f"{v:.2f}" for v in m["load_average"] or [])
     print(
         f"machine: {m['cpu']}, {m['cpu_count']} CPUs, torch threads {m['torch_threads']}, "
-        f"load average at start {' '.join(f'{v:.2f}' for v in m['load_average'] or [])}"
+        f"load average at start {load}"
     )
     print(
         f"versions: edgetrain {m['edgetrain']}, torch {m['torch']}, python {m['python']}; "
-        f"{s['reps']} reps per side, ABAB after one warm-up run each{' (quick)' if s['quick'] else ''}"
+        f"{s['reps']} runs per side, alternating plain/fit (ABAB) after one warm-up run each"
+        + (" (--quick)" if s["quick"] else "")
     )
     tasks = report["tasks"]
     for name, t in tasks.items():
@@ -661,35 +868,44 @@ def print_report(report: dict[str, Any]) -> None:
             f"  {name}: {t['workload']}; {t['epochs']} epochs x {t['steps_per_epoch']} steps, "
             f"{t['train_samples']} train / {t['val_samples']} val samples"
         )
-    header = (
-        f"{'task':<18} {'step plain':>10} {'step fit':>9} {'step fit/plain':>14} "
-        f"{'(pairs)':>13} {'epoch fit/plain':>15} {'call fit/plain':>14} {'same work':>9}"
-    )
     print()
-    print(header)
+    print(
+        f"{'task':<18} {'step plain':>10} {'step fit':>9} {'fit/plain':>9} {'per run':>11} "
+        f"{'CPU fit/plain':>13} {'epoch fit/plain':>15} {'call fit/plain':>14} {'same work':>9}"
+    )
     for name, t in tasks.items():
         st = t["step_s_median"]
         print(
-            f"{name:<18} {st['plain'] * 1e3:>8.2f}ms {st['fit'] * 1e3:>7.2f}ms "
-            f"{t['step_ratio']:>14.3f} {_spread(t['step_ratio_pairs']):>13} "
-            f"{t['epoch_ratio']:>15.3f} {t['call_ratio']:>14.3f} "
+            f"{name:<18} {st['plain'] * 1e3:>8.3f}ms {st['fit'] * 1e3:>7.3f}ms "
+            f"{t['step_ratio']:>9.3f} {_spread(t['step_ratio_pairs']):>11} "
+            f"{t['step_cpu_ratio']:>13.3f} {t['epoch_ratio']:>15.3f} {t['call_ratio']:>14.3f} "
             f"{t['same_work_max_rel_diff']:>9.1e}"
         )
+    print(
+        "step: median time between step ends, all runs pooled (per run: the range of the "
+        "runs' own ratios); CPU: the same in process CPU time; epoch: median epoch wall time "
+        "incl. validation and fit's epoch-end writes; call: the whole fit() call; same work: "
+        "largest relative difference of the final metrics"
+    )
     rss = report.get("rss")
     print()
     if rss:
         method = next((r["method"] for r in rss.values() if "method" in r), "")
-        print(f"peak RSS growth, MiB ({method}; one fresh process per side):")
+        print(f"peak RSS growth, MiB ({method}; a fresh process per side):")
         print(f"{'task':<18} {'plain cold':>10} {'fit cold':>9} {'plain warm':>10} {'fit warm':>9}")
         for name in tasks:
             p, f = rss.get(f"{name}/plain", {}), rss.get(f"{name}/fit", {})
+            error = p.get("error") or f.get("error")
             print(
                 f"{name:<18} {_mib(p.get('cold')):>10} {_mib(f.get('cold')):>9} "
                 f"{_mib(p.get('warm')):>10} {_mib(f.get('warm')):>9}"
-                + (f"  error: {p.get('error') or f.get('error')}" if "error" in p or "error" in f else "")
+                + (f"  error: {error}" if error else "")
             )
+        print("cold: the process's first run (fit's includes its lazy imports); warm: a second run")
     else:
         print("peak RSS: not measured (--quick or --no-rss)")
+    for name, b in report.get("breakdown", {}).items():
+        print_breakdown(name, b)
     met = [n for n, t in tasks.items() if t["step_ratio"] <= GOAL]
     missed = [n for n, t in tasks.items() if t["step_ratio"] > GOAL]
     print()
@@ -709,6 +925,9 @@ def main() -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="measure peak RSS in fresh subprocesses (default: on, off with --quick)",
+    )
+    parser.add_argument(
+        "--breakdown", action="store_true", help="also time each piece of fit's step alone"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
@@ -736,6 +955,8 @@ def main() -> None:
         for task in tasks:
             w = build_workload(task, args.quick)
             report["tasks"][task] = compare(w, reps, Path(tmp))
+            if args.breakdown:
+                report.setdefault("breakdown", {})[task] = breakdown(w, Path(tmp), reps)
     if rss_on:
         report["rss"] = {
             f"{task}/{side}": measure_rss(task, side, args.quick)
