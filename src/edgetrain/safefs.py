@@ -46,6 +46,7 @@ __all__ = [
     "claim_dir",
     "clear_dir",
     "dumps_strict",
+    "fsync_dir",
     "is_owned",
     "mark_dir",
     "os_error_message",
@@ -100,11 +101,26 @@ def user_errors(action: str = "cannot write") -> Iterator[None]:
 
 
 # -- atomic writes -----------------------------------------------------------------------------
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def fsync_dir(path: str | Path) -> None:
+    """Make a directory's entries (a rename, a new file) durable (best effort)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some file systems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, *, sync_dir: bool = False) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory and a rename.
 
     A kill leaves either the old file or the new one; a failure (disk full, read-only file
-    system) leaves the old file and no temporary file.
+    system) leaves the old file and no temporary file. ``sync_dir`` also makes the rename
+    durable across a power cut (fsync of the directory).
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -118,11 +134,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    if sync_dir:
+        fsync_dir(path.parent)
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
+def atomic_write_text(path: str | Path, text: str, *, sync_dir: bool = False) -> None:
     """Write text atomically (see :func:`atomic_write_bytes`)."""
-    atomic_write_bytes(path, text.encode())
+    atomic_write_bytes(path, text.encode(), sync_dir=sync_dir)
 
 
 def _finite_copy(value: Any, where: str, found: list[str]) -> Any:

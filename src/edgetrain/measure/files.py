@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from edgetrain.safefs import write_json
 
 __all__ = ["ResourcesCsv", "resources_columns", "write_json_atomic"]
 
@@ -91,17 +90,7 @@ class ResourcesCsv:
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON to a temporary file in the same directory, then rename it over ``path``."""
+    """Write strict JSON through a temporary file and a rename (see :mod:`edgetrain.safefs`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json(path, data)

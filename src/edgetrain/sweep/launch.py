@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from edgetrain.errors import EdgeTrainError
-from edgetrain.sweep.trial import EXIT_INTERRUPTED, TRIAL_FILE, fsync_dir, read_trial_file
+from edgetrain.safefs import fsync_dir
+from edgetrain.sweep.trial import EXIT_INTERRUPTED, TRIAL_FILE, read_trial_file
 
 __all__ = [
     "LAUNCHERS",

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +20,7 @@ import pandas as pd
 
 from edgetrain.config import write_yaml_text
 from edgetrain.errors import EdgeTrainError
-from edgetrain.safefs import claim_dir
+from edgetrain.safefs import atomic_write_text, claim_dir
 from edgetrain.sweep._optuna import optuna
 from edgetrain.sweep.heartbeat import FAIL_REASON_ATTR
 from edgetrain.sweep.objectives import Objective, directions, efficiency_column, sweep_metric
@@ -116,28 +114,15 @@ def read_sweep_info(sweep_dir: Path) -> dict[str, Any]:
         raise EdgeTrainError(f"{path} is not valid JSON: {exc}") from None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file of this process and a rename: workers that start
-    together write the same files at the same moment."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_sweep_files(sweep_dir: Path, info: dict[str, Any], space: SearchSpace) -> None:
     # a sweep directory is edgetrain's (marked); several workers share it, so it is not locked
     # as a whole: each trial's run directory is (docs/design.md, "Files and safety")
     claim_dir(sweep_dir, "sweep", reuse=True, what="sweep directory")
-    _write_atomic(sweep_dir / SWEEP_FILE, json.dumps(info, indent=2) + "\n")
+    atomic_write_text(sweep_dir / SWEEP_FILE, json.dumps(info, indent=2) + "\n")
     text = "# resolved search space of this sweep (base inlined)\n" + write_yaml_text(
         space.to_dict()
     )
-    _write_atomic(sweep_dir / SPACE_FILE, text)
+    atomic_write_text(sweep_dir / SPACE_FILE, text)
 
 
 def _canonical(data: Any) -> str:

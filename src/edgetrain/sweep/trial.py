@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgetrain.safefs import atomic_write_text, dumps_strict
+
 __all__ = [
     "TRIAL_FILE",
-    "durable_write_text",
-    "fsync_dir",
     "main",
     "read_trial_file",
     "run_trial",
@@ -115,44 +115,11 @@ def trial_metrics(summary: dict[str, Any]) -> dict[str, Any]:
     return metrics
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a directory's entries (a rename, a new file) durable (best effort)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - some file systems refuse fsync on directories
-        pass
-    finally:
-        os.close(fd)
-
-
-def durable_write_text(path: Path, text: str) -> None:
-    """Write through a temporary file, fsync, rename, fsync the directory.
-
-    A crash or a power cut leaves the old file or the complete new one, never a part.
-    """
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
 def _write(run_dir: Path, data: dict[str, Any]) -> None:
     """``trial.json``: durable before the process exits (the sweep tells the study after)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    durable_write_text(run_dir / TRIAL_FILE, json.dumps(data, indent=2, default=str) + "\n")
+    # durable before the process exits: a crash or a power cut leaves the old file or the new
+    atomic_write_text(run_dir / TRIAL_FILE, dumps_strict(data, note_key=None), sync_dir=True)
 
 
 def run_trial(spec: dict[str, Any], started_at: float | None = None) -> int:
