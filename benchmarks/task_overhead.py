@@ -15,11 +15,13 @@ For each built-in task the same work is trained two ways, side by side in one ru
   fit's overhead.
 
 Repetitions alternate (plain, fit, plain, fit, ...: ABAB) after one untimed warm-up run of
-each. Reported per task:
+each, in this process. Reported per task:
 
 * step: the median time between consecutive step ends (fetch, copy, forward, backward,
   optimizer step, per-step metrics and callbacks; the first step of an epoch is left out),
-  fit / plain. Goal: at most 1.02.
+  all runs pooled, fit / plain; beside it the range of the runs' own ratios, and the same
+  ratio in process CPU time (robust to being descheduled at ``--threads 1``; with more
+  threads it also counts torch's idle workers spinning). Goal: at most 1.02.
 * epoch: the median wall time of an epoch (training steps, validation, and what fit does
   at the epoch's end: metrics.csv row, checkpoint, summary.json), fit / plain.
 * call: the whole ``fit()`` call against the whole hand-written function (fit also opens
@@ -28,14 +30,23 @@ each. Reported per task:
   train the same model on the same batches, so it is rounding-sized).
 * peak RSS growth of each side, each measured in a fresh subprocess: the Linux RSS
   high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``) above the RSS just
-  before the run. ``cold`` is the process's first run (fit's includes importing what it
-  imports lazily: torchmetrics, the run writer, ...); ``warm`` a second run in the same
-  process.
+  before the run. ``cold`` is the process's first run (fit's includes what it imports
+  lazily: torchmetrics, which imports transformers when that is installed, the run
+  writer, ...); ``warm`` a second run in the same process.
+
+``--breakdown`` adds, per task, where each side's step and epoch time goes: extra runs
+with the pieces wrapped in timers (the Task's methods, the DataLoader, backward, the
+optimizer, validation, the epoch-end writes), medians per step; "rest of the loop" is
+what no wrapper covers (the loop's own bookkeeping, callbacks, the loss sync).
+
+On a 2-core machine shared with other work, torch's two threads wait for each other at
+every operation and the step times scatter; ``--threads 1`` gives steadier ratios.
 
 Usage::
 
-    python benchmarks/task_overhead.py                  # about 3 minutes on 2 cores
-    python benchmarks/task_overhead.py --quick          # smoke run: seconds, no RSS
+    python benchmarks/task_overhead.py                  # under 3 minutes on 2 cores
+    python benchmarks/task_overhead.py --quick          # smoke run: tiny sizes, no RSS
+    python benchmarks/task_overhead.py --threads 1 --breakdown --no-rss
     python benchmarks/task_overhead.py --reps 7 --tasks regression,language_modeling
     python benchmarks/task_overhead.py --json task_overhead.json
 """
@@ -857,6 +868,17 @@ def print_report(report: dict[str, Any]) -> None:
         f"machine: {m['cpu']}, {m['cpu_count']} CPUs, torch threads {m['torch_threads']}, "
         f"load average at start {load}"
     )
+    cpus = m["cpu_count"] or 1
+    if m["load_average"] and m["load_average"][0] > 0.75 * cpus:  # before this run started
+        print(
+            f"warning: the machine was busy (load average {m['load_average'][0]:.1f} on "
+            f"{cpus} CPUs): step times scatter"
+            + (
+                ", more so with several torch threads (try --threads 1)"
+                if m["torch_threads"] > 1
+                else ""
+            )
+        )
     print(
         f"versions: edgetrain {m['edgetrain']}, torch {m['torch']}, python {m['python']}; "
         f"{s['reps']} runs per side, alternating plain/fit (ABAB) after one warm-up run each"
@@ -883,9 +905,10 @@ def print_report(report: dict[str, Any]) -> None:
         )
     print(
         "step: median time between step ends, all runs pooled (per run: the range of the "
-        "runs' own ratios); CPU: the same in process CPU time; epoch: median epoch wall time "
-        "incl. validation and fit's epoch-end writes; call: the whole fit() call; same work: "
-        "largest relative difference of the final metrics"
+        "runs' own ratios); CPU: the same in process CPU time (all threads: only a check at "
+        "--threads 1); epoch: median epoch wall time incl. validation and fit's epoch-end "
+        "writes; call: the whole fit() call; same work: largest relative difference of the "
+        "final metrics"
     )
     rss = report.get("rss")
     print()

@@ -60,13 +60,13 @@ Kind = Literal["module", "lazy", "typing"]
 #: Top to bottom. A package may import packages of lower layers.
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("cli", frozenset({"cli"})),
-    ("workflows", frozenset({"sweep", "bench", "report", "compare", "compat"})),
+    ("workflows", frozenset({"sweep", "bench", "report", "compare", "compat", "export"})),
     ("train", frozenset({"train"})),
     ("building blocks", frozenset({"adapt", "memory", "sparse", "prune", "measure"})),
     # what a batch means: the loop and the blocks' probes ask a Task (docs/design.md)
     ("tasks", frozenset({"tasks"})),
     ("zoo", frozenset({"zoo"})),
-    ("utilities", frozenset({"config", "errors", "units", "safefs", "contract"})),
+    ("utilities", frozenset({"config", "errors", "units", "safefs", "contract", "mark"})),
 )
 
 #: Imports between different packages of one layer that are allowed, with the reason.
@@ -115,6 +115,7 @@ TORCH_FREE_PACKAGES: tuple[str, ...] = (
 TORCH_FREE_MODULES: tuple[str, ...] = (
     "edgetrain",
     "edgetrain.contract",
+    "edgetrain.mark",
     "edgetrain.safefs",
     "edgetrain.errors",
     "edgetrain.units",

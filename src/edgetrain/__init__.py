@@ -20,6 +20,7 @@ from edgetrain.errors import EdgeTrainError
 
 if TYPE_CHECKING:
     from edgetrain.compat import dynamic_train, log_usage_plot
+    from edgetrain.mark import mark
     from edgetrain.train import Callback, FitResult, TrainState, fit, train
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "fit",
     "load_config",
     "log_usage_plot",
+    "mark",
     "train",
 ]
 __version__ = "0.1.0"
@@ -68,6 +70,16 @@ class _Package(types.ModuleType):
     @train.setter
     def train(self, value: Any) -> None:
         del value  # the subpackage stays reachable through sys.modules
+
+    @property
+    def mark(self) -> Any:
+        """``edgetrain.mark("epoch 3")``: the function, although ``edgetrain.mark`` is also
+        its module (import its other names from there: ``from edgetrain.mark import read_marks``)."""
+        return importlib.import_module("edgetrain.mark").mark
+
+    @mark.setter
+    def mark(self, value: Any) -> None:
+        del value  # the module stays reachable through sys.modules
 
 
 sys.modules[__name__].__class__ = _Package

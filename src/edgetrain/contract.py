@@ -52,8 +52,13 @@ METRICS_AFTER: tuple[str, ...] = (
     "samples_per_s",
     "energy_j",
     "energy_source",
+    "energy_scope",
+    "energy_coverage",
+    "energy_process_j",
+    "energy_process_source",
     "avg_power_w",
     "peak_rss_bytes",
+    "peak_pss_bytes",
     "peak_device_mem_bytes",
     "activation_bytes",
     "param_sparsity",
@@ -102,7 +107,9 @@ DECISIONS_COLUMNS: tuple[str, ...] = (
     "new",
     "reason",
 )
-TEXT_COLUMNS = frozenset({"energy_source", "chosen", "parameter", "reason"})
+TEXT_COLUMNS = frozenset(
+    {"energy_source", "energy_scope", "energy_process_source", "chosen", "parameter", "reason"}
+)
 
 # directions of the built-in metrics, for runs whose summary.json does not record them
 DEFAULT_DIRECTIONS: dict[str, str] = {

@@ -80,9 +80,19 @@ def write(path: Path, text: str | int | float) -> Path:
 
 
 def make_rapl(
-    root: Path, packages: dict[int, int], *, max_uj: int = 262_143_328_850, psys: bool = False
+    root: Path,
+    packages: dict[int, int],
+    *,
+    max_uj: int = 262_143_328_850,
+    psys: bool = False,
+    dram: dict[int, int] | None = None,
+    power_limit_w: float | None = None,
 ) -> Path:
-    """A powercap tree: packages {index: energy_uj}, each with a nested core sub-domain."""
+    """A powercap tree: packages {index: energy_uj}, each with a nested core sub-domain.
+
+    ``dram`` {package index: energy_uj} adds a ``dram`` sub-domain (as on servers);
+    ``power_limit_w`` writes a ``constraint_0_power_limit_uw`` to every domain.
+    """
     for index, energy in packages.items():
         pkg = root / f"intel-rapl:{index}"
         write(pkg / "name", f"package-{index}")
@@ -92,6 +102,14 @@ def make_rapl(
         write(sub / "name", "core")
         write(sub / "energy_uj", 999_999_999)  # must never be added
         write(sub / "max_energy_range_uj", max_uj)
+        if dram is not None and index in dram:
+            mem = root / f"intel-rapl:{index}:1"
+            write(mem / "name", "dram")
+            write(mem / "energy_uj", dram[index])
+            write(mem / "max_energy_range_uj", max_uj)
+        if power_limit_w is not None:
+            for domain in root.glob(f"intel-rapl:{index}*"):
+                write(domain / "constraint_0_power_limit_uw", int(power_limit_w * 1e6))
     if psys:
         n = max(packages) + 1
         write(root / f"intel-rapl:{n}" / "name", "psys")
@@ -134,13 +152,60 @@ def make_jetson_iio(root: Path, rails: dict[str, float], *, gpu_load: int | None
     return root
 
 
+def make_nvmap(root: Path, clients: dict[int, int], *, total: bool = True) -> Path:
+    """NvMap's debugfs clients file under a sysfs root: {pid: KiB}."""
+    lines = ["CLIENT                        PROCESS      PID        SIZE"]
+    for pid, kib in clients.items():
+        lines.append(f"user                          python3   {pid:>6}    {kib}K")
+    if total:
+        lines.append(f"total                                            {sum(clients.values())}K")
+    path = root / "kernel/debug/nvmap/iovmm/clients"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def make_smaps_rollup(root: Path, pid: int, *, rss_kb: int, pss_kb: int, uss_kb: int) -> Path:
+    """A fake /proc/<pid>/smaps_rollup (the layout of Linux 6.x) under ``root``."""
+    path = root / str(pid) / "smaps_rollup"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dirty = uss_kb // 2
+    path.write_text(
+        "55c4fa9e7000-7ffda47a4000 ---p 00000000 00:00 0                          [rollup]\n"
+        f"Rss:             {rss_kb} kB\n"
+        f"Pss:             {pss_kb} kB\n"
+        f"Pss_Dirty:       {dirty} kB\n"
+        f"Pss_Anon:        {dirty} kB\n"
+        f"Shared_Clean:    {rss_kb - uss_kb} kB\n"
+        "Shared_Dirty:    0 kB\n"
+        f"Private_Clean:   {uss_kb - dirty} kB\n"
+        f"Private_Dirty:   {dirty} kB\n"
+        f"Referenced:      {rss_kb} kB\n"
+        "Private_Hugetlb: 0 kB\n"
+        "Swap:            0 kB\n"
+    )
+    return path
+
+
+#: AGX Orin's rails: no VDD_IN (W: GPU+SOC 6, CPU+CV 3, SYS 5V 2.5).
+AGX_ORIN_RAILS = {
+    "VDD_GPU_SOC": (1200, 5000),
+    "VDD_CPU_CV": (600, 5000),
+    "VIN_SYS_5V0": (500, 5000),
+}
+
+#: Orin Nano's rails: VDD_IN 7.5 W measures the input; the others are parts of it.
+ORIN_NANO_RAILS = {
+    "VDD_IN": (1500, 5000),
+    "VDD_CPU_GPU_CV": (600, 5000),
+    "VDD_SOC": (400, 5000),
+}
+
+
 @pytest.fixture
 def jetson_hwmon_root(tmp_path: Path) -> Path:
     # Orin Nano-like: VDD_IN 7.5 W; nested rails 3 W and 2 W
-    return make_jetson_hwmon(
-        tmp_path / "sys",
-        {"VDD_IN": (1500, 5000), "VDD_CPU_GPU_CV": (600, 5000), "VDD_SOC": (400, 5000)},
-    )
+    return make_jetson_hwmon(tmp_path / "sys", ORIN_NANO_RAILS)
 
 
 @pytest.fixture
@@ -166,24 +231,55 @@ class NVMLError_DriverNotLoaded(NVMLError):
     pass
 
 
+class NVMLError_NotFound(NVMLError):
+    pass
+
+
+class NVMLError_GpuIsLost(NVMLError):
+    pass
+
+
+MigHandle = tuple[str, int, int]
+
+
 class StubNvml:
     """The pynvml functions NvmlSensor calls, for fake GPUs.
 
-    GPU 0 has an energy counter; GPU 1 does not (raises NotSupported), like older GPUs.
-    Power is in mW, energy in mJ, as in NVML.
+    GPU 0 has an energy counter; the others do not (raise NotSupported), like older GPUs.
+    Power is in mW, energy in mJ, as in NVML. Knobs for tests:
+
+    - ``names[i]``: the device name (``"NVIDIA GH200 480GB"`` for a Grace Hopper module);
+    - ``fail[i] = n``: the next ``n`` read attempts of GPU ``i`` raise (``-1``: always);
+      the sensor retries once, so ``n = 2`` loses one sample and ``n = 1`` none;
+    - ``mig[i] = [uuid, ...]``: MIG instances on GPU ``i`` (handles ``("mig", i, j)``);
+    - ``procs[handle] = [pid, ...]``: what ``nvmlDeviceGetComputeRunningProcesses`` lists.
     """
 
     NVMLError = NVMLError
     NVMLError_NotSupported = NVMLError_NotSupported
+    NVMLError_NotFound = NVMLError_NotFound
 
     def __init__(self, n: int = 2, *, driver: bool = True) -> None:
         self.driver = driver
         self.power_mw = [100_000.0 + 50_000 * i for i in range(n)]
-        self.energy_mj = [5_000_000.0] + [None] * (n - 1)
+        self.energy_mj: list[float | None] = [5_000_000.0] + [None] * (n - 1)
         self.util = [40 + 10 * i for i in range(n)]
         self.mem_used = [(1 + i) * 1024**3 for i in range(n)]
+        self.names = ["Fake GPU"] * n
+        self.fail: dict[int, int] = {}
+        self.mig: dict[int, list[str]] = {}
+        self.procs: dict[Any, list[int]] = {}
         self.inits = 0
         self.shutdowns = 0
+        self.reads = 0
+
+    def _check(self, h: Any) -> None:
+        if isinstance(h, tuple):
+            return
+        left = self.fail.get(h, 0)
+        if left:
+            self.fail[h] = left - 1 if left > 0 else left
+            raise NVMLError_GpuIsLost("GPU is lost")
 
     def nvmlInit(self) -> None:
         if not self.driver:
@@ -199,26 +295,57 @@ class StubNvml:
     def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
         return i
 
-    def nvmlDeviceGetUUID(self, h: int) -> str:
+    def nvmlDeviceGetUUID(self, h: int | MigHandle) -> str:
+        if isinstance(h, tuple):
+            return self.mig[h[1]][h[2]]
         return f"GPU-{h:08d}-aaaa"
 
     def nvmlDeviceGetName(self, h: int) -> bytes:
-        return b"Fake GPU"  # older pynvml returned bytes
+        return self.names[h].encode()  # older pynvml returned bytes
 
-    def nvmlDeviceGetUtilizationRates(self, h: int) -> Any:
+    def nvmlDeviceGetMaxMigDeviceCount(self, h: int) -> int:
+        if h not in self.mig:
+            raise NVMLError_NotSupported("Not Supported")
+        return 7
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, h: int, i: int) -> MigHandle:
+        if i >= len(self.mig.get(h, [])):
+            raise NVMLError_NotFound("Not Found")
+        return ("mig", h, i)
+
+    def nvmlDeviceGetUtilizationRates(self, h: int | MigHandle) -> Any:
+        if isinstance(h, tuple) or h in self.mig:
+            raise NVMLError_NotSupported("Not Supported")  # as in MIG mode
+        self._check(h)
         return SimpleNamespace(gpu=self.util[h], memory=0)
 
-    def nvmlDeviceGetMemoryInfo(self, h: int) -> Any:
+    def nvmlDeviceGetMemoryInfo(self, h: int | MigHandle) -> Any:
+        if isinstance(h, tuple):
+            return SimpleNamespace(used=(1 + h[2]) * 512 * 1024**2, total=10 * 1024**3, free=0)
+        self._check(h)
         return SimpleNamespace(used=self.mem_used[h], total=16 * 1024**3, free=0)
 
-    def nvmlDeviceGetPowerUsage(self, h: int) -> float:
+    def nvmlDeviceGetPowerUsage(self, h: int | MigHandle) -> float:
+        if isinstance(h, tuple):
+            raise NVMLError_NotSupported("Not Supported")
+        self._check(h)
+        self.reads += 1
         return self.power_mw[h]
 
-    def nvmlDeviceGetTotalEnergyConsumption(self, h: int) -> float:
+    def nvmlDeviceGetTotalEnergyConsumption(self, h: int | MigHandle) -> float:
+        if isinstance(h, tuple):
+            raise NVMLError_NotSupported("Not Supported")
         energy = self.energy_mj[h]
         if energy is None:
             raise NVMLError_NotSupported("Not Supported")
+        self._check(h)
         return energy
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h: int | MigHandle) -> list[Any]:
+        return [SimpleNamespace(pid=p, usedGpuMemory=None) for p in self.procs.get(h, [])]
+
+    def nvmlDeviceGetGraphicsRunningProcesses(self, h: int | MigHandle) -> list[Any]:
+        return []
 
 
 @pytest.fixture
@@ -238,5 +365,9 @@ def fakes() -> SimpleNamespace:
         make_rapl=make_rapl,
         make_jetson_hwmon=make_jetson_hwmon,
         make_jetson_iio=make_jetson_iio,
+        make_nvmap=make_nvmap,
+        make_smaps_rollup=make_smaps_rollup,
+        AGX_ORIN_RAILS=AGX_ORIN_RAILS,
+        ORIN_NANO_RAILS=ORIN_NANO_RAILS,
         write=write,
     )

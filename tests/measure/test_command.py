@@ -49,6 +49,17 @@ def test_exit_code_and_files(tmp_path: Path) -> None:
         assert key in summary, key
     assert summary["command"][0] == sys.executable
     assert not list(tmp_path.glob(".*.tmp"))
+    # every figure has its scope, source and coverage
+    assert summary["energy_scope"] == "machine"
+    assert summary["energy_coverage"] == 1.0
+    names = [f["name"] for f in summary["energy_figures"]]
+    assert names[0] == "total" and names[-1] == "process"
+    for figure in summary["energy_figures"]:
+        assert {"name", "scope", "source", "energy_j", "coverage"} <= set(figure), figure
+    assert summary["energy_process_source"].startswith("attributed:")
+    assert 0 <= summary["energy_process_j"] <= summary["energy_j"] + 1e-9
+    assert summary["degraded"] == []
+    assert "peak_pss_bytes" in summary
 
     console = Console(record=True, width=120)
     console.print(render_summary(result))
@@ -118,3 +129,16 @@ def test_summary_title_keeps_a_long_command_and_its_exit_code_on_one_line() -> N
     console.print(render_summary(result))
     first = console.export_text().splitlines()[0]
     assert command[0] in first and "(exit 3, failed)" in first
+
+
+def test_a_busy_command_gets_its_share_up_to_its_exit() -> None:
+    code = "import time\nt = time.perf_counter()\nwhile time.perf_counter() - t < 0.6: pass\n"
+    result = run_monitored([sys.executable, "-c", code], interval_s=0.1, out=None)
+    w = result.window
+    assert w.energy_process_j is not None and w.energy_j is not None
+    assert 0 < w.energy_process_j <= w.energy_j + 1e-9
+    assert w.energy_process_coverage == 1.0  # the exited child was read before it was reaped
+    console = Console(record=True, width=160)
+    console.print(render_summary(result))
+    text = console.export_text()
+    assert "this process tree" in text and "scope machine" in text

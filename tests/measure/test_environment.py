@@ -36,6 +36,7 @@ def test_environment_info_keys_and_json() -> None:
         "available": False,
         "reason": 'nvidia-ml-py is not installed; pip install "edgetrain[gpu]"',
         "source_label": None,
+        "degraded": False,
     }
     assert set(info["extras"]) == {"gpu", "sweep", "xlsx"}
     for extra, entry in info["extras"].items():

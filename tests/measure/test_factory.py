@@ -64,7 +64,15 @@ def test_jetson_board_covers_the_cpu(jetson_hwmon_root: Path, fakes: SimpleNames
         sysfs_root=jetson_hwmon_root, nvml_module=fakes.StubNvml(driver=False)
     )
     assert _names(sensors) == ["jetson", "psutil"]
-    assert _label(sensors) == "measured:jetson"
+    assert _label(sensors) == "measured:jetson-input"
+
+
+def test_agx_orin_rails_cover_the_cpu_too(tmp_path: Path, fakes: SimpleNamespace) -> None:
+    root = fakes.make_jetson_hwmon(tmp_path, fakes.AGX_ORIN_RAILS)
+    sensors, statuses = discover_sensors(sysfs_root=root, nvml_module=fakes.StubNvml(driver=False))
+    assert _names(sensors) == ["jetson", "psutil"]
+    assert "not used" in next(s for s in statuses if s.name == "cpu-tdp").reason
+    assert _label(sensors) == "summed:jetson-rails"
 
 
 def test_null_sensor_when_nothing_works(

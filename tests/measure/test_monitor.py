@@ -114,7 +114,7 @@ def test_peak_rss_uses_samples_and_the_high_water_mark(fakes: SimpleNamespace) -
     assert b.result.peak_device_mem_bytes is None
 
 
-def test_failing_sensor_is_dropped_and_logged_once(
+def test_failing_sensor_is_retried_not_dropped_and_logged_once(
     fakes: SimpleNamespace, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = fakes.FakeClock(start=0.0)
@@ -143,13 +143,87 @@ def test_failing_sensor_is_dropped_and_logged_once(
             monitor.sample_now()
             clock.advance(1.0)
     warnings = [r for r in caplog.records if "flaky" in r.getMessage()]
-    assert len(warnings) == 1
-    assert gpu.closed and gpu not in monitor.sensors
+    assert len(warnings) == 2  # the first failed read, and the channel turning degraded
+    assert not gpu.closed and gpu in monitor.sensors  # still read, in case it comes back
+    assert calls["n"] == 2 + 3 * 2  # every failed read was retried once
     status = next(s for s in monitor.sensor_statuses if s.name == "flaky")
-    assert not status.available and "device unplugged" in status.reason
+    assert status.available and status.degraded and "device unplugged" in status.reason
     totals = monitor.totals()
     assert totals.energy_by_source_j["flaky"] == pytest.approx(50.0)  # t=0..1 only
     assert totals.energy_by_source_j["steady"] == pytest.approx(40.0)
+    assert totals.energy_coverage_by_source == {"flaky": 0.25, "steady": 1.0}
+    assert totals.energy_coverage == 0.25
+    assert totals.energy_source == "measured:steady+partial:flaky"
+    assert totals.degraded == ["flaky"]
+
+
+def test_a_sensor_that_comes_back_counts_again(fakes: SimpleNamespace) -> None:
+    clock = fakes.FakeClock(start=0.0)
+    broken = {"now": False}
+
+    def values() -> dict[str, float]:
+        if broken["now"]:
+            raise OSError("i2c timeout")
+        return {"board_power_w": 10.0}
+
+    sensor = fakes.ScriptedSensor(values, channels=(POWER,), columns=("board_power_w",))
+    monitor = Monitor(sensors=[sensor], clock=clock)
+    with monitor.window("w") as w:
+        clock.advance(1.0)
+        monitor.sample_now()
+        broken["now"] = True
+        clock.advance(1.0)
+        monitor.sample_now()  # one missed sample: not degraded yet
+        broken["now"] = False
+        clock.advance(1.0)
+        monitor.sample_now()
+        clock.advance(1.0)
+    assert w.result is not None
+    assert w.result.energy_j == pytest.approx(20.0)  # 0..1 and 3..4; 1..3 unknown
+    assert w.result.energy_coverage == pytest.approx(0.5)
+    assert w.result.energy_source == "partial:fake"
+    assert w.result.degraded == []
+    status = monitor.sensor_statuses[0]
+    assert not status.degraded and "recovered" in status.reason
+
+
+def test_process_share_of_cpu_energy(fakes: SimpleNamespace) -> None:
+    """The tree's share of the machine's busy CPU time, interval by interval."""
+    clock = fakes.FakeClock(start=0.0)
+    cpu = {"proc_cpu_s": 0.0, "cpu_busy_s": 0.0, "cpu_power_w": 20.0}
+    channel = EnergyChannel(
+        "rapl", "cpu", True, power_key="cpu_power_w", power_is_interval_mean=True
+    )
+    sensor = fakes.ScriptedSensor(lambda: dict(cpu), channels=(channel,), columns=("cpu_power_w",))
+    monitor = Monitor(sensors=[sensor], clock=clock)
+    with monitor.window("w") as w:
+        clock.advance(1.0)
+        cpu["proc_cpu_s"] += 1.0  # the job: one core for the whole second
+        cpu["cpu_busy_s"] += 1.0  # nothing else ran
+        monitor.sample_now()
+        clock.advance(1.0)
+        cpu["proc_cpu_s"] += 1.0
+        cpu["cpu_busy_s"] += 2.0  # another process used the second core
+        cpu["cpu_power_w"] = 30.0
+    result = w.result
+    assert result is not None
+    assert result.energy_j == pytest.approx(50.0)  # the machine: 20 J + 30 J
+    assert result.energy_process_j == pytest.approx(20.0 + 15.0)  # all of 1, half of 2
+    assert result.energy_process_source == "attributed:measured:rapl"
+    assert result.energy_process_coverage == 1.0
+    assert "proc_cpu_s" not in monitor.recent_samples()[-1]  # internal, not a column
+    names = [f["name"] for f in result.energy_figures]
+    assert names == ["total", "rapl", "process"]
+    assert all({"scope", "source", "energy_j", "coverage"} <= set(f) for f in result.energy_figures)
+
+
+def test_without_process_times_there_is_no_process_figure(fakes: SimpleNamespace) -> None:
+    monitor, clock = trace_monitor(fakes, {0.0: 10.0, 1.0: 10.0})
+    with monitor.window("w") as w:
+        clock.advance(1.0)
+    assert w.result is not None
+    assert w.result.energy_process_j is None and w.result.energy_process_source == "none"
+    assert w.result.energy_scope == "machine" and w.result.energy_coverage == 1.0
 
 
 def test_listeners_get_samples_and_a_failing_one_is_removed(
@@ -240,6 +314,10 @@ def test_real_sensors_catch_this_process_allocating() -> None:
     assert w.result.peak_rss_bytes is not None
     assert w.result.peak_rss_bytes >= before + 60 * 1024**2
     assert w.result.energy_source in ("estimated:cpu-tdp", "measured:rapl")
+    assert w.result.energy_process_j is not None
+    assert 0 <= w.result.energy_process_j <= (w.result.energy_j or 0) + 1e-9
+    assert w.result.energy_process_source.startswith("attributed:")
+    assert w.result.peak_pss_bytes is None or w.result.peak_pss_bytes > 0
     statuses = {s.name: s for s in monitor.sensor_statuses}
     assert {"nvml", "jetson", "rapl", "psutil", "cpu-tdp"} <= set(statuses)
 
@@ -262,3 +340,34 @@ def test_windows_synchronise_cuda_when_in_use(
     assert syncs == ["sync", "sync"]
     monitor.sample_now()  # plain samples do not synchronise
     assert len(syncs) == 2
+
+
+def test_epoch_fields_and_summary_carry_scope_source_and_coverage(
+    fakes: SimpleNamespace,
+) -> None:
+    import json
+
+    from edgetrain.measure import EPOCH_FIELDS
+
+    clock = fakes.FakeClock(start=0.0)
+    times = {"proc_cpu_s": 0.0, "cpu_busy_s": 0.0, "board_power_w": 10.0}
+    sensor = fakes.ScriptedSensor(
+        lambda: dict(times), channels=(POWER,), columns=("board_power_w",)
+    )
+    monitor = Monitor(sensors=[sensor], clock=clock)
+    with monitor.window("epoch-1") as w:
+        clock.advance(2.0)
+        times["proc_cpu_s"] += 1.0
+        times["cpu_busy_s"] += 2.0
+    assert w.result is not None
+    fields = w.result.epoch_fields()
+    assert tuple(fields) == EPOCH_FIELDS
+    assert fields["energy_j"] == pytest.approx(20.0)
+    assert fields["energy_process_j"] == pytest.approx(10.0)  # half the busy time: board x 0.5
+    assert fields["energy_scope"] == "machine" and fields["energy_coverage"] == 1.0
+    assert fields["energy_process_source"] == "attributed:measured:fake"
+    summary = monitor.summary()
+    json.dumps(summary)
+    assert summary["energy_j"] == pytest.approx(20.0)
+    assert {f["name"] for f in summary["energy_figures"]} == {"total", "fake", "process"}
+    assert summary["sensors"][0]["name"] == "scripted"

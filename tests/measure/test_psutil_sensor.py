@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -36,8 +38,10 @@ def test_children_are_counted_and_exit_is_not_an_error() -> None:
     finally:
         child.kill()
         child.wait()
-    values = PsutilSensor(child.pid).read()
-    assert set(values) == {"cpu_pct", "ram_used_bytes"}
+    gone = PsutilSensor(child.pid)
+    values = gone.read()
+    assert {k for k in values if k in gone.columns} == {"cpu_pct", "ram_used_bytes"}
+    assert "proc_cpu_s" not in values  # nothing to attribute to a process that is gone
 
 
 def test_cpu_utilisation_range() -> None:
@@ -74,3 +78,75 @@ def test_proc_fast_paths_agree_with_psutil(monkeypatch: pytest.MonkeyPatch) -> N
     assert 0 < fast_idle < fast_total and 0 < slow_idle < slow_total
     # /proc/stat counts clock ticks, psutil seconds: the idle share is the same
     assert fast_idle / fast_total == pytest.approx(slow_idle / slow_total, abs=0.01)
+
+
+def test_pss_from_a_fake_smaps_rollup(tmp_path, fakes: SimpleNamespace) -> None:
+    """A parent and a forked worker sharing 90 MiB: RSS counts it twice, PSS once."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])
+    try:
+        root = tmp_path / "proc"
+        me = os.getpid()
+        fakes.make_smaps_rollup(root, me, rss_kb=100 * 1024, pss_kb=55 * 1024, uss_kb=10 * 1024)
+        fakes.make_smaps_rollup(
+            root, child.pid, rss_kb=95 * 1024, pss_kb=50 * 1024, uss_kb=5 * 1024
+        )
+        sensor = PsutilSensor(proc_root=root)
+        if "proc_pss_bytes" not in sensor.columns:
+            pytest.skip("no smaps_rollup on this platform")
+        values = sensor.read()
+        assert values["proc_pss_bytes"] == 105 * 1024**2
+        assert values["proc_uss_bytes"] == 15 * 1024**2
+        assert values["proc_rss_bytes"] > 0  # RSS comes from statm, as before
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_unreadable_smaps_rollup_falls_back_to_psutil_uss(tmp_path) -> None:
+    sensor = PsutilSensor(proc_root=tmp_path / "empty")
+    if "proc_uss_bytes" not in sensor.columns:
+        pytest.skip("no USS on this platform")
+    values = sensor.read()
+    assert values["proc_uss_bytes"] > 0 and "proc_pss_bytes" not in values
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="smaps_rollup is Linux")
+def test_real_forked_tree_rss_double_counts_and_pss_does_not(tmp_path) -> None:
+    ready = tmp_path / "ready"
+    code = (
+        "import os, sys, time\n"
+        f"b = bytearray({96 * 1024**2}); b[::4096] = b'x' * len(b[::4096])\n"
+        "if os.fork() == 0:\n"
+        "    time.sleep(30); os._exit(0)\n"
+        f"open({str(ready)!r}, 'w').close(); time.sleep(30)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        for _ in range(200):
+            if ready.exists():
+                break
+            time.sleep(0.05)
+        time.sleep(0.2)
+        values = PsutilSensor(parent.pid).read()
+        if "proc_pss_bytes" not in values:
+            pytest.skip("smaps_rollup not readable here")
+        # the 96 MiB buffer is mapped in both processes: summed RSS has it twice
+        assert values["proc_rss_bytes"] > 1.6 * values["proc_pss_bytes"]
+        assert values["proc_pss_bytes"] > 96 * 1024**2
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def test_process_and_machine_cpu_times_are_internal() -> None:
+    sensor = PsutilSensor()
+    sum(i * i for i in range(300_000))
+    values = sensor.read()
+    assert values["proc_cpu_s"] > 0 and values["cpu_busy_s"] >= values["proc_cpu_s"] * 0.5
+    assert "proc_cpu_s" not in sensor.columns and "cpu_busy_s" not in sensor.columns
+    from edgetrain.measure import proctree
+
+    before = proctree.proc_cpu_s(os.getpid())
+    sum(i * i for i in range(300_000))
+    after = proctree.proc_cpu_s(os.getpid())
+    assert before is not None and after is not None and after > before

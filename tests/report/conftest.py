@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import yaml
+from matplotlib.backends.backend_pdf import PdfPages
+from matplotlib.figure import Figure
 
 from edgetrain.contract import DECISIONS_COLUMNS, METRICS_COLUMNS, RESOURCES_BASE_COLUMNS
 
@@ -73,48 +75,48 @@ def write_run(
 ) -> Path:
     """Write a run directory with known numbers.
 
-    Epoch e lasts ``EPOCH_TIMES[e - 1]`` seconds and starts at
+    Epoch e lasts ``EPOCH_TIMES[e - 1]`` seconds (cycled beyond six epochs) and starts at
     ``SETUP_S + sum(EPOCH_TIMES[:e - 1])``; with a GPU the energy of an epoch is
     ``GPU_POWER_W * time_s`` (measured:nvml), without one ``5 W * time_s`` (estimated).
     """
     path.mkdir(parents=True, exist_ok=True)
-    times = EPOCH_TIMES[:epochs]
+    times = [EPOCH_TIMES[i % len(EPOCH_TIMES)] for i in range(epochs)]  # cycled past 6
     power_w = GPU_POWER_W if gpu else 5.0
     source = "measured:nvml" if gpu else "estimated:cpu-tdp"
     batch = [64] + [32] * (epochs - 1) if adapt else [64] * epochs
     lr = [0.1 if e < 3 else 0.05 for e in range(1, epochs + 1)] if adapt else [0.1] * epochs
 
-    metrics = []
+    records = []
     for e in range(1, epochs + 1):
         t = times[e - 1]
-        metrics.append(
-            [
-                e,
-                t,
-                2.0 / e,
-                0.3 + 0.1 * e,
-                2.2 / e,
-                min(1.0, 0.25 + 0.12 * e),
-                lr[e - 1],
-                batch[e - 1],
-                batch[e - 1] // 2 if adapt else batch[e - 1],
-                2 if adapt else 1,
-                4500.0 / t,
-                power_w * t,
-                source,
-                power_w,
-                (500 + 10 * e) * MIB,
-                (800 + 5 * e) * MIB if gpu else None,
-                (120 - 10 * e) * MIB if adapt else None,
-                None,
-                round(1.0 - 0.1 * e, 3) if adapt else None,
-            ]
+        records.append(
+            {
+                "epoch": e,
+                "time_s": t,
+                "train_loss": 2.0 / e,
+                "train_acc": 0.3 + 0.1 * e,
+                "val_loss": 2.2 / e,
+                "val_acc": min(1.0, 0.25 + 0.12 * e),
+                "lr": lr[e - 1],
+                "batch_size": batch[e - 1],
+                "micro_batch_size": batch[e - 1] // 2 if adapt else batch[e - 1],
+                "accum_steps": 2 if adapt else 1,
+                "samples_per_s": 4500.0 / t,
+                "energy_j": power_w * t,
+                "energy_source": source,
+                "avg_power_w": power_w,
+                "peak_rss_bytes": (500 + 10 * e) * MIB,
+                "peak_device_mem_bytes": (800 + 5 * e) * MIB if gpu else None,
+                "activation_bytes": (120 - 10 * e) * MIB if adapt else None,
+                "param_sparsity": None,
+                "trainable_frac": round(1.0 - 0.1 * e, 3) if adapt else None,
+            }
         )
-    if metrics_overrides:
-        for column, values in metrics_overrides.items():
-            index = METRICS_HEADER.index(column)
-            for row, value in zip(metrics, values, strict=True):
-                row[index] = value
+    for column, values in (metrics_overrides or {}).items():
+        for record, value in zip(records, values, strict=True):
+            record[column] = value
+    # every contract column, in the contract's order (the ones not set here stay empty)
+    metrics = [[record.get(column) for column in METRICS_HEADER] for record in records]
     _write_csv(path / "metrics.csv", METRICS_HEADER, metrics, cut_last)
 
     header = BASE_RESOURCES + (GPU_RESOURCES if gpu else [])
@@ -173,6 +175,44 @@ def write_run(
             "test": {"acc": 0.8},
         }
         (path / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return path
+
+
+SPARSE_LAYERS = [("features.0", "conv", 16), ("features.4", "conv", 32), ("head.1", "linear", 10)]
+
+
+def sparse_selected(epoch: int, layer: int) -> int:
+    """Neurons selected in a layer (index into SPARSE_LAYERS) at an epoch (from 1)."""
+    neurons = SPARSE_LAYERS[layer][2]
+    return min(neurons, (epoch * (layer + 2)) % (neurons + 1))
+
+
+def write_sparse_update(path: Path, epochs: int, budget: float = 0.3) -> Path:
+    """``sparse_update.csv`` as the sparse-update callback writes it (one row per epoch and
+    neuron layer, :func:`sparse_selected` neurons selected), and its summary.json section."""
+    header = [
+        "epoch", "scheme", "layer", "kind", "neurons", "selected", "params", "selected_params",
+        "requires_grad", "budget_kind", "budget", "cost",
+    ]  # fmt: skip
+    rows = []
+    for epoch in range(1, epochs + 1):
+        for index, (name, kind, neurons) in enumerate(SPARSE_LAYERS):
+            selected = sparse_selected(epoch, index)
+            rows.append(
+                [epoch, "velocity", name, kind, neurons, selected, neurons * 9, selected * 9,
+                 "true" if selected else "false", "params", int(budget * 522), 100]
+            )  # fmt: skip
+    _write_csv(path / "sparse_update.csv", header, rows, False)
+    summary_path = path / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary["sparse_update"] = {
+        "scheme": "velocity",
+        "budget_kind": "params",
+        "budget": int(budget * 522),  # 0.3 of the 522 parameters
+        "total_params": 522,
+        "mean_trainable_frac": 0.3,
+    }
+    summary_path.write_text(json.dumps(summary), encoding="utf-8")
     return path
 
 
@@ -299,11 +339,22 @@ def _write_records(path: Path, header: list[str], records: list[dict[str, Any]])
     _write_csv(path, header, [[r.get(c) for c in header] for r in records], False)
 
 
-def write_sweep(path: Path, *, analysed: bool = True) -> Path:
+def extra_trials(count: int) -> list[tuple[Any, ...]]:
+    """Completed trials 6, 7, ... that are dominated by the front (lower accuracy, more
+    energy), with lr rising and accuracy falling with it."""
+    return [
+        (6 + i, "complete", None, None, 0.75 - 0.01 * i, 120.0 + 15 * i, 12.0 + i,
+         ("sgd", "adam")[i % 2], 0.002 * (i + 1), (16, 32)[i % 2])
+        for i in range(count)
+    ]  # fmt: skip
+
+
+def write_sweep(path: Path, *, analysed: bool = True, extra: int = 0) -> Path:
     """A sweep of 6 trials (5 complete, 1 failed) with its analysis tables.
 
     Pareto front (max accuracy, min energy): trials 2, 5, 1; knee 5. Most efficient:
     trial 2 (0.85 / 0.05 kJ = 17 acc/kJ), whose run directory exists (2 epochs, CPU).
+    ``extra``: that many more completed trials (:func:`extra_trials`), off the front.
     """
     path.mkdir(parents=True, exist_ok=True)
     (path / "sweep.json").write_text(json.dumps({"study": "toy"}), encoding="utf-8")
@@ -324,7 +375,7 @@ def write_sweep(path: Path, *, analysed: bool = True) -> Path:
         return path
     analysis = path / "analysis"
     analysis.mkdir()
-    records = [_trial_record(t) for t in SWEEP_TRIALS]
+    records = [_trial_record(t) for t in [*SWEEP_TRIALS, *extra_trials(extra)]]
     trial_header = [
         "number",
         "state",
@@ -390,7 +441,7 @@ def write_sweep(path: Path, *, analysed: bool = True) -> Path:
         "objectives": ["accuracy", "energy"],
         "sampler": "random",
         "seed": 0,
-        "trials": {"complete": 5, "failed": 1, "lost_or_interrupted": 0, "running": 0},
+        "trials": {"complete": 5 + extra, "failed": 1, "lost_or_interrupted": 0, "running": 0},
         "energy_sources": ["estimated:cpu-tdp"],
         "energy_estimated": True,
         "max_concurrent_trials": 1,
@@ -679,3 +730,26 @@ def make_sparse_compare(tmp_path: Path) -> Callable[..., Path]:
         return write_sparse_compare(tmp_path / name, **options)
 
     return factory
+
+
+@pytest.fixture
+def pdf_pages_saved(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Figure]]:
+    """Every figure saved as a PDF page while the test runs, in page order."""
+    pages: list[Figure] = []
+    save = PdfPages.savefig
+
+    def savefig(self: PdfPages, figure: Any = None, **kwargs: Any) -> None:
+        save(self, figure, **kwargs)  # drawn: tick labels exist now
+        pages.append(figure)
+
+    monkeypatch.setattr(PdfPages, "savefig", savefig)
+    yield pages
+
+
+@pytest.fixture(scope="session")
+def sparse_csv() -> SimpleNamespace:
+    """The synthetic sparse_update.csv: ``write(path, epochs)``, ``layers`` (name, kind,
+    neurons) and ``selected(epoch, layer index)``."""
+    return SimpleNamespace(
+        write=write_sparse_update, layers=SPARSE_LAYERS, selected=sparse_selected
+    )

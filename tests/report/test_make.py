@@ -16,6 +16,7 @@ from edgetrain.report import xlsx as xlsx_module
 from edgetrain.report.textpages import Section, text_pages
 
 SHEETS = [
+    "key_figures",
     "totals",
     "metrics",
     "energy",
@@ -28,13 +29,13 @@ SHEETS = [
     "config",
     "environment",
 ]
+# the figures of the synthetic runs with a controller (6 epochs: too few for correlations)
 ALL_FIGURES = {
+    "key_figures.png",
     "training_curves.png",
     "resources.png",
     "energy.png",
     "controller.png",
-    "correlation.png",
-    "correlation_pairs.png",
     "activation.png",
 }
 
@@ -62,8 +63,8 @@ def interrupted_report(interrupted_run: Path) -> Path:
 def test_full_report(full_run: Path, full_report: Path) -> None:
     assert full_report == full_run / "report"
     assert {p.name for p in full_report.glob("*.png")} == ALL_FIGURES
-    # 1 title page + 7 figures + 2 landscape table pages
-    assert pdf_pages(full_report / "report.pdf") == 10
+    # key figures + 5 figures + 2 landscape table pages + 1 appendix page
+    assert pdf_pages(full_report / "report.pdf") == 9
     workbook = openpyxl.load_workbook(full_report / "report.xlsx", read_only=True)
     assert workbook.sheetnames == SHEETS
     rows = list(workbook["decisions"].iter_rows(values_only=True))
@@ -71,12 +72,15 @@ def test_full_report(full_run: Path, full_report: Path) -> None:
 
 
 def test_report_without_gpu_or_adaptation(plain_report: Path) -> None:
+    # no controller nor activations; the learning rate is constant, so the learning curve
+    # of page 1 shows every curve and there is no separate page of curves
     assert {p.name for p in plain_report.glob("*.png")} == ALL_FIGURES - {
         "controller.png",
         "activation.png",
+        "training_curves.png",
     }
-    # 1 title page + 5 figures + 2 table pages
-    assert pdf_pages(plain_report / "report.pdf") == 8
+    # key figures + 2 figures + 1 table page + 1 appendix page
+    assert pdf_pages(plain_report / "report.pdf") == 5
     workbook = openpyxl.load_workbook(plain_report / "report.xlsx", read_only=True)
     assert workbook.sheetnames == SHEETS
     resources_header = next(workbook["resources"].iter_rows(values_only=True))
@@ -85,8 +89,9 @@ def test_report_without_gpu_or_adaptation(plain_report: Path) -> None:
 
 def test_report_of_an_interrupted_run(interrupted_report: Path) -> None:
     assert {p.name for p in interrupted_report.glob("*.png")} == ALL_FIGURES
-    # 2 title pages (the notes on cut rows push the config over) + 7 figures + 2 table pages
-    assert pdf_pages(interrupted_report / "report.pdf") == 11
+    # key figures + 5 figures + 2 table pages + 2 appendix pages (the notes on cut rows
+    # push the configuration over)
+    assert pdf_pages(interrupted_report / "report.pdf") == 10
     workbook = openpyxl.load_workbook(interrupted_report / "report.xlsx", read_only=True)
     totals = dict(row[:2] for row in workbook["totals"].iter_rows(values_only=True))
     assert totals["status"] == "interrupted"
@@ -98,8 +103,8 @@ def test_report_of_a_run_that_never_finished_an_epoch(make_run: Callable[..., Pa
     (path / "metrics.csv").unlink()
     (path / "resources.csv").unlink()
     out = make_report(path)
-    assert list(out.glob("*.png")) == []
-    assert pdf_pages(out / "report.pdf") == 2  # title page + one page of (no data) tables
+    assert [p.name for p in out.glob("*.png")] == ["key_figures.png"]  # status, no curve
+    assert pdf_pages(out / "report.pdf") == 2  # key figures + appendix; no empty tables
 
 
 def test_missing_openpyxl_skips_only_the_workbook(

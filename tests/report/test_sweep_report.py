@@ -11,11 +11,13 @@ import numpy as np
 import openpyxl
 import pandas as pd
 import pytest
+from matplotlib.figure import Figure
 
 from edgetrain.errors import EdgeTrainError
 from edgetrain.report import load_sweep, make_report
 from edgetrain.report import sweep as sw
 from edgetrain.report import sweep_figures as sfig
+from edgetrain.report.correlation import correlation, correlation_text
 
 SHEETS = [
     "overview",
@@ -30,8 +32,8 @@ SHEETS = [
     "parameter_effects",
     "parameter_groups",
 ]
+# the figures of the 5-trial sweep: too few trials for the Pareto scatter
 FIGURES = {
-    "sweep_pareto.png",
     "sweep_importance.png",
     "sweep_energy_by_parameter.png",
     "sweep_accuracy_by_parameter.png",
@@ -139,23 +141,25 @@ def test_sweep_report(sweep_dir: Path) -> None:
     out = make_report(sweep_dir)
     assert out == sweep_dir / "report"
     assert {p.name for p in out.glob("*.png")} == FIGURES
-    # 1 title page + 1 page of top tables + 6 figures + 1 page of tables
-    assert pdf_pages(out / "report.pdf") == 9
+    # 1 title page + 5 figures + 1 page of top tables + 1 page of tables
+    assert pdf_pages(out / "report.pdf") == 8
     workbook = openpyxl.load_workbook(out / "report.xlsx", read_only=True)
     assert workbook.sheetnames == SHEETS
     rows = list(workbook["pareto_points"].iter_rows(values_only=True))
     assert [row[0] for row in rows[1:]] == [2, 5, 0, 3, 1]
 
 
-def test_figures_label_estimates_and_scale(sweep: sw.Sweep) -> None:
+def test_figures_label_estimates_and_scale(make_sweep: Callable[..., Path]) -> None:
+    sweep = load_sweep(make_sweep("large", extra=7))
     points = sw.pareto_points(sweep)
+    assert len(points) == 12
     figure = sfig.pareto_figure(points, "toy", ["estimated:cpu-tdp"])
     ax = figure.axes[0]
     assert ax.get_xlabel() == "energy per trial (J, estimated)"  # 50..400 J: linear
     assert ax.get_xscale() == "linear"
     low, high = ax.get_xlim()
     assert low < 50 and high > 400 and low >= 0
-    wide = points.assign(energy_j=points["energy_j"] * [1, 1, 1, 1, 100])
+    wide = points.assign(energy_j=points["energy_j"] * np.array([1] * 11 + [100]))
     figure = sfig.pareto_figure(wide, "toy", ["measured:nvml"])
     assert figure.axes[0].get_xscale() == "log"
     assert figure.axes[0].get_xlabel() == "energy per trial (J), log scale"
@@ -186,3 +190,60 @@ def test_stale_analysis_is_noted(make_sweep: Callable[..., Path]) -> None:
     assert any("7 trial directories but the analysis covers 6" in p for p in sweep.problems)
     summary = json.loads((path / "analysis" / "summary.json").read_text())
     assert summary["knee_trial"] == 5
+
+
+def test_page_one_leads_with_the_best_trials(
+    sweep_dir: Path, pdf_pages_saved: list[Figure]
+) -> None:
+    best = sw.best_trials(load_sweep(sweep_dir))
+    assert best[["best_by", "number"]].values.tolist() == [
+        ["best accuracy", 1],
+        ["lowest energy", 2],
+        ["best efficiency", 2],
+        ["Pareto knee", 5],
+    ]
+    assert best["text"].iloc[1].endswith("; opt adam, lr 0.1, batch_size 16")
+    names = sw.write_sweep_report(load_sweep(sweep_dir), sweep_dir / "report")
+    assert names[0] == "title 1"
+    first = [t.get_text() for t in pdf_pages_saved[0].texts]
+    headings = [t.get_text() for t in pdf_pages_saved[0].texts if t.get_fontweight() == "bold"]
+    assert headings[1].startswith(sw.ANSWER_HEADING)  # right under the page title
+    assert headings[2].startswith("Pareto front")
+    assert any(t.startswith("lowest energy = best efficiency") for t in first)
+    assert any("trial 2: val acc 0.85, energy 50 J (est.)" in t for t in first)
+    assert any(t.startswith("scatter plots") and "5 completed trials" in t for t in first)
+    front = sw.pareto_front(load_sweep(sweep_dir))
+    assert front["number"].tolist() == [2, 5, 1] and front["knee"].tolist() == ["", "knee", ""]
+    assert list(front.columns[4:]) == ["opt", "lr", "batch_size"]
+
+
+def test_scatter_plots_need_ten_trials(sweep: sw.Sweep, make_sweep: Callable[..., Path]) -> None:
+    # 5 completed trials: no Pareto scatter, no scatter of the numeric parameter
+    assert sfig.pareto_figure(sw.pareto_points(sweep), "toy", []) is None
+    figure = sfig.effects_figure(sw.parameter_effects(sweep), "energy_j", "toy", [])
+    titles = [ax.get_title() for ax in figure.axes if ax.get_visible()]
+    assert titles == ["opt", "lr\nn = 5: too few trials for a scatter", "batch_size"]
+    ticks = [t.get_text() for t in figure.axes[0].get_xticklabels()]
+    assert ticks == ["sgd\n(n=2)", "adam\n(n=3)"]
+    # lr: the trials ranked by energy (50, 60, 100, 200, 400 J), labelled with their lr
+    ranked = figure.axes[1]
+    assert [t.get_text() for t in ranked.get_xticklabels()] == [
+        "0.1",
+        "0.02",
+        "0.001",
+        "0.003",
+        "0.01",
+    ]
+    assert ranked.get_xlabel() == "value, trials ranked by energy"
+    # 12 completed trials: both drawn, each with n and Spearman r, no fitted line
+    large = load_sweep(make_sweep("large", extra=7))
+    points = sw.pareto_points(large)
+    pareto = sfig.pareto_figure(points, "toy", [])
+    n, r = correlation(points["energy_j"], points["val_acc"], "spearman")
+    assert n == 12 and r is not None
+    assert pareto.axes[0].get_title().endswith(correlation_text(n, r, "spearman"))
+    assert len(pareto.axes[0].lines) == 1  # the front, no fitted line
+    figure = sfig.effects_figure(sw.parameter_effects(large), "val_acc", "toy", [])
+    lr = next(ax for ax in figure.axes if ax.get_title().startswith("lr"))
+    assert re.fullmatch(r"lr\nn = 12, Spearman r = [+-]\d\.\d\d", lr.get_title())
+    assert len(lr.lines) == 0  # points only

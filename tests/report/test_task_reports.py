@@ -249,8 +249,11 @@ def test_sweep_report_ranked_by_rmse(tmp_path: Path, sweep_dir: Path) -> None:
         if cell is not None
     ]
     assert not [c for c in cells if ACCURACY.search(c)]
-    figure = sw.sfig.pareto_figure(points, "toy", [], "val_rmse", "min")
+    assert sw.sfig.pareto_figure(points, "toy", [], "val_rmse", "min") is None  # 5 trials
+    more = pd.concat([points, points.assign(number=points["number"] + 10)], ignore_index=True)
+    figure = sw.sfig.pareto_figure(more, "toy", [], "val_rmse", "min")
     assert figure.axes[0].get_ylabel() == "val RMSE (lower is better)"
+    assert "n = 10, Spearman r" in figure.axes[0].get_title()
     assert np.isfinite(figure.axes[0].get_ylim()).all()
 
 

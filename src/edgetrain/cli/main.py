@@ -77,29 +77,10 @@ def train(
     result = run_training(
         config, overrides=overrides, resume=resume, overwrite=overwrite, progress=not quiet
     )
-    s = result.summary
     if not quiet:
-        best = s.get("best") or {}
-        test = s.get("test") or {}
-        line = Text.assemble(
-            ("done", "bold green"),
-            f" {s.get('epochs_completed')} epochs in {s.get('total_time_s', 0):.1f} s",
-        )
-        key = (s.get("task") or {}).get("best_metric") or "val_acc"
-        if best.get(key) is not None:
-            line.append(f", best {key} {best[key]:.4g} (epoch {best.get('epoch')})")
-        test_key = "test_" + key.removeprefix("val_")
-        if test.get(test_key) is not None:
-            line.append(f", {test_key} {test[test_key]:.4g}")
-        if s.get("total_energy_j") is not None:
-            line.append(f", {s['total_energy_j']:.1f} J ({s.get('energy_source')})")
-        if s.get("nonfinite_steps_skipped"):
-            line.append(
-                f"; {s['nonfinite_steps_skipped']} step(s) with a non-finite loss skipped",
-                style="bold yellow",
-            )
-        out.print(line, highlight=False, soft_wrap=True)
-        budget_line = _budget_line(s.get("adapt") or {})
+        # status and why it stopped, best and final metrics, time, energy, peak memory
+        out.print(result.table())
+        budget_line = _budget_line(result.summary.get("adapt") or {})
         if budget_line:
             out.print(budget_line, highlight=False, soft_wrap=True)
     out.print(f"run directory: {result.run_dir}", highlight=False)
@@ -149,6 +130,14 @@ def monitor(
     cpu_tdp_w: Annotated[
         float | None, typer.Option("--cpu-tdp-w", help="CPU power for the estimate (W).")
     ] = None,
+    devices: Annotated[
+        str | None,
+        typer.Option(
+            "--devices",
+            help="GPUs to measure: indices or GPU-/MIG- UUIDs, comma-separated, or 'all' "
+            "(default: CUDA_VISIBLE_DEVICES, else the GPUs the command uses).",
+        ),
+    ] = None,
 ) -> None:
     """Run a command and measure it (and its children): edgetrain monitor -- CMD ARGS..."""
     from edgetrain.measure import render_summary, run_monitored
@@ -160,7 +149,7 @@ def monitor(
         raise EdgeTrainError("monitor needs a command to run: edgetrain monitor -- CMD ARGS...")
     if interval <= 0:
         raise EdgeTrainError(f"--interval must be > 0 seconds, got {interval}")
-    kwargs: dict[str, Any] = {"interval_s": interval, "out": out_dir}
+    kwargs: dict[str, Any] = {"interval_s": interval, "out": out_dir, "devices": devices}
     if cpu_tdp_w is not None:
         kwargs["cpu_tdp_w"] = cpu_tdp_w
     result = run_monitored(cmd, **kwargs)
@@ -211,7 +200,7 @@ def _register_command_modules() -> None:
             importlib.import_module(f"edgetrain.cli.{name}").register(app)
 
 
-_COMMAND_MODULES = ("memory", "sparse", "sweep", "bench", "data")
+_COMMAND_MODULES = ("memory", "sparse", "sweep", "bench", "data", "export")
 _register_command_modules()
 
 

@@ -10,12 +10,14 @@ from edgetrain.config.loader import (
     validate_config,
     write_yaml_text,
 )
+from edgetrain.config.log import LogConfig
 from edgetrain.config.schema import MonitorConfig, TrainConfig
 from edgetrain.config.sparse import SparseUpdateConfig
 
 __all__ = [
     "AdaptConfig",
     "BudgetConfig",
+    "LogConfig",
     "MonitorConfig",
     "PruneConfig",
     "Section",

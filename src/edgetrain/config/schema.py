@@ -13,6 +13,8 @@ from pydantic import Field, field_validator, model_validator
 
 from edgetrain.config.adapt import AdaptConfig, BudgetConfig, PruneConfig
 from edgetrain.config.base import SEED_MAX, Section
+from edgetrain.config.early_stop import EarlyStopConfig
+from edgetrain.config.log import LogConfig
 from edgetrain.config.sparse import SparseUpdateConfig
 
 __all__ = ["MonitorConfig", "TrainConfig"]
@@ -39,6 +41,24 @@ class MonitorConfig(Section):
     # CPU power used for the estimate when no sensor measures CPU energy; None = the
     # documented default of edgetrain.measure.
     cpu_tdp_w: float | None = Field(None, gt=0)
+    # GPUs whose energy is measured, written like CUDA_VISIBLE_DEVICES (NVML indices,
+    # GPU-/MIG- UUIDs, comma-separated) or "all"; None = CUDA_VISIBLE_DEVICES, else the
+    # GPUs this process uses, else every GPU (edgetrain.measure.NvmlSensor).
+    devices: str | None = None
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _devices_text(cls, value: Any) -> Any:
+        """Accept ``0``, ``[0, 1]`` and ``"0,1"`` alike (YAML reads a lone index as an int)."""
+        if isinstance(value, bool):
+            return value  # refused by the str type
+        if isinstance(value, int):
+            return str(value)
+        if isinstance(value, list | tuple) and all(
+            isinstance(v, int | str) and not isinstance(v, bool) for v in value
+        ):
+            return ",".join(str(v) for v in value)
+        return value
 
 
 class TrainConfig(Section):
@@ -87,12 +107,18 @@ class TrainConfig(Section):
 
     # where
     out: Path | None = None
-    init_from: Path | None = None  # a run directory whose model.pt initialises the model
+    # a run directory (or a .pt file: model.pt, checkpoints/best.pt) whose weights
+    # initialise the model; of a run directory, init_from_which picks model.pt (final),
+    # checkpoints/best.pt (best) or checkpoints/last.pt (last)
+    init_from: Path | None = None
+    init_from_which: Literal["final", "best", "last"] = "final"
+    early_stop: EarlyStopConfig = Field(default_factory=EarlyStopConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     sparse_update: SparseUpdateConfig = Field(default_factory=SparseUpdateConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     adapt: AdaptConfig = Field(default_factory=AdaptConfig)
     prune: PruneConfig = Field(default_factory=PruneConfig)
+    log: LogConfig = Field(default_factory=LogConfig)  # TensorBoard and MLflow loggers
     # saved-activation handling: off (no hooks), none (measured, not compressed), or a codec
     activations: Literal["off", "none", "lossless", "bf16", "fp16", "int8", "int4", "int2"] = "off"
 

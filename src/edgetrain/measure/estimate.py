@@ -22,15 +22,18 @@ ESTIMATE_SOURCE = "cpu-tdp"
 class CpuTdpEstimate:
     """Estimated CPU power: ``cpu_tdp_w * system CPU utilisation``. An estimate, not a measurement.
 
-    Utilisation is system-wide (all processes, all cores), not the training process's. The
-    measured sources it stands in for (RAPL, NVML, a Jetson input rail) are whole-device
-    meters that also see other processes and the OS, so a system-wide estimate answers the
-    same question ("what did the device draw while this ran") and keeps results comparable
-    when a run moves to a machine with a meter. On a shared machine it over-states the
-    training's share; that is stated here rather than hidden by a per-process figure that
-    a meter could never confirm. It models power above idle only (0 W at 0% load), and real
-    CPUs differ from TDP both ways: CodeCarbon estimated 5.5 W on the 2-core dev VM under
-    full training load, so treat the number as an order of magnitude.
+    Utilisation is system-wide (all processes, all cores): the figure has scope ``machine``
+    and answers the same question as the measured sources it stands in for (RAPL, NVML, a
+    Jetson input rail): what the device drew while this ran, other processes included. The
+    job's own share is the monitor's attributed ``energy_process_j``: this estimate times
+    the process tree's share of the machine's busy CPU time, which comes to about
+    ``cpu_tdp_w`` times the tree's CPU time over all cores' time. On a shared machine the machine figure over-states
+    the job; that is what the scope says, and the process figure is beside it.
+
+    It models power above idle only (0 W at 0% load), and real CPUs differ from TDP both
+    ways: CodeCarbon estimated 5.5 W on the 2-core dev VM under full training load, so
+    treat the number as an order of magnitude (``benchmarks/energy_vs_codecarbon.py``
+    compares the two side by side).
 
     The value is the mean over the time since the previous read, so the monitor integrates
     it as ``power * dt`` (exact for the utilisation it saw). It is reported as

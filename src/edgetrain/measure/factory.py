@@ -35,20 +35,24 @@ def discover_sensors(
     pid: int | None = None,
     sysfs_root: str | Path = "/sys",
     nvml_module: Any | None = None,
+    devices: str | None = None,
 ) -> tuple[list[Sensor], list[SensorStatus]]:
     """Try NVML, Jetson sysfs, RAPL, psutil and the CPU estimate; keep those that work.
 
     The CPU estimate is added only when no CPU energy is measured: RAPL measures the CPU
-    packages, and a Jetson's input rail covers the whole board. With NVML alone the GPU is
-    measured and the CPU estimated (``measured:nvml+estimated:cpu-tdp``); see
-    :mod:`edgetrain.measure.energy` for the full rule. When nothing works, the result is one
-    :class:`NullSensor`.
+    packages, a Jetson's board figure covers the whole module, and a Grace Hopper module's
+    energy counter includes its CPU. With NVML alone the GPU is measured and the CPU
+    estimated (``measured:nvml+estimated:cpu-tdp``); see :mod:`edgetrain.measure.energy`
+    for the full rule. When nothing works, the result is one :class:`NullSensor`.
 
     Args:
         cpu_tdp_w: TDP for the CPU estimate.
-        pid: Process whose tree psutil follows; default: this process.
-        sysfs_root: Root of sysfs (Jetson rails, ``class/powercap`` for RAPL).
+        pid: Process whose tree is followed (memory, held GPUs, attributed energy);
+            default: this process.
+        sysfs_root: Root of sysfs (Jetson rails and NvMap, ``class/powercap`` for RAPL).
         nvml_module: A pynvml-like module (tests); default: ``import pynvml``.
+        devices: GPUs to measure, written like ``CUDA_VISIBLE_DEVICES`` or ``all``;
+            default: see :class:`NvmlSensor`.
 
     Returns:
         The working sensors, and a status for every sensor tried (the unused ones with the
@@ -61,8 +65,8 @@ def discover_sensors(
         raise EdgeTrainError(f"cpu_tdp_w must be > 0 watts, got {cpu_tdp_w}")
     root = Path(sysfs_root)
     builders = [
-        ("nvml", lambda: NvmlSensor(nvml_module)),
-        ("jetson", lambda: JetsonSensor(root)),
+        ("nvml", lambda: NvmlSensor(nvml_module, devices=devices, pid=pid)),
+        ("jetson", lambda: JetsonSensor(root, pid=pid)),
         ("rapl", lambda: RaplSensor(root / "class" / "powercap")),
         ("psutil", lambda: PsutilSensor(pid)),
     ]
@@ -77,7 +81,7 @@ def discover_sensors(
             sensor.close()
 
     channels = [c for s in sensors for c in s.energy_channels]
-    cpu_covered = [c for c in compose(channels) if c.scope in ("board", "cpu")]
+    cpu_covered = [c for c in compose(channels) if c.domain in ("board", "cpu") or c.includes_cpu]
     if cpu_covered:
         statuses.append(
             SensorStatus(

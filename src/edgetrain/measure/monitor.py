@@ -10,12 +10,19 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 from edgetrain.errors import EdgeTrainError
-from edgetrain.measure.energy import EnergyIntegrator, compose
+from edgetrain.measure.energy import (
+    DEGRADED_AFTER,
+    EnergyIntegrator,
+    EnergyState,
+    compose,
+    summarise,
+)
 from edgetrain.measure.estimate import DEFAULT_CPU_TDP_W
 from edgetrain.measure.factory import discover_sensors
-from edgetrain.measure.sensor import Sensor, SensorStatus
+from edgetrain.measure.sensor import EnergyChannel, Sensor, SensorStatus
 from edgetrain.measure.window import Window, WindowResult
 
 __all__ = ["DEFAULT_HISTORY", "DEFAULT_INTERVAL_S", "Listener", "Monitor", "Sample"]
@@ -44,6 +51,7 @@ class _Peaks:
 
     def __init__(self) -> None:
         self.rss: float | None = None
+        self.pss: float | None = None
         self.device_mem: float | None = None
         self.power: float | None = None
         self.hwm_first: float | None = None
@@ -53,6 +61,7 @@ class _Peaks:
     def update(self, sample: Mapping[str, float]) -> None:
         self.n += 1
         self.rss = _max(self.rss, sample.get("proc_rss_bytes"))
+        self.pss = _max(self.pss, sample.get("proc_pss_bytes"))
         self.device_mem = _max(self.device_mem, sample.get("gpu_mem_bytes"))
         self.power = _max(self.power, sample.get("power_w"))
         hwm = sample.get("proc_hwm_bytes")
@@ -80,13 +89,26 @@ def _max(a: float | None, b: float | None) -> float | None:
 
 @dataclass
 class _WindowState:
-    """An open window: the cumulative energy at opening and running peaks."""
+    """An open window: the cumulative energy at opening, running peaks, degraded channels."""
 
     name: str
     start_s: float
-    energy_at_open_j: dict[str, float]
-    label: str
+    energy_at_open: EnergyState
     peaks: _Peaks = field(default_factory=_Peaks)
+    degraded: set[EnergyChannel] = field(default_factory=set)
+
+
+@dataclass
+class _Health:
+    """Read failures of one sensor: the consecutive count, the total, what went wrong."""
+
+    failing: int = 0
+    since_s: float = 0.0
+    failed_reads: int = 0
+    last_error: str | None = None
+    reads_degraded: bool = False
+    degraded: set[str] = field(default_factory=set)  # channel names
+    note: str | None = None
 
 
 def _sync_cuda() -> None:
@@ -109,12 +131,18 @@ class Monitor:
 
     Each sample is a dict: ``t_s`` (seconds since the monitor started), every sensor's
     values (see :attr:`columns`), ``power_w`` (total power of the counted energy sources) and
-    ``energy_j`` (their cumulative energy since start). Energy counters (``*_energy_j`` of
-    NVML and RAPL) are consumed and left out of samples.
+    ``energy_j`` (their cumulative energy since start). Internal values (energy counters,
+    the process tree's CPU time) are consumed and left out of samples.
 
-    The monitor never raises into training: a sensor that raises is logged once and dropped,
-    a listener that raises is logged once and removed. The one error is opening a second
-    window with a name that is already open.
+    The monitor never raises into training. A sensor whose read raises is retried at once;
+    when that fails too its values are missing from that sample, and it is read again at
+    the next one. A channel (one GPU, one CPU package) without a value for
+    :data:`~edgetrain.measure.energy.DEGRADED_AFTER` samples in a row is *degraded*: it is
+    logged once, listed in the window results and the sensor's status, and the windows'
+    ``energy_coverage`` says which share of their time the energy figures cover (the label
+    then reads ``partial:<source>``). Other devices and sensors are not affected. A listener
+    that raises is logged once and removed. The one error is opening a second window with
+    a name that is already open.
 
     Listeners are called with a copy of every sample, from the thread that took it (the
     sampler thread, or the caller of :meth:`sample_now` and of window opening and closing),
@@ -123,7 +151,11 @@ class Monitor:
     Args:
         interval_s: Sampling interval of the background thread (see ``DEFAULT_INTERVAL_S``).
         cpu_tdp_w: TDP for the CPU estimate when sensors are discovered.
-        pid: Process whose tree is followed when sensors are discovered; default: this one.
+        pid: Process whose tree is followed when sensors are discovered (memory, the
+            attributed energy); default: this one.
+        devices: GPUs to measure when sensors are discovered, as ``CUDA_VISIBLE_DEVICES``
+            is written (indices, ``GPU-`` or ``MIG-`` UUIDs) or ``"all"``; default: see
+            :class:`~edgetrain.measure.nvml.NvmlSensor`.
         sensors: Sensors to read; default: :func:`discover_sensors`. The monitor owns them
             and closes them in :meth:`close`.
         statuses: Statuses of every sensor tried, unused ones included (when ``sensors`` is
@@ -139,6 +171,7 @@ class Monitor:
         interval_s: float = DEFAULT_INTERVAL_S,
         cpu_tdp_w: float = DEFAULT_CPU_TDP_W,
         pid: int | None = None,
+        devices: str | None = None,
         sensors: Sequence[Sensor] | None = None,
         statuses: Sequence[SensorStatus] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -147,7 +180,7 @@ class Monitor:
         if not interval_s > 0:
             raise EdgeTrainError(f"interval_s must be > 0 seconds, got {interval_s}")
         if sensors is None:
-            found, statuses = discover_sensors(cpu_tdp_w=cpu_tdp_w, pid=pid)
+            found, statuses = discover_sensors(cpu_tdp_w=cpu_tdp_w, pid=pid, devices=devices)
         else:
             found = list(sensors)
             statuses = list(statuses) if statuses is not None else [s.status for s in found]
@@ -156,13 +189,17 @@ class Monitor:
         self._statuses: list[SensorStatus] = list(statuses)
         self._clock = clock
         self._lock = threading.RLock()
-        channels = [c for s in self._sensors for c in s.energy_channels]
-        self._counter_keys = {c.energy_key for c in channels if c.energy_key}
-        self._energy = EnergyIntegrator(compose(channels))
+        self._owner: dict[EnergyChannel, str] = {
+            c: s.name for s in self._sensors for c in s.energy_channels
+        }
+        self._energy = EnergyIntegrator(compose(self._owner))
+        self._health: dict[str, _Health] = {s.name: _Health() for s in self._sensors}
         self._columns = self._make_columns()
+        self._column_set = frozenset(self._columns)
         self._history: deque[Sample] = deque(maxlen=max(1, history))
         self._windows: dict[str, _WindowState] = {}
         self._totals = _Peaks()
+        self._totals_degraded: set[EnergyChannel] = set()
         self._listeners: list[Listener] = []
         self._t0: float | None = None
         self._first_t_s: float | None = None
@@ -171,11 +208,10 @@ class Monitor:
         self._stop = threading.Event()
 
     def _make_columns(self) -> list[str]:
+        internal = {k for c in self._owner for k in c.internal_keys}
         columns = ["t_s"]
         for sensor in self._sensors:
-            columns += [
-                c for c in sensor.columns if c not in columns and c not in self._counter_keys
-            ]
+            columns += [c for c in sensor.columns if c not in columns and c not in internal]
         if any(c.power_key for c in self._energy.channels):
             columns.append("power_w")
         if self._energy.channels:
@@ -191,14 +227,29 @@ class Monitor:
 
     @property
     def sensors(self) -> tuple[Sensor, ...]:
-        """Sensors still being read."""
+        """The sensors being read."""
         return tuple(self._sensors)
 
     @property
     def sensor_statuses(self) -> list[SensorStatus]:
-        """Status of every sensor tried, updated when one is dropped."""
+        """Status of every sensor tried; a failing sensor's reason says what fails."""
         with self._lock:
-            return list(self._statuses)
+            out = []
+            for s in self._statuses:
+                health = self._health.get(s.name)
+                if health is None or health.note is None:
+                    out.append(s)
+                    continue
+                out.append(
+                    SensorStatus(
+                        s.name,
+                        s.available,
+                        f"{s.reason}; {health.note}",
+                        s.source_label,
+                        degraded=health.reads_degraded or bool(health.degraded),
+                    )
+                )
+            return out
 
     @property
     def energy_source(self) -> str:
@@ -227,21 +278,84 @@ class Monitor:
         with self._lock:
             return dict(self._sample_locked())
 
+    def _read(self, sensor: Sensor, t_s: float) -> dict[str, float]:
+        """Read a sensor, retrying once; record failures and recoveries."""
+        health = self._health.setdefault(sensor.name, _Health())
+        error: Exception | None = None
+        for _ in range(2):
+            try:
+                values = sensor.read()
+            except Exception as exc:
+                error = exc
+                continue
+            if health.failing:
+                if health.reads_degraded:
+                    health.reads_degraded = False
+                    logger.info(
+                        "sensor %s reads again after %d failed reads", sensor.name, health.failing
+                    )
+                health.note = (
+                    f"recovered at t={t_s:.1f} s; {health.failed_reads} failed reads in all, "
+                    f"last: {health.last_error}"
+                )
+                health.failing = 0
+            return values
+        if not health.failing:
+            health.since_s = t_s
+        health.failing += 1
+        health.failed_reads += 1
+        health.last_error = repr(error)
+        if health.failing == 1:
+            logger.warning(
+                "sensor %s failed to read (retried once; read again at the next sample): %r",
+                sensor.name,
+                error,
+            )
+        if health.failing >= DEGRADED_AFTER:
+            health.reads_degraded = True
+        health.note = (
+            f"degraded since t={health.since_s:.1f} s: {health.failing} reads in a row failed, "
+            f"last: {health.last_error}"
+            if health.failing >= DEGRADED_AFTER
+            else f"read failed at t={t_s:.1f} s: {health.last_error}"
+        )
+        return {}
+
+    def _track_channels(self, t_s: float) -> set[EnergyChannel]:
+        """Log channels that became degraded or recovered; return the degraded ones."""
+        degraded = set(self._energy.degraded())
+        for c in self._energy.channels:
+            health = self._health.setdefault(self._owner.get(c, c.source), _Health())
+            if c in degraded and c.name not in health.degraded:
+                health.degraded.add(c.name)
+                logger.warning(
+                    "energy channel %s has had no value for %d samples; its figures cover "
+                    "only the time it was read (see energy_coverage)",
+                    c.name,
+                    self._energy.misses.get(c, 0),
+                )
+                health.note = f"degraded at t={t_s:.1f} s: no value from {c.name}"
+                if health.failing:
+                    health.note += f" (its reads fail: {health.last_error})"
+            elif c not in degraded and c.name in health.degraded:
+                health.degraded.discard(c.name)
+                logger.info("energy channel %s reads again", c.name)
+                health.note = f"{c.name} degraded, recovered at t={t_s:.1f} s"
+        return degraded
+
     def _sample_locked(self) -> Sample:
         now = self._clock()
         if self._t0 is None:
             self._t0 = now
         t_s = now - self._t0
         values: dict[str, float] = {}
-        for sensor in list(self._sensors):
-            try:
-                values.update(sensor.read())
-            except Exception as exc:
-                self._drop(sensor, exc)
+        for sensor in self._sensors:
+            values.update(self._read(sensor, t_s))
         power_w = self._energy.update(t_s, values)
+        degraded = self._track_channels(t_s)
         sample: Sample = {"t_s": t_s}
         for key, value in values.items():
-            if key not in self._counter_keys:
+            if key in self._column_set:
                 sample[key] = value
         if power_w is not None:
             sample["power_w"] = power_w
@@ -250,30 +364,15 @@ class Monitor:
             sample["energy_j"] = total_j
         for state in self._windows.values():
             state.peaks.update(sample)
+            state.degraded |= degraded
         self._totals.update(sample)
+        self._totals_degraded |= degraded
         if self._first_t_s is None:
             self._first_t_s = t_s
         self._last_t_s = t_s
         self._history.append(sample)
         self._notify(sample)
         return sample
-
-    def _drop(self, sensor: Sensor, exc: Exception) -> None:
-        logger.warning("sensor %s failed and is no longer read: %r", sensor.name, exc)
-        self._sensors.remove(sensor)
-        self._statuses = [
-            SensorStatus(
-                s.name, False, f"dropped after an error during monitoring: {exc!r}", s.source_label
-            )
-            if s.name == sensor.name
-            else s
-            for s in self._statuses
-        ]
-        self._energy.set_channels(compose(c for s in self._sensors for c in s.energy_channels))
-        try:
-            sensor.close()
-        except Exception:
-            logger.debug("closing sensor %s failed", sensor.name, exc_info=True)
 
     def _notify(self, sample: Sample) -> None:
         for listener in list(self._listeners):
@@ -382,8 +481,8 @@ class Monitor:
             state = _WindowState(
                 name=name,
                 start_s=sample["t_s"],
-                energy_at_open_j=dict(self._energy.by_source_j),
-                label=self._energy.label,
+                energy_at_open=self._energy.snapshot(),
+                degraded=set(self._energy.degraded()),
             )
             state.peaks.update(sample)
             self._windows[name] = state
@@ -399,44 +498,68 @@ class Monitor:
                 raise EdgeTrainError(f"no open measurement window named {name!r}")
             sample = self._sample_locked()
             del self._windows[name]
-            energy = {
-                source: total - state.energy_at_open_j.get(source, 0.0)
-                for source, total in self._energy.by_source_j.items()
-            }
             return self._result(
-                name, state.start_s, sample["t_s"], energy, state.label, state.peaks
+                name,
+                state.start_s,
+                sample["t_s"],
+                state.energy_at_open,
+                state.peaks,
+                state.degraded,
             )
 
     def totals(self) -> WindowResult:
-        """Everything since the monitor started, as a window named ``"total"``."""
+        """Everything from the first sample to the last, as a window named ``"total"``."""
         with self._lock:
-            end_s = self._last_t_s if self._last_t_s is not None else 0.0
+            start_s = self._first_t_s if self._first_t_s is not None else 0.0
+            end_s = self._last_t_s if self._last_t_s is not None else start_s
             return self._result(
-                "total",
-                0.0,
-                end_s,
-                dict(self._energy.by_source_j),
-                self._energy.label,
-                self._totals,
+                "total", start_s, end_s, EnergyState(), self._totals, self._totals_degraded
             )
 
-    @staticmethod
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready totals for a run's summary: the sampling, every energy figure with its
+        scope, source and coverage, the attributed process figure, degraded channels, and
+        the sensors' statuses (with what failed during the run)."""
+        t = self.totals()
+        return {
+            "interval_s": self.interval_s,
+            "sample_rate_hz": self.sample_rate_hz,
+            "energy_j": t.energy_j,
+            "energy_source": t.energy_source,
+            "energy_scope": t.energy_scope,
+            "energy_coverage": t.energy_coverage,
+            "energy_by_source_j": t.energy_by_source_j,
+            "energy_process_j": t.energy_process_j,
+            "energy_process_source": t.energy_process_source,
+            "energy_process_coverage": t.energy_process_coverage,
+            "energy_figures": t.energy_figures,
+            "degraded": t.degraded,
+            "peak_rss_bytes": t.peak_rss_bytes,
+            "peak_pss_bytes": t.peak_pss_bytes,
+            "peak_device_mem_bytes": t.peak_device_mem_bytes,
+            "sensors": [s.to_dict() for s in self.sensor_statuses],
+        }
+
     def _result(
+        self,
         name: str,
         start_s: float,
         end_s: float,
-        energy_by_source_j: dict[str, float],
-        label: str,
+        energy_at_open: EnergyState,
         peaks: _Peaks,
+        degraded: set[EnergyChannel],
     ) -> WindowResult:
         time_s = end_s - start_s
-        energy_j = sum(energy_by_source_j.values()) if energy_by_source_j else None
+        figures = summarise(
+            self._energy.channels, energy_at_open, self._energy.snapshot(), time_s, degraded
+        )
+        energy_j = figures.total_j
         return WindowResult(
             name=name,
             time_s=time_s,
             energy_j=energy_j,
-            energy_by_source_j=energy_by_source_j,
-            energy_source=label if energy_j is not None else "none",
+            energy_by_source_j=figures.by_source_j,
+            energy_source=figures.source,
             avg_power_w=energy_j / time_s if energy_j is not None and time_s > 0 else None,
             peak_power_w=peaks.power,
             peak_rss_bytes=peaks.peak_rss_bytes(),
@@ -444,4 +567,13 @@ class Monitor:
             n_samples=peaks.n,
             start_s=start_s,
             end_s=end_s,
+            energy_scope=figures.scope,
+            energy_coverage=figures.coverage,
+            energy_coverage_by_source=figures.coverage_by_source,
+            energy_process_j=figures.process_j,
+            energy_process_source=figures.process_source,
+            energy_process_coverage=figures.process_coverage,
+            energy_figures=figures.figures,
+            degraded=figures.degraded,
+            peak_pss_bytes=None if peaks.pss is None else int(peaks.pss),
         )

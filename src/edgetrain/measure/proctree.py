@@ -7,18 +7,39 @@ system, ``psutil.cpu_times()`` and ``psutil.virtual_memory()`` parse all of ``/p
 ``/proc/meminfo`` into named tuples (about 250 and 120 us from the sampler thread); reading
 only the fields needed costs a fraction of that, and each file read is also a point where
 the sampler hands the GIL back and forth with the training loop.
+
+CPU times for the process-attributed energy come from ``/proc/<pid>/stat`` (user and
+system time, and that of reaped children, so a DataLoader worker's time is not lost when
+it exits) and ``/proc/stat``. Memory shared between the processes of a tree (a forked
+worker's copy-on-write pages) counts once per process in summed RSS; PSS from
+``/proc/<pid>/smaps_rollup`` splits each shared page between its sharers, so PSS sums
+over a tree without double counting.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
-__all__ = ["cpu_total_idle", "hwm_bytes", "ram_used_bytes", "rss_bytes", "tree_pids", "uss_bytes"]
+__all__ = [
+    "SmapsRollup",
+    "cpu_busy_s",
+    "cpu_total_idle",
+    "hwm_bytes",
+    "proc_cpu_s",
+    "ram_used_bytes",
+    "rss_bytes",
+    "smaps_rollup",
+    "tree_pids",
+    "uss_bytes",
+]
 
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _HAS_PROC_CHILDREN = sys.platform.startswith("linux") and os.path.exists(
     f"/proc/{os.getpid()}/task/{os.getpid()}/children"
 )
@@ -44,6 +65,49 @@ def cpu_total_idle() -> tuple[float, float]:
     times = psutil.cpu_times()._asdict()
     total = sum(times.values()) - times.get("guest", 0.0) - times.get("guest_nice", 0.0)
     return total, times.get("idle", 0.0) + times.get("iowait", 0.0)
+
+
+def cpu_busy_s() -> float | None:
+    """Cumulative busy CPU time of the machine, all cores, in seconds.
+
+    Busy is user, nice, system, irq and softirq: idle and iowait are not, nor steal (time a
+    hypervisor gave to other guests), so that shares of it add up to what ran here.
+    """
+    if _IS_LINUX:
+        try:
+            with open("/proc/stat", "rb") as f:
+                fields = f.readline().split()
+            if fields and fields[0] == b"cpu" and len(fields) >= 8:
+                user, nice, system, _, _, irq, softirq = (float(v) for v in fields[1:8])
+                return (user + nice + system + irq + softirq) / _CLK_TCK
+        except (OSError, ValueError):
+            pass
+    try:
+        times = psutil.cpu_times()._asdict()
+    except (OSError, AttributeError):
+        return None
+    return sum(times.get(k, 0.0) for k in ("user", "nice", "system", "irq", "softirq"))
+
+
+def proc_cpu_s(pid: int) -> float | None:
+    """CPU time of one process, user and system, reaped children included, in seconds.
+
+    None when the process is gone. Summed over a tree the result only moves forwards as
+    children exit and are reaped (their time moves to the parent's children fields).
+    """
+    if _HAS_STATM:  # Linux with /proc
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                text = f.read()
+            fields = text[text.rindex(b")") + 2 :].split()
+            return sum(int(v) for v in fields[11:15]) / _CLK_TCK
+        except (OSError, ValueError, IndexError):
+            return None
+    try:
+        t = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return None
+    return float(t.user + t.system + t.children_user + t.children_system)
 
 
 def ram_used_bytes() -> int:
@@ -133,3 +197,33 @@ def uss_bytes(pid: int) -> int | None:
         return int(psutil.Process(pid).memory_full_info().uss)
     except (psutil.Error, AttributeError, OSError):
         return None
+
+
+@dataclass(frozen=True)
+class SmapsRollup:
+    """One process's memory from ``smaps_rollup``, in bytes."""
+
+    rss: int
+    pss: int
+    uss: int
+
+
+def smaps_rollup(pid: int, proc_root: str | Path = "/proc") -> SmapsRollup | None:
+    """RSS, PSS and USS of one process from ``/proc/<pid>/smaps_rollup`` (Linux 4.14+).
+
+    Expensive like :func:`uss_bytes` (the kernel walks the page tables). None when the
+    file is missing or unreadable (the process is gone, an older kernel, another OS).
+    """
+    fields: dict[bytes, int] = {}
+    try:
+        with open(Path(proc_root) / str(pid) / "smaps_rollup", "rb") as f:
+            for line in f:
+                key, _, rest = line.partition(b":")
+                if key in (b"Rss", b"Pss", b"Private_Clean", b"Private_Dirty", b"Private_Hugetlb"):
+                    fields.setdefault(key, int(rest.split()[0]) * 1024)  # kB
+    except (OSError, ValueError, IndexError):
+        return None
+    if b"Pss" not in fields:
+        return None
+    uss = sum(fields.get(k, 0) for k in (b"Private_Clean", b"Private_Dirty", b"Private_Hugetlb"))
+    return SmapsRollup(rss=fields.get(b"Rss", 0), pss=fields[b"Pss"], uss=uss)

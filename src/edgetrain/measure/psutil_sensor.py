@@ -6,11 +6,12 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import psutil
 
 from edgetrain.measure import proctree
-from edgetrain.measure.sensor import EnergyChannel, SensorStatus
+from edgetrain.measure.sensor import MACHINE_BUSY_KEY, PROC_CPU_KEY, EnergyChannel, SensorStatus
 
 __all__ = ["CpuUtilisation", "PsutilSensor"]
 
@@ -49,7 +50,11 @@ class PsutilSensor:
             allocation could not get without swapping), not psutil's narrower ``used``.
         ``proc_rss_bytes``: sum of RSS over the process and all its descendants (DataLoader
             workers). Shared pages (e.g. copy-on-write data sets) count once per process,
-            so this can over-state what the tree really holds; it is a safe upper view.
+            so this over-states what a tree with workers holds (1.9x PSS was seen with
+            DataLoader workers); it is a safe upper view, read at every sample.
+        ``proc_pss_bytes``: sum of PSS over the tree (Linux ``smaps_rollup``): each shared
+            page is split between the processes sharing it, so the sum is what the tree
+            holds. Read with USS, at the same rare cadence.
         ``proc_hwm_bytes``: the main process's RSS high-water mark (Linux ``VmHWM``): its
             true peak since it started, including peaks between samples.
         ``proc_uss_bytes``: sum of USS (unique pages) over the tree. Reading it makes the
@@ -59,12 +64,16 @@ class PsutilSensor:
             core (0.2%: every 5 s up to ~1 GB, every 20 s at ~2 GB); samples in between leave
             it out.
 
+    Internal values (not columns): ``proc_cpu_s``, the tree's cumulative CPU time, and
+    ``cpu_busy_s``, the machine's; the monitor attributes CPU energy by their ratio.
+
     Args:
         pid: Process to follow; default: this process.
         uss: Read USS at all.
         uss_min_interval_s: Shortest time between USS reads.
         uss_cpu_budget: Largest fraction of one core that USS reads may use.
         clock: Monotonic clock in seconds (injectable for tests).
+        proc_root: Where ``<pid>/smaps_rollup`` files are read (a fake tree in tests).
     """
 
     name = "psutil"
@@ -77,11 +86,15 @@ class PsutilSensor:
         uss_min_interval_s: float = 5.0,
         uss_cpu_budget: float = 0.002,
         clock: Callable[[], float] = time.monotonic,
+        proc_root: str | Path = "/proc",
     ) -> None:
         self.pid = os.getpid() if pid is None else pid
         self._cpu = CpuUtilisation()
-        # USS comes from /proc/<pid>/smaps_rollup (Linux) or the task API (macOS, Windows)
+        self._proc_root = Path(proc_root)
+        # USS and PSS come from /proc/<pid>/smaps_rollup (Linux); USS from the task API
+        # (macOS, Windows)
         self._uss = uss and bool(psutil.LINUX or psutil.MACOS or psutil.WINDOWS)
+        self._pss = self._uss and bool(psutil.LINUX)
         self._uss_min_interval_s = uss_min_interval_s
         self._uss_cpu_budget = uss_cpu_budget
         self._clock = clock
@@ -90,6 +103,8 @@ class PsutilSensor:
         columns = ["cpu_pct", "ram_used_bytes", "proc_rss_bytes"]
         if self._uss:
             columns.append("proc_uss_bytes")
+        if self._pss:
+            columns.append("proc_pss_bytes")
         if self._has_hwm:
             columns.append("proc_hwm_bytes")
         self._columns = tuple(columns)
@@ -122,22 +137,46 @@ class PsutilSensor:
             "cpu_pct": self._cpu.percent(),
             "ram_used_bytes": float(proctree.ram_used_bytes()),
         }
+        busy = proctree.cpu_busy_s()
+        if busy is not None:
+            out[MACHINE_BUSY_KEY] = busy
         pids = proctree.tree_pids(self.pid)
         if not pids:
             return out  # the process is gone (a finished command): system values only
         rss = [proctree.rss_bytes(p) for p in pids]
         out["proc_rss_bytes"] = float(sum(r for r in rss if r is not None))
+        cpu = [proctree.proc_cpu_s(p) for p in pids]
+        if cpu[0] is not None:  # the root is readable (a zombie too, until reaped)
+            out[PROC_CPU_KEY] = float(sum(c for c in cpu if c is not None))
         if self._has_hwm:
             hwm = proctree.hwm_bytes(self.pid)
             if hwm is not None:
                 out["proc_hwm_bytes"] = float(hwm)
         if self._uss and self._clock() >= self._next_uss_s:
             start = self._clock()
-            uss = [proctree.uss_bytes(p) for p in pids]
+            out.update(self._private_memory(pids))
             cost_s = self._clock() - start
             self._next_uss_s = start + max(self._uss_min_interval_s, cost_s / self._uss_cpu_budget)
-            if any(u is not None for u in uss):
-                out["proc_uss_bytes"] = float(sum(u for u in uss if u is not None))
+        return out
+
+    def _private_memory(self, pids: list[int]) -> dict[str, float]:
+        """Summed USS and PSS of the tree: smaps_rollup where readable, else psutil's USS."""
+        uss: list[int] = []
+        pss: list[int] = []
+        for p in pids:
+            rollup = proctree.smaps_rollup(p, self._proc_root) if self._pss else None
+            if rollup is not None:
+                uss.append(rollup.uss)
+                pss.append(rollup.pss)
+                continue
+            u = proctree.uss_bytes(p)
+            if u is not None:
+                uss.append(u)
+        out: dict[str, float] = {}
+        if uss:
+            out["proc_uss_bytes"] = float(sum(uss))
+        if pss:
+            out["proc_pss_bytes"] = float(sum(pss))
         return out
 
     def close(self) -> None:

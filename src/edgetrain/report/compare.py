@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +12,7 @@ import pandas as pd
 from edgetrain.errors import EdgeTrainError
 from edgetrain.report import compare_figures as cfig
 from edgetrain.report import tables as tab
-from edgetrain.report.labels import is_accuracy, pretty_name
+from edgetrain.report.labels import format_value, is_accuracy, pretty_name
 from edgetrain.report.pdf import assemble, drawn_figures, save_pdf, save_pngs
 from edgetrain.report.reportkind import ReportKind
 from edgetrain.report.rundir import Run, is_run_directory, load_run, require_directory
@@ -31,7 +31,9 @@ from edgetrain.report.xlsx import write_xlsx
 from edgetrain.safefs import claim_dir
 
 __all__ = [
+    "ANSWER_HEADING",
     "COMPARE_KIND",
+    "best_runs",
     "compare_columns",
     "compare_curves",
     "compare_metric",
@@ -46,7 +48,9 @@ logger = logging.getLogger(__name__)
 
 #: The curves of classification runs; any runs' are :func:`compare_columns`.
 CURVE_COLUMNS = ("train_loss", "val_loss", "train_acc", "val_acc", "time_s", "energy_j")
-COMPARE_FIGURES = ("comparison_curves", "comparison_energy", "comparison_totals")
+COMPARE_FIGURES = ("comparison_totals", "comparison_curves", "comparison_energy")
+#: The heading of the comparison's first section: which run is best, by what.
+ANSWER_HEADING = "Which run is best"
 
 
 def run_labels(paths: Sequence[Path]) -> list[str]:
@@ -124,6 +128,91 @@ def config_differences(runs: Sequence[Run], labels: Sequence[str]) -> pd.DataFra
         if len({flat.get(key, "(absent)") for flat in flats}) > 1
     ]
     return pd.DataFrame(rows, columns=["key", *labels])
+
+
+def _ranking(
+    totals: pd.DataFrame, column: str, mode: str, text: Callable[[pd.Series], str]
+) -> tuple[str, str] | None:
+    """(best run, 'run: value; then run value, ...') by ``column``, or None without data."""
+    known = totals[totals[column].notna()] if column in totals.columns else totals.iloc[0:0]
+    if known.empty:
+        return None
+    ranked = known.sort_values(column, ascending=mode != "max", kind="stable")
+    rows = list(ranked.iterrows())
+    first = rows[0][1]
+    line = f"{first['run']}: {text(first)}"
+    if len(rows) > 1:
+        line += "; then " + ", ".join(f"{row['run']} {text(row)}" for _, row in rows[1:])
+    missing = len(totals) - len(known)
+    if missing:
+        line += f" ({missing} run(s) without it)"
+    return str(first["run"]), line
+
+
+def best_runs(totals: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
+    """The answer of a comparison: the best run by the runs' metric (best epoch), by the
+    test metric, by energy and by time, each with the others in order.
+
+    Args:
+        totals: :func:`compare_totals`.
+        metric: The metric the runs are compared by (``val_acc``).
+        mode: Its direction (``max`` or ``min``).
+
+    Returns:
+        Rows ``best_by, run, text``.
+    """
+    rows = []
+    better = "" if is_accuracy(metric) else f" ({'highest' if mode == 'max' else 'lowest'})"
+
+    def best_text(row: pd.Series) -> str:
+        epoch = row.get("best_epoch")
+        at = f" at epoch {epoch:.0f}" if pd.notna(epoch) else ""
+        return f"{format_value(metric, row[f'best_{metric}'])}{at}"
+
+    picks: list[tuple[str, str, str, Callable[[pd.Series], str]]] = [
+        (f"best {pretty_name(metric)}{better}", f"best_{metric}", mode, best_text)
+    ]
+    name = metric.split("_", 1)[1] if "_" in metric else metric
+    test = f"test_{name}"
+    if test in totals.columns and test != f"best_{metric}":
+        picks.append(
+            (
+                f"{pretty_name(test)}{better}",
+                test,
+                mode,
+                lambda row: format_value(test, row[test]),
+            )
+        )
+
+    def energy_text(row: pd.Series) -> str:
+        estimated = str(row.get("energy_source") or "").startswith("estimated")
+        return f"{row['total_energy_j']:,.1f} J" + (" (est.)" if estimated else "")
+
+    picks.append(("lowest energy", "total_energy_j", "min", energy_text))
+    picks.append(
+        (
+            "shortest wall time",
+            "wall_time_s",
+            "min",
+            lambda row: tab.total_text("wall_time_s", row["wall_time_s"]),
+        )
+    )
+    for label, column, direction, text in picks:
+        ranked = _ranking(totals, column, direction, text)
+        if ranked is not None:
+            rows.append({"best_by": label, "run": ranked[0], "text": ranked[1]})
+    sources = {str(s) for s in totals.get("energy_source", pd.Series(dtype=object)).dropna()}
+    if len(sources) > 1:
+        rows.append(
+            {
+                "best_by": "energy caution",
+                "run": "",
+                "text": "the runs' energy comes from different sources ("
+                + ", ".join(sorted(sources))
+                + "): compare it with care",
+            }
+        )
+    return pd.DataFrame(rows, columns=["best_by", "run", "text"])
 
 
 def _totals_by_quantity(
@@ -213,13 +302,16 @@ def _write_comparison(runs: list[Run], labels: list[str], out: Path) -> None:
     runs_lines = key_value_lines(
         [(label, f"{run.path.resolve()}") for label, run in zip(labels, runs, strict=True)], width
     )
-    front_sections = [Section("Runs", runs_lines)]
+    answer = best_runs(totals, metric, directions.get(metric, "min"))
+    pairs = zip(answer["best_by"], answer["text"], strict=True)
+    front_sections = [Section(ANSWER_HEADING, key_value_lines(pairs, width) or ["(no totals)"])]
     front_sections += frame_sections(_totals_by_quantity(totals, directions), "Totals", width)
     front_sections += (
         frame_sections(differences, "Configuration differences", width)
         if not differences.empty
         else [Section("Configuration differences", ["(the configurations are identical)"])]
     )
+    front_sections.append(Section("Runs", runs_lines))
     title = f"Comparison of {len(runs)} runs"
     front = text_pages(front_sections, title, intro=[f"output: {out.resolve()}"])
     back = table_pages(
@@ -229,7 +321,13 @@ def _write_comparison(runs: list[Run], labels: list[str], out: Path) -> None:
     pages, _ = assemble(("title", front), figures, ("tables", back))
     save_pdf(pages, out / "report.pdf", title=title, footer="edgetrain comparison")
     write_xlsx(
-        {"totals": totals, "curves": curves, "config_differences": differences}, out / "report.xlsx"
+        {
+            "best": answer,
+            "totals": totals,
+            "curves": curves,
+            "config_differences": differences,
+        },
+        out / "report.xlsx",
     )
 
 

@@ -86,7 +86,8 @@ def totals_figure(
     totals: pd.DataFrame, title: str, metric: str = "val_acc", mode: str = "max"
 ) -> Figure | None:
     """One bar per run: total energy (hatched when estimated), wall time, and the best value
-    of the runs' metric (``metric``, better when ``mode`` is max or min)."""
+    of the runs' metric (``metric``, better when ``mode`` is max or min); the best run of
+    each panel is outlined and labelled 'best'."""
     best = f"best_{metric}"
     best_label = pretty_name(best)
     if not is_accuracy(metric):
@@ -129,9 +130,17 @@ def totals_figure(
                 if est:
                     bar.set_hatch("//")
                     bar.set_facecolor("tab:orange")
+        finite = np.isfinite(values)
+        best_at = None
+        if finite.sum() > 1:
+            higher = column == best and mode == "max"
+            best_at = int(np.nanargmax(values) if higher else np.nanargmin(values))
+            bars[best_at].set_edgecolor("black")
+            bars[best_at].set_linewidth(2.0)
         for x, value in enumerate(values):
             if np.isfinite(value):
                 text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+                text = f"best: {text}" if x == best_at else text
                 ax.annotate(
                     text,
                     (x, value),

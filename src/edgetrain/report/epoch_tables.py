@@ -11,11 +11,13 @@ import math
 import numpy as np
 import pandas as pd
 
+from edgetrain.report.features import controller_decisions
 from edgetrain.report.labels import format_value, is_performance, unit_of
 from edgetrain.report.rundir import Run
 
 __all__ = [
     "activation_table",
+    "adapt_memory",
     "controller_table",
     "correlation_matrix",
     "curve_columns",
@@ -184,13 +186,13 @@ def _changes(decisions: pd.DataFrame) -> pd.DataFrame:
 def controller_table(run: Run) -> pd.DataFrame:
     """Per epoch: scores, priorities, batch size, micro-batch, accumulation, lr and changes.
 
-    Scores and priorities are the last decision of the epoch; ``changes`` counts the
+    Pruning's decisions are not the controller's and are left out. Scores and priorities are the last decision of the epoch; ``changes`` counts the
     parameter changes and ``decisions`` spells them out ("batch_size 64→32").
 
     Returns:
         The table, or an empty one when the run has no decisions and a fixed batch size.
     """
-    metrics, decisions = run.metrics, run.decisions
+    metrics, decisions = run.metrics, controller_decisions(run)
     varies = any(
         metrics[c].dropna().nunique() > 1 for c in ("batch_size", "micro_batch_size", "accum_steps")
     )
@@ -305,3 +307,31 @@ def activation_table(run: Run) -> pd.DataFrame:
     if not columns:
         return pd.DataFrame(columns=["epoch"])
     return run.metrics[["epoch", *columns]].reset_index(drop=True)
+
+
+ADAPT_MEMORY_COLUMNS = (
+    "budget_bytes",
+    "peak_bytes",
+    "train_peak_bytes",
+    "predicted_peak_bytes",
+    "micro_batch_size",
+    "accum_steps",
+)
+
+
+def adapt_memory(run: Run) -> pd.DataFrame:
+    """Per epoch: the memory budget, the measured peaks, the controller's prediction and the
+    micro-batch (adapt.csv, its last row of each epoch).
+
+    Returns:
+        Columns ``epoch`` and those of ``budget_bytes, peak_bytes, train_peak_bytes,
+        predicted_peak_bytes, micro_batch_size, accum_steps`` with data; empty without
+        adapt.csv.
+    """
+    adapt = run.adapt
+    if adapt.empty or "epoch" not in adapt.columns or not adapt["epoch"].notna().any():
+        return pd.DataFrame(columns=["epoch"])
+    rows = adapt[adapt["epoch"].notna()].drop_duplicates("epoch", keep="last")
+    columns = _present(rows, ADAPT_MEMORY_COLUMNS)
+    table = rows[["epoch", *columns]].sort_values("epoch", kind="stable")
+    return table.reset_index(drop=True)

@@ -17,8 +17,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from edgetrain.report.compare_figures import is_fraction, overlay_figure, totals_figure
+from edgetrain.report.correlation import MIN_POINTS, correlation_text
 from edgetrain.report.labels import (
     axis_label,
+    bytes_unit,
     energy_sources_in,
     is_accuracy,
     metric_name,
@@ -44,8 +46,10 @@ __all__ = [
     "correlation_figure",
     "energy_figure",
     "is_fraction",
+    "metric_panels",
     "overlay_figure",
     "pairs_figure",
+    "prune_figure",
     "resources_figure",
     "totals_figure",
     "training_curves_figure",
@@ -72,7 +76,7 @@ def _lr_axis(ax: Axes, values: np.ndarray) -> None:
         set_limits(ax, np.append(values, 0.0), floor=0.0)
 
 
-def _metric_panels(curves: pd.DataFrame) -> list[list[str]]:
+def metric_panels(curves: pd.DataFrame) -> list[list[str]]:
     """The curve columns grouped into panels: losses, then one panel per metric (its train
     and val columns together), then the learning rate when it changes."""
     losses = [c for c in ("train_loss", "val_loss") if c in curves.columns]
@@ -98,7 +102,7 @@ def _metric_ylabel(column: str, values: np.ndarray) -> str:
 def training_curves_figure(curves: pd.DataFrame, title: str) -> Figure | None:
     """Loss and the task's metrics per epoch (train solid, val dashed), one panel per
     metric (accuracy, RMSE, perplexity, ...); lr when it changes."""
-    panels = _metric_panels(curves)
+    panels = metric_panels(curves)
     if curves.empty or not [p for p in panels if p != ["lr"]]:
         return None
     figure = new_figure(f"{title}: training curves")
@@ -237,14 +241,78 @@ def _decision_positions(decisions: pd.DataFrame) -> np.ndarray:
     return positions
 
 
+_LR_PARAMETERS = frozenset({"lr", "learning_rate"})
+
+
+def _controller_changed_lr(decisions: pd.DataFrame) -> bool:
+    """Whether a decision changed the learning rate (else lr is the schedule's)."""
+    if decisions.empty or "parameter" not in decisions.columns:
+        return False
+    return bool(decisions["parameter"].astype(str).isin(_LR_PARAMETERS).any())
+
+
+def _memory_panel(ax: Axes, memory: pd.DataFrame) -> None:
+    """Measured and predicted peak memory per epoch against the budget (a red line)."""
+    columns = [c for c in ("peak_bytes", "train_peak_bytes", "predicted_peak_bytes") if c in memory]
+    drawn = [memory[c].to_numpy(dtype=float) for c in columns]
+    budget = memory["budget_bytes"].to_numpy(dtype=float) if "budget_bytes" in memory else None
+    everything = np.concatenate([*drawn, budget if budget is not None else []])
+    scale, unit = bytes_unit(float(np.nanmax(np.abs(everything))) if everything.size else 0.0)
+    names = {
+        "peak_bytes": "peak (measured)",
+        "train_peak_bytes": "peak of the training steps",
+        "predicted_peak_bytes": "predicted by the controller",
+    }
+    styles = {"peak_bytes": "-", "train_peak_bytes": "-.", "predicted_peak_bytes": ":"}
+    epochs = memory["epoch"].to_numpy(dtype=float)
+    for column, values in zip(columns, drawn, strict=True):
+        ax.plot(epochs, values / scale, styles[column], marker="o", ms=3, label=names[column])
+    if budget is not None:
+        ax.plot(epochs, budget / scale, color=_DECISION_COLOR, lw=1.5, label="budget")
+    set_limits(ax, np.append(everything / scale, 0.0), floor=0.0)
+    ax.set_ylabel(f"memory ({unit})")
+    _outside_legend(ax)
+
+
+def _accumulation_labels(ax: Axes, epochs: np.ndarray, controller: pd.DataFrame) -> None:
+    """'x2 accumulated' beside the micro-batch line where the accumulation steps change."""
+    steps = controller["accum_steps"].to_numpy(dtype=float)
+    micro = controller["micro_batch_size"].to_numpy(dtype=float)
+    previous = math.nan
+    for epoch, step, size in zip(epochs, steps, micro, strict=True):
+        if not (np.isfinite(step) and np.isfinite(size)) or step == previous:
+            continue
+        previous = step
+        ax.annotate(
+            f"x{step:.0f} accumulated",
+            (epoch, size),
+            xytext=(4, -12),
+            textcoords="offset points",
+            fontsize=8,
+            color="tab:orange",
+        )
+
+
 def controller_figure(
-    controller: pd.DataFrame, decisions: pd.DataFrame, title: str
+    controller: pd.DataFrame,
+    decisions: pd.DataFrame,
+    title: str,
+    memory: pd.DataFrame | None = None,
 ) -> Figure | None:
-    """Batch size, micro-batch, accumulation and lr per epoch; controller scores per decision.
+    """Memory against the budget, batch size, micro-batch and accumulation per epoch; lr
+    when the controller changed it; controller scores per decision.
 
     Every epoch where the controller changed a parameter gets a red line and a label.
+
+    Args:
+        controller: :func:`~edgetrain.report.tables.controller_table`.
+        decisions: The controller's decisions.
+        title: The figure title's start.
+        memory: :func:`~edgetrain.report.tables.adapt_memory` (optional).
     """
-    if controller.empty:
+    memory = memory if memory is not None else pd.DataFrame()
+    has_memory = len(memory.columns) > 1 and not memory.empty
+    if controller.empty and not has_memory:
         return None
     sizes = [c for c in ("batch_size", "micro_batch_size") if c in controller.columns]
     scores = [
@@ -252,18 +320,26 @@ def controller_figure(
         for c in ("memory_score", "accuracy_score", "priority_batch_size", "priority_learning_rate")
         if c in decisions.columns and decisions[c].notna().any()
     ]
+    show_lr = "lr" in controller.columns and _controller_changed_lr(decisions)
     panels = [
         p
-        for p, ok in (("sizes", sizes), ("lr", "lr" in controller.columns), ("scores", scores))
+        for p, ok in (
+            ("memory", has_memory),
+            ("sizes", sizes),
+            ("lr", show_lr),
+            ("scores", scores),
+        )
         if ok
     ]
     if not panels:
         return None
-    figure = new_figure(f"{title}: adaptation controller")
+    figure = new_figure(f"{title}: memory budget and adaptation controller")
     axes = figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
-    epochs = controller["epoch"].to_numpy(dtype=float)
+    epochs = controller["epoch"].to_numpy(dtype=float) if "epoch" in controller else []
     for ax, panel in zip(axes, panels, strict=True):
-        if panel == "sizes":
+        if panel == "memory":
+            _memory_panel(ax, memory)
+        elif panel == "sizes":
             drawn = [controller[c].to_numpy(dtype=float) for c in sizes]
             for column, values in zip(sizes, drawn, strict=True):
                 ax.plot(
@@ -274,28 +350,11 @@ def controller_figure(
                     drawstyle="steps-mid",
                     label=pretty_name(column),
                 )
-            set_limits(ax, np.concatenate(drawn), floor=0.0)
+            set_limits(ax, np.append(np.concatenate(drawn), 0.0), floor=0.0)
             ax.set_ylabel("batch size (samples)")
-            if "accum_steps" in controller.columns:
-                twin = ax.twinx()
-                steps = controller["accum_steps"].to_numpy(dtype=float)
-                twin.plot(
-                    epochs,
-                    steps,
-                    color="tab:gray",
-                    ls="--",
-                    marker="s",
-                    ms=3,
-                    drawstyle="steps-mid",
-                    label="accumulation steps",
-                )
-                set_limits(twin, np.append(steps, 0.0), floor=0.0)
-                twin.set_ylabel("accumulation (steps)")
-                twin.yaxis.set_major_locator(MaxNLocator(integer=True))
-                handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-                ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.08, 1.0))
-            else:
-                _outside_legend(ax)
+            if "accum_steps" in controller.columns and "micro_batch_size" in sizes:
+                _accumulation_labels(ax, epochs, controller)
+            _outside_legend(ax)
         elif panel == "lr":
             values = controller["lr"].to_numpy(dtype=float)
             ax.plot(
@@ -346,7 +405,8 @@ def controller_figure(
             fontweight="bold",
             color=_DECISION_COLOR,
         )
-        legend.append(f"{number}: epoch {int(row['epoch'])} {row.get('decisions', '')}")
+        when = f"epoch {int(row['epoch'])}" if row["epoch"] >= 1 else "before epoch 1"
+        legend.append(f"{number}: {when} {row.get('decisions', '')}")
     if legend:
         shown = legend[:6] + (
             [f"… {len(legend) - 6} more in the tables"] if len(legend) > 6 else []
@@ -356,12 +416,17 @@ def controller_figure(
     return figure
 
 
-def correlation_figure(corr: pd.DataFrame, title: str) -> Figure | None:
-    """Heatmap of the per-epoch correlation matrix (Pearson r, -1..1)."""
-    if corr.empty:
+def correlation_figure(corr: pd.DataFrame, title: str, n: int | None = None) -> Figure | None:
+    """Heatmap of the per-epoch correlation matrix (Pearson r, -1..1) over ``n`` epochs.
+
+    Drawn only from :data:`~edgetrain.report.correlation.MIN_POINTS` epochs up (when ``n``
+    is given).
+    """
+    if corr.empty or (n is not None and n < MIN_POINTS):
         return None
     size = len(corr)
-    figure = new_figure(f"{title}: correlation between per-epoch quantities")
+    over = f" (Pearson r, n = {n} epochs)" if n is not None else " (Pearson r)"
+    figure = new_figure(f"{title}: correlation between per-epoch quantities{over}")
     ax = figure.subplots()
     image = ax.imshow(corr.to_numpy(dtype=float), cmap="RdBu_r", vmin=-1, vmax=1)
     names = [pretty_name(c) for c in corr.columns]
@@ -391,12 +456,24 @@ def pairs_figure(
     """Scatter plots of the strongest cost/performance pairs, one point per epoch.
 
     Each cost column appears once (its strongest pair), so the panels do not repeat
-    one quantity against the train and val values of one metric.
+    one quantity against the train and val values of one metric. A pair is drawn only
+    with :data:`~edgetrain.report.correlation.MIN_POINTS` epochs where both are known;
+    each panel names n and Pearson r. No line is fitted.
     """
     if pairs.empty or per_epoch.empty:
         return None
+    counts = [
+        int((per_epoch[c].notna() & per_epoch[p].notna()).sum())
+        if c in per_epoch and p in per_epoch
+        else 0
+        for c, p in zip(pairs["cost"], pairs["performance"], strict=True)
+    ]
+    pairs = pairs.assign(n=counts)
+    pairs = pairs[pairs["n"] >= MIN_POINTS]
+    if pairs.empty:
+        return None
     shown = pairs.drop_duplicates("cost").head(limit)
-    figure = new_figure(f"{title}: strongest cost/performance correlations")
+    figure = new_figure(f"{title}: strongest cost/performance correlations (one point per epoch)")
     columns = 2 if len(shown) > 1 else 1
     axes = figure.subplots(math.ceil(len(shown) / columns), columns, squeeze=False).ravel()
     points = None
@@ -416,7 +493,8 @@ def pairs_figure(
         ax.set_xlabel(x_label)
         ax.set_ylabel(y_label)
         ax.set_title(
-            f"{pretty_name(row.performance)} vs {pretty_name(row.cost)}: r = {row.r:+.2f}",
+            f"{pretty_name(row.performance)} vs {pretty_name(row.cost)}\n"
+            + correlation_text(int(row.n), float(row.r), "pearson"),
             fontsize=10,
         )
         set_limits(ax, y)  # zoomed on the data: the point here is the relation, not the level
@@ -433,36 +511,56 @@ def pairs_figure(
     return figure
 
 
-def activation_figure(activation: pd.DataFrame, title: str) -> Figure | None:
-    """Activation memory (MiB/GiB) and trainable fraction / parameter sparsity per epoch."""
-    memory = [c for c in ("activation_bytes",) if c in activation.columns]
-    fractions = [c for c in ("trainable_frac", "param_sparsity") if c in activation.columns]
-    panels = [group for group in (memory, fractions) if group]
-    if activation.empty or not panels:
+def activation_figure(activation: pd.DataFrame, title: str, note: str = "") -> Figure | None:
+    """Activation memory (MiB/GiB) per epoch: what was saved for backward, after compression.
+
+    Args:
+        activation: ``epoch, activation_bytes`` (other columns are not drawn).
+        title: The figure title's start.
+        note: A line under the figure (the codec, raw against stored).
+    """
+    if activation.empty or "activation_bytes" not in activation.columns:
         return None
-    figure = new_figure(f"{title}: activation memory and trainable parameters")
-    axes = figure.subplots(1, len(panels), squeeze=False)[0]
-    for ax, columns in zip(axes, panels, strict=True):
-        data = activation[columns].to_numpy(dtype=float)
-        scale, label = axis_label(columns[0], data.ravel())
-        for column in columns:
-            values = activation[column].to_numpy(dtype=float) / scale
-            if column == "activation_bytes":
-                ax.bar(
-                    activation["epoch"],
-                    values,
-                    width=0.7,
-                    color="tab:cyan",
-                    label=pretty_name(column),
-                )
-            else:
-                ax.plot(activation["epoch"], values, marker="o", ms=4, label=pretty_name(column))
-        if columns is fractions:
-            label = "fraction of parameters (0..1)"
-            set_unit_ylim(ax, data.ravel())
-        else:
-            set_limits(ax, np.append(data.ravel() / scale, 0.0), floor=0.0)
-        ax.set_ylabel(label)
-        epoch_axis(ax)
-        add_legend(ax)
+    values = activation["activation_bytes"].to_numpy(dtype=float)
+    if not np.isfinite(values).any():
+        return None
+    figure = new_figure(f"{title}: activation memory saved for backward")
+    if note:
+        add_note(figure, note)
+    ax = figure.subplots()
+    scale, label = axis_label("activation_bytes", values)
+    ax.bar(activation["epoch"], values / scale, width=0.7, color="tab:cyan")
+    set_limits(ax, np.append(values / scale, 0.0), floor=0.0)
+    ax.set_ylabel(f"peak stored activations ({label.rsplit('(', 1)[1]}")
+    epoch_axis(ax)
+    return figure
+
+
+def prune_figure(
+    sparsity: pd.DataFrame, title: str, target: float | None = None, note: str = ""
+) -> Figure | None:
+    """Parameter sparsity per epoch (zeros among conv and linear weights), with the target.
+
+    Args:
+        sparsity: ``epoch, param_sparsity``.
+        title: The figure title's start.
+        target: The pruning ratio aimed at (a dashed line).
+        note: A line under the figure (schedule, final sparsity).
+    """
+    if sparsity.empty or "param_sparsity" not in sparsity.columns:
+        return None
+    values = sparsity["param_sparsity"].to_numpy(dtype=float)
+    if not np.isfinite(values).any():
+        return None
+    figure = new_figure(f"{title}: pruning")
+    if note:
+        add_note(figure, note)
+    ax = figure.subplots()
+    ax.plot(sparsity["epoch"], values, marker="o", ms=4, label="parameter sparsity")
+    if target is not None:
+        ax.axhline(target, color=_DECISION_COLOR, ls="--", lw=1.2, label=f"target {target:g}")
+    set_unit_ylim(ax, np.append(values, target if target is not None else np.nan))
+    ax.set_ylabel("zero weights (fraction of conv and linear weights, 0..1)")
+    epoch_axis(ax)
+    add_legend(ax)
     return figure

@@ -33,9 +33,11 @@ from edgetrain.contract import (
 from edgetrain.errors import EdgeTrainError
 
 __all__ = [
+    "ADAPT_FILE",
     "DECISIONS_COLUMNS",
     "METRICS_COLUMNS",
     "RESOURCES_COLUMNS",
+    "SPARSE_UPDATE_FILE",
     "Run",
     "csv_header",
     "is_bench_directory",
@@ -53,6 +55,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 RESOURCES_COLUMNS = RESOURCES_BASE_COLUMNS
+#: Memory against the budget per epoch (written by the budget controller).
+ADAPT_FILE = "adapt.csv"
+#: Neurons selected per epoch and layer (written by sparse updates).
+SPARSE_UPDATE_FILE = "sparse_update.csv"
+#: The columns of sparse_update.csv kept as words (layer names may look like numbers).
+SPARSE_UPDATE_WORDS = ("scheme", "layer", "kind", "budget_kind", "requires_grad")
 _TEXT_COLUMNS = TEXT_COLUMNS
 # Columns that may hold numbers or words (a decision's old/new value).
 _MIXED_COLUMNS = frozenset({"old", "new"})
@@ -69,8 +77,11 @@ class Run:
         summary: Status and totals (``summary.json``), ``{}`` when absent.
         metrics: One row per epoch; every contract column present (empty when off).
         resources: One row per monitor sample; empty when absent.
-        decisions: One row per controller decision; empty when not adapting.
+        decisions: One row per decision (controller, pruning); empty when there were none.
         problems: What was wrong with the files (dropped rows, unreadable JSON).
+        adapt: Memory against the budget per epoch (``adapt.csv``); empty without a budget.
+        sparse_update: Neurons selected per epoch and layer (``sparse_update.csv``); empty
+            without sparse updates.
     """
 
     path: Path
@@ -81,6 +92,8 @@ class Run:
     resources: pd.DataFrame
     decisions: pd.DataFrame
     problems: tuple[str, ...] = field(default=())
+    adapt: pd.DataFrame = field(default_factory=pd.DataFrame)
+    sparse_update: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def name(self) -> str:
@@ -198,7 +211,20 @@ def load_run(path: Path | str) -> Run:
     decisions = read_csv_rows(path / "decisions.csv", DECISIONS_COLUMNS, problems)
     if decisions.dropna(how="all").empty:
         decisions = decisions.iloc[0:0]
-    return Run(path, config, env, summary, metrics, resources, decisions, tuple(problems))
+    adapt = read_csv_rows(path / ADAPT_FILE, (), problems, words=("source",))
+    sparse = read_csv_rows(path / SPARSE_UPDATE_FILE, (), problems, words=SPARSE_UPDATE_WORDS)
+    return Run(
+        path,
+        config,
+        env,
+        summary,
+        metrics,
+        resources,
+        decisions,
+        tuple(problems),
+        adapt=adapt,
+        sparse_update=sparse,
+    )
 
 
 def read_mapping(path: Path, problems: list[str]) -> dict[str, Any]:

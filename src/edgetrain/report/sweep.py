@@ -21,6 +21,7 @@ import pandas as pd
 
 from edgetrain.report import figures as fig
 from edgetrain.report import sweep_figures as sfig
+from edgetrain.report.correlation import MIN_POINTS
 from edgetrain.report.epoch_tables import energy_per_epoch, training_curves
 from edgetrain.report.labels import estimated_note
 from edgetrain.report.pdf import assemble, drawn_figures, save_pdf, save_pngs
@@ -32,6 +33,7 @@ from edgetrain.report.sweep_stats import (
     TOP_TITLES,
     best_trial,
     best_trial_reason,
+    best_trials,
     completed_table,
     failed_trials,
     importance_bars,
@@ -39,6 +41,7 @@ from edgetrain.report.sweep_stats import (
     parameter_effects,
     parameter_groups,
     parameter_kinds,
+    pareto_front,
     pareto_points,
     sweep_overview,
     top_table,
@@ -51,7 +54,7 @@ from edgetrain.report.textpages import (
     TABLE_FONT_SIZE,
     Section,
     frame_sections,
-    opening_sections,
+    key_value_lines,
     page_width_chars,
     table_pages,
     text_pages,
@@ -61,18 +64,21 @@ from edgetrain.safefs import claim_dir
 
 __all__ = [
     "ANALYSIS_TABLES",
+    "ANSWER_HEADING",
     "SWEEP_FIGURES",
     "SWEEP_KIND",
     "TOP_DISPLAY",
     "TOP_TITLES",
     "Sweep",
     "best_trial",
+    "best_trials",
     "failed_trials",
     "importance_bars",
     "load_sweep",
     "parameter_effects",
     "parameter_groups",
     "parameter_kinds",
+    "pareto_front",
     "pareto_points",
     "sweep_figure_names",
     "sweep_overview",
@@ -122,6 +128,7 @@ def sweep_figures(sweep: Sweep, tables: dict[str, pd.DataFrame]) -> dict[str, An
             {t: tables[f"importance_{t}"] for t in _targets(sweep)},
             sweep.name,
             metric_words(metric)[2],
+            len(tables["pareto_points"]),
         ),
         "sweep_energy_by_parameter": sfig.effects_figure(
             tables["parameter_effects"], "energy_j", sweep.name, sources
@@ -180,14 +187,43 @@ def _for_text(frame: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
+#: The heading of the sweep report's first section: the best trials.
+ANSWER_HEADING = "Best trials"
+
+
 def _front_sections(sweep: Sweep, tables: dict[str, pd.DataFrame]) -> list[Section]:
+    """Page 1: the best trials (the answer) and the Pareto front, then the study."""
     width = page_width_chars(PORTRAIT)
-    overview = tables["overview"]
-    pairs = zip(overview["key"], overview["value"], strict=True)
-    sections = opening_sections("Study", pairs, sweep.problems, width)
-    best = sweep.tables["best_values"]
-    if not best.empty:
-        shown = _for_text(best).rename(columns=lambda c: c.removeprefix("best_for_"))
+    note = estimated_note(sweep.energy_sources)
+    best = best_trials(sweep)
+    merged: dict[int, tuple[list[str], str]] = {}
+    for label, number, text in best.itertuples(index=False):
+        merged.setdefault(int(number), ([], text))[0].append(label)
+    pairs = [(" = ".join(labels), text) for labels, text in merged.values()]
+    lines = key_value_lines(pairs, width, max_key=16)  # merged labels take their own line
+    sections = [Section(f"{ANSWER_HEADING}{note}", lines or ["(none)"])]
+    front = pareto_front(sweep)
+    if not front.empty:
+        count = f"{len(front)} trial{'s' if len(front) != 1 else ''}"
+        heading = f"Pareto front: no trial is both better and cheaper ({count})"
+        sections += frame_sections(_for_text(front), heading, width)
+    overview = sweep_overview(sweep, picks=False)
+    pairs = list(zip(overview["key"], overview["value"], strict=True))
+    done = len(tables["pareto_points"])
+    if done < MIN_POINTS:
+        pairs.append(
+            (
+                "scatter plots",
+                f"none: {done} completed trials, fewer than {MIN_POINTS}; the Pareto front "
+                "is the table above, numeric parameters are shown as ranked trials",
+            )
+        )
+    sections.append(Section("Study", key_value_lines(pairs, width)))
+    if sweep.problems:
+        sections.append(Section("Notes on the input files", [f"- {p}" for p in sweep.problems]))
+    values = sweep.tables["best_values"]
+    if not values.empty:
+        shown = _for_text(values).rename(columns=lambda c: c.removeprefix("best_for_"))
         sections += frame_sections(shown, "Best value of each parameter, per target", width)
     failed = tables["failed"]
     if not failed.empty:
@@ -249,7 +285,7 @@ def write_sweep_report(sweep: Sweep, out: Path) -> list[str]:
     front = text_pages(_front_sections(sweep, tables), title, intro=intro)
     tops = table_pages(_table_sections(sweep, tables), f"Top trials: {sweep.name}")
     back = table_pages(_appendix_sections(sweep, tables), f"Tables: {sweep.name}")
-    pages, names = assemble(("title", front), ("top trials", tops), drawn, ("tables", back))
+    pages, names = assemble(("title", front), drawn, ("top trials", tops), ("tables", back))
     save_pdf(pages, out / "report.pdf", title=title, footer=f"edgetrain sweep report: {sweep.name}")
     sheets = {
         "overview": tables["overview"],

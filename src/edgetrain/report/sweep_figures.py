@@ -15,8 +15,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from edgetrain.report.correlation import MIN_POINTS, correlation, correlation_text
 from edgetrain.report.labels import (
     axis_label,
     energy_source_text,
@@ -44,6 +46,7 @@ __all__ = [
 ]
 
 _LABEL_POINTS = 40  # trials annotated with their number up to this many
+_MIN_BOX = 5  # a value with fewer trials gets its points and median, not a box
 _MAX_TICK_CHARS = 16
 
 
@@ -80,7 +83,10 @@ def pareto_figure(
     mode: str | None = None,
 ) -> Figure | None:
     """The metric (accuracy, RMSE, ...) against energy for every completed trial; the
-    Pareto front and knee marked.
+    Pareto front and knee marked; n and Spearman r in the subtitle.
+
+    Drawn only with :data:`~edgetrain.report.correlation.MIN_POINTS` completed trials
+    (with fewer, the report lists the front as a table).
 
     Args:
         points: :func:`~edgetrain.report.sweep_stats.pareto_points`.
@@ -89,7 +95,7 @@ def pareto_figure(
         metric: The metric column (default: the table's ``val_`` column).
         mode: ``max`` or ``min``: said on the axis of a metric other than accuracy.
     """
-    if points.empty:
+    if len(points) < MIN_POINTS:
         return None
     metric = metric or _metric_column(points)
     word = _metric_word(metric)
@@ -144,7 +150,12 @@ def pareto_figure(
     if mode is not None and not is_accuracy(metric):
         label += " (higher is better)" if mode == "max" else " (lower is better)"
     ax.set_ylabel(label)
-    ax.set_title("each point is a completed trial, labelled with its number", fontsize=10)
+    n, r = correlation(energy, accuracy, "spearman")
+    ax.set_title(
+        "each point is a completed trial, labelled with its number; "
+        f"energy against {pretty_name(metric)}: {correlation_text(n, r, 'spearman')}",
+        fontsize=10,
+    )
     ax.grid(True, which="both", alpha=0.3)
     # the front runs to the lower right when higher is better, to the upper right when lower is
     ax.legend(fontsize=9, loc="lower right" if is_accuracy(metric) else "best", framealpha=0.85)
@@ -159,16 +170,18 @@ _TARGET_TITLES = {
 
 
 def importance_figure(
-    bars: dict[str, pd.DataFrame], title: str, per_kj: str = "acc/kJ"
+    bars: dict[str, pd.DataFrame], title: str, per_kj: str = "acc/kJ", trials: int | None = None
 ) -> Figure | None:
     """Per target: fANOVA importance and Kruskal-Wallis ε² of each parameter (0..1 bars).
 
-    ``per_kj``: the unit of the efficiency target (the sweep's metric per kJ).
+    ``per_kj``: the unit of the efficiency target (the sweep's metric per kJ); ``trials``:
+    how many completed trials the importance comes from (said in the title).
     """
     panels = {target: table for target, table in bars.items() if not table.empty}
     if not panels:
         return None
-    figure = new_figure(f"{title}: parameter importance")
+    over = f" (from n = {trials} completed trials)" if trials is not None else ""
+    figure = new_figure(f"{title}: parameter importance{over}")
     add_note(
         figure,
         "fANOVA: share of the target's variance explained by the parameter; "
@@ -186,6 +199,9 @@ def importance_figure(
         for position, value in zip(y, table["best_value"], strict=True):
             if pd.notna(value) and str(value) != "":
                 text = str(value)
+                number = pd.to_numeric(pd.Series([text]), errors="coerce").iloc[0]
+                if pd.notna(number) and number != int(number):
+                    text = f"{number:.4g}"
                 text = text if len(text) <= 18 else text[:17] + "…"
                 ax.annotate(
                     f"best: {text}",
@@ -208,16 +224,38 @@ def _tick_label(text: str) -> str:
     return text if len(text) <= _MAX_TICK_CHARS else text[: _MAX_TICK_CHARS - 1] + "…"
 
 
+def _ranked_panel(ax: Axes, part: pd.DataFrame, column: str, what: str) -> None:
+    """The trials of a numeric parameter ranked by ``column``, each labelled with its value
+    (too few trials to draw the value against the quantity)."""
+    ranked = part.sort_values(column, kind="stable")
+    positions = np.arange(len(ranked))
+    ax.scatter(positions, ranked[column], s=24, color="tab:gray", zorder=3)
+    labels = [f"{x:.3g}" if np.isfinite(x) else "-" for x in ranked["x"].to_numpy(dtype=float)]
+    ax.set_xticks(positions, labels=labels, rotation=35, ha="right", fontsize=7)
+    ax.set_xlim(-0.6, len(ranked) - 0.4)
+    ax.set_xlabel(f"value, trials ranked by {what}", fontsize=8)
+
+
 def effects_figure(
     effects: pd.DataFrame, column: str, title: str, sources: Sequence[str]
 ) -> Figure | None:
     """One panel per parameter: the trials' energy or metric by the parameter's value.
 
-    Categorical parameters get a box per value with the trials as points; numeric ones a
-    scatter (log x when the values span more than 10x). All panels share the y axis.
+    Categorical parameters get a box per value (a median line below five trials) with the
+    trials as points (each value's count under it). Numeric ones get a scatter (log x when
+    the values span more than 10x) with n and Spearman r from
+    :data:`~edgetrain.report.correlation.MIN_POINTS` trials up, no line fitted; with fewer
+    trials, no scatter: the trials ranked by the quantity, each labelled with its value.
+    All panels share the y axis.
     """
     if effects.empty or column not in effects.columns or effects[column].notna().sum() == 0:
         return None
+    known = effects[effects[column].notna()]
+    few = [
+        name
+        for name, part in known.groupby("parameter", sort=False)
+        if part["kind"].iloc[0] == "numeric" and part["x"].notna().sum() < MIN_POINTS
+    ]
     params = list(dict.fromkeys(effects["parameter"]))
     count = len(params)
     columns = 5 if count > 8 else 4 if count > 6 else 3 if count > 4 else count
@@ -234,29 +272,41 @@ def effects_figure(
         if part.empty:
             ax.set_title(name, fontsize=10)
             continue
-        if part["kind"].iloc[0] == "numeric":
+        title = name
+        if name in few:
+            _ranked_panel(ax, part, column, what)
+            title = f"{name}\nn = {len(part)}: too few trials for a scatter"
+        elif part["kind"].iloc[0] == "numeric":
             x = part["x"].to_numpy(dtype=float)
             ax.scatter(x, part[column], s=24, color="tab:blue", zorder=3)
             set_value_axis(ax, x, axis="x", floor=None)
             ax.tick_params(axis="x", labelsize=7)
+            n, r = correlation(x, part[column].to_numpy(dtype=float), "spearman")
+            title = f"{name}\n{correlation_text(n, r, 'spearman')}"
         else:
             groups = part.sort_values("order", kind="stable").groupby("value", sort=False)
             labels, data = [], []
             for value, group in groups:
-                labels.append(_tick_label(str(value)))
+                labels.append(f"{_tick_label(str(value))}\n(n={len(group)})")
                 data.append(group[column].to_numpy(dtype=float))
             positions = np.arange(len(data))
-            ax.boxplot(
-                data,
-                positions=positions,
-                widths=0.55,
-                showfliers=False,
-                medianprops={"color": "tab:red"},
-            )
+            boxed = [i for i, points in enumerate(data) if len(points) >= _MIN_BOX]
+            if boxed:
+                ax.boxplot(
+                    [data[i] for i in boxed],
+                    positions=positions[boxed],
+                    widths=0.55,
+                    showfliers=False,
+                    medianprops={"color": "tab:red"},
+                )
+            for i, points in enumerate(data):
+                if i not in boxed and len(points):  # a few points: their median, no box
+                    median = float(np.median(points))
+                    ax.plot([i - 0.2, i + 0.2], [median, median], color="tab:red", lw=1.5)
             for position, points in zip(positions, data, strict=True):
                 offsets = np.linspace(-0.12, 0.12, len(points)) if len(points) > 1 else [0.0]
                 ax.scatter(position + np.asarray(offsets), points, s=16, color="tab:blue", zorder=3)
-            tilt = sum(map(len, labels)) > 22
+            tilt = sum(len(label.split("\n")[0]) for label in labels) > 22
             ax.set_xticks(
                 positions,
                 labels=labels,
@@ -265,7 +315,7 @@ def effects_figure(
                 fontsize=7,
             )
             ax.set_xlim(-0.6, len(data) - 0.4)
-        ax.set_title(name, fontsize=10)
+        ax.set_title(title, fontsize=10)
         ax.grid(True, axis="y", which="both", alpha=0.3)
     for ax in axes[count:]:
         ax.set_visible(False)

@@ -32,6 +32,7 @@ __all__ = [
     "TOP_TITLES",
     "best_trial",
     "best_trial_reason",
+    "best_trials",
     "completed_table",
     "failed_trials",
     "importance_bars",
@@ -39,6 +40,7 @@ __all__ = [
     "parameter_effects",
     "parameter_groups",
     "parameter_kinds",
+    "pareto_front",
     "pareto_points",
     "sweep_overview",
     "top_display",
@@ -149,8 +151,99 @@ def _trial_line(sweep: Sweep, number: Any) -> str:
     return line
 
 
-def sweep_overview(sweep: Sweep) -> pd.DataFrame:
-    """The title page as rows ``key, value`` (text)."""
+def _picks(sweep: Sweep) -> list[tuple[str, str, str]]:
+    """(summary.json key, label, top table) of each trial the report names as best."""
+    metric = sweep.metric
+    name = metric_words(metric)[0]
+    picks = [
+        (f"best_{metric.target}_trial", f"best {name}", metric.table),
+        ("lowest_energy_trial", "lowest energy", "top_energy"),
+    ]
+    if metric.efficiency:
+        picks.append(("best_efficiency_trial", "best efficiency", "top_efficiency"))
+    picks.append(("knee_trial", "Pareto knee", ""))
+    return picks
+
+
+def _pick_number(sweep: Sweep, key: str, table: str) -> Any:
+    number = sweep.summary.get(key)
+    if number is None and table:
+        top = sweep.tables.get(table, pd.DataFrame())
+        number = None if top.empty or "number" not in top else top["number"].iloc[0]
+    return number
+
+
+def _params_text(sweep: Sweep, number: Any) -> str:
+    """'lr 0.0184, batch_size 64, precision bf16': a trial's parameters."""
+    trials = sweep.tables["trials"]
+    if finite_number(number) is None or "number" not in trials.columns:
+        return ""
+    row = trials[trials["number"] == float(number)]
+    if row.empty:
+        return ""
+    row = row.iloc[0]
+    parts = []
+    for column in (c for c in trials.columns if c.startswith("param_")):
+        value = row.get(column)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        text = str(value)
+        number_value = finite_number(text)
+        if number_value is not None and number_value != int(number_value):
+            text = f"{number_value:.4g}"
+        parts.append(f"{column.removeprefix('param_')} {text}")
+    return ", ".join(parts)
+
+
+def best_trials(sweep: Sweep) -> pd.DataFrame:
+    """The answer of a sweep: the trial that is best by the metric, by energy, by
+    efficiency (when the metric has one) and the Pareto knee, each with its metric, energy
+    and parameters.
+
+    Returns:
+        Rows ``best_by, number, text`` (text: the trial's line and its parameters); a pick
+        the analysis does not name is left out.
+    """
+    rows = []
+    for key, label, table in _picks(sweep):
+        number = _pick_number(sweep, key, table)
+        if finite_number(number) is None:
+            continue
+        text = _trial_line(sweep, number)
+        params = _params_text(sweep, number)
+        rows.append(
+            {
+                "best_by": label,
+                "number": int(float(number)),
+                "text": f"{text}; {params}" if params else text,
+            }
+        )
+    return pd.DataFrame(rows, columns=["best_by", "number", "text"])
+
+
+def pareto_front(sweep: Sweep) -> pd.DataFrame:
+    """The trials on the Pareto front (metric against energy), cheapest first, with their
+    parameters: ``number, <metric>, energy_j, knee`` then the parameters."""
+    points = pareto_points(sweep)
+    metric = sweep.metric.column
+    columns = ["number", metric, "energy_j", "knee"]
+    if points.empty:
+        return pd.DataFrame(columns=columns)
+    front = points[points["on_front"]]
+    trials = sweep.tables["trials"]
+    params = [c for c in trials.columns if c.startswith("param_")]
+    shown = front[[c for c in columns if c in front.columns]].copy()
+    shown["knee"] = shown["knee"].map(lambda k: "knee" if k else "")
+    if params and "number" in trials.columns:
+        by_number = trials.drop_duplicates("number").set_index("number")[params]
+        for column in params:
+            shown[column.removeprefix("param_")] = shown["number"].map(by_number[column])
+    return shown.reset_index(drop=True)
+
+
+def sweep_overview(sweep: Sweep, picks: bool = True) -> pd.DataFrame:
+    """The title page as rows ``key, value`` (text); ``picks``: with the best trials
+    (:func:`best_trials` gives them with their parameters)."""
     summary, space = sweep.summary, sweep.space
     counts = trial_counts(sweep)
     objectives = summary.get("objectives") or space.get("objectives") or []
@@ -182,19 +275,8 @@ def sweep_overview(sweep: Sweep) -> pd.DataFrame:
         rows.append(("data", "the space varies data keys: trials saw different validation data"))
     metric = sweep.metric
     name = metric_words(metric)[0]
-    picks = [
-        (f"best_{metric.target}_trial", f"best {name}", metric.table),
-        ("lowest_energy_trial", "lowest energy", "top_energy"),
-    ]
-    if metric.efficiency:
-        picks.append(("best_efficiency_trial", "best efficiency", "top_efficiency"))
-    picks.append(("knee_trial", "Pareto knee", ""))
-    for key, label, table in picks:
-        number = summary.get(key)
-        if number is None and table:
-            top = sweep.tables.get(table, pd.DataFrame())
-            number = None if top.empty or "number" not in top else top["number"].iloc[0]
-        rows.append((label, _trial_line(sweep, number)))
+    for key, label, table in _picks(sweep) if picks else []:
+        rows.append((label, _trial_line(sweep, _pick_number(sweep, key, table))))
     for key, label in (
         ("top_energy_driver", "top energy driver"),
         (f"top_{metric.target}_driver", f"top {name} driver"),

@@ -16,6 +16,7 @@ import pandas as pd
 
 from edgetrain.report.epoch_tables import (
     activation_table,
+    adapt_memory,
     controller_table,
     correlation_matrix,
     decisions_table,
@@ -42,6 +43,7 @@ from edgetrain.units import format_seconds
 
 __all__ = [
     "activation_table",
+    "adapt_memory",
     "config_table",
     "controller_table",
     "correlation_matrix",

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from edgetrain.config import TrainConfig, config_to_dict, load_config, write_yaml_text
+from edgetrain.contract import CHECKPOINT_FILE, MODEL_FILE
 from edgetrain.errors import DivergedError, EdgeTrainError
 from edgetrain.safefs import os_error_message, user_errors
 from edgetrain.tasks import Task, infer_task, make_task
@@ -26,15 +27,25 @@ from edgetrain.train.data import SplitData, SubsetView, fit_normalizer, split_in
 from edgetrain.train.loop import evaluate, run_epochs
 from edgetrain.train.optim import build_optimizer, make_grad_scaler, param_dtype
 from edgetrain.train.rundir import RunDir, load_tensors, save_tensors
-from edgetrain.train.writer import RunWriter, build_summary, restore_rng
+from edgetrain.train.writer import (
+    BEST_CHECKPOINT_FILE,
+    RunWriter,
+    best_row,
+    build_summary,
+    restore_rng,
+    save_best,
+)
 
 __all__ = [
+    "WEIGHTS_FILES",
     "FitResult",
     "fit",
     "load_pretrained",
+    "load_weights",
     "prepare",
     "prepare_data",
     "resolve_device",
+    "run_weights_path",
     "train",
 ]
 
@@ -43,12 +54,30 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FitResult:
-    """What a training run returns."""
+    """What a training run returns: the trained model (its final weights), the per-epoch
+    history, the run directory and summary.json's content."""
 
     model: nn.Module
     history: pd.DataFrame
     run_dir: Path | None
     summary: dict[str, Any] = field(default_factory=dict)
+
+    def table(self) -> Any:
+        """The run's end in a few rows (a ``rich.table.Table``: status and stop reason,
+        best and final metrics, time, energy, peak memory against the budget)."""
+        from edgetrain.train.features.progress import summary_table
+
+        return summary_table(self.summary)
+
+    def table_text(self, width: int = 100) -> str:
+        """:meth:`table` as plain text."""
+        import io
+
+        from rich.console import Console
+
+        sink = io.StringIO()
+        Console(file=sink, width=width, markup=False, color_system=None).print(self.table())
+        return sink.getvalue()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -157,7 +186,9 @@ def _env_info(statuses: Any = None) -> dict[str, Any]:
     return environment_info(statuses)
 
 
-def _default_callbacks(config: TrainConfig, progress: bool) -> list[Callback]:
+def _default_callbacks(
+    config: TrainConfig, progress: bool, sample: Callable[[], Any] | None = None
+) -> list[Callback]:
     cbs: list[Callback] = []
     if config.monitor.enabled:
         from edgetrain.train.features.monitor import MonitorCallback
@@ -167,11 +198,38 @@ def _default_callbacks(config: TrainConfig, progress: bool) -> list[Callback]:
         from edgetrain.train.features.activations import ActivationCallback
 
         cbs.append(ActivationCallback(config.activations, seed=config.seed))
+    if config.early_stop.enabled:
+        from edgetrain.train.features.early_stop import EarlyStopCallback
+
+        cbs.append(EarlyStopCallback(config.early_stop))
     if progress:
         from edgetrain.train.features.progress import ProgressCallback
 
-        cbs.append(ProgressCallback())
+        cbs.append(ProgressCallback(sample=sample))
     return cbs
+
+
+def _check_early_stop(config: TrainConfig, data: SplitData, task: Task) -> None:
+    """A validation metric needs a validation split: say so before the run starts."""
+    if not config.early_stop.enabled or data.val is not None:
+        return
+    metric = config.early_stop.metric or task.best_metric
+    if metric.startswith("val_"):
+        raise EdgeTrainError(
+            f"early_stop watches {metric}, but there is no validation data (split "
+            f"{list(config.split)}); give a validation fraction or val_data, or set "
+            "early_stop.metric=train_loss"
+        )
+
+
+def _logger_callbacks(config: TrainConfig, user: list[Callback]) -> list[Callback]:
+    """The loggers ``config.log`` asks for, but none of a kind the caller passes."""
+    if not config.log.enabled:
+        return []
+    from edgetrain.train.features.loggers import logger_callbacks
+
+    given = {type(cb) for cb in user}
+    return [cb for cb in logger_callbacks(config.log) if type(cb) not in given]
 
 
 @dataclass
@@ -222,6 +280,10 @@ def _run(
 ) -> FitResult:
     """Shared by :func:`fit` and :func:`train`: everything after model and data exist."""
     device = resolve_device(config.device)
+    _check_early_stop(config, data, task)
+    user = list(callbacks)
+    # built before the run directory exists: a missing extra leaves nothing behind
+    loggers = _logger_callbacks(config, user)
     train_size = _size(data.train)
     if not isinstance(data.train, DataLoader):
         _check_sizes(config, train_size)
@@ -247,8 +309,11 @@ def _run(
         scheduler=scheduler,
         collate_fn=data.collate_fn,
     )
-    user = list(callbacks)
-    defaults = _default_callbacks(config, progress)
+    sample = None
+    if not isinstance(data.train, DataLoader):  # a user's loader is not started for a summary
+        train_set, collate = data.train, data.collate_fn
+        sample = lambda: _first_batch(train_set, collate)  # noqa: E731
+    defaults = _default_callbacks(config, progress, sample)
     from edgetrain.train.features.budget import adapt_callbacks
 
     # after the monitor (its epoch peaks feed the controller), before progress and user ones
@@ -262,7 +327,9 @@ def _run(
     # a callback the caller passes replaces the default of the same kind (e.g. a custom meter)
     given = {type(cb) for cb in user}
     defaults = [cb for cb in defaults if type(cb) not in given]
-    chain = CallbackList([*defaults, *user])
+    # the loggers last (before the writer): every feature and the caller's callbacks have
+    # filled the epoch's row by then
+    chain = CallbackList([*defaults, *user, *loggers])
     writer = RunWriter(run, scaler, chain)
     all_callbacks = CallbackList([*chain.callbacks, writer])
 
@@ -285,6 +352,7 @@ def _run(
         run_epochs(state, forward, data.train, data.val, all_callbacks, scaler, start_epoch)
         if data.test is not None and evaluate_test:
             extra["test"] = evaluate(model, forward, data.test, state, prefix="test")
+            state.test_metrics = extra["test"]
         status = "completed"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -302,6 +370,7 @@ def _run(
         raise
     finally:
         try:
+            state.status = status
             all_callbacks.on_fit_end(state)
         finally:
             extra.update(all_callbacks.summary())
@@ -330,6 +399,7 @@ def _restore(
 ) -> int:
     ckpt = run.load_checkpoint()
     done = int(ckpt["epoch"])
+    _repair_best(run, state, ckpt)
     state.model.load_state_dict(ckpt["model"])
     state.optimizer.load_state_dict(ckpt["optimizer"])
     scaler.load_state_dict(ckpt["scaler"])
@@ -349,6 +419,28 @@ def _restore(
     )
     log.info("resuming %s after epoch %d", run.path, done)
     return done
+
+
+def _repair_best(run: RunDir, state: TrainState, ckpt: Mapping[str, Any]) -> None:
+    """Make checkpoints/best.pt match the checkpoint's history: a run killed between
+    writing last.pt and best.pt gets best.pt from last.pt's model; a best.pt of another
+    epoch than the history's best (a run older than best checkpoints) is removed, so
+    summary.json never names weights the file does not hold."""
+    task = state.task.describe()
+    key, mode = str(task["best_metric"]), str(task["best_mode"])
+    done, history = int(ckpt["epoch"]), list(ckpt["history"])
+    row = best_row(history, key, mode)
+    path = run.path / BEST_CHECKPOINT_FILE
+    saved = load_tensors(path, "best checkpoint") if path.exists() else None
+    saved_epoch = saved.get("epoch") if isinstance(saved, Mapping) else None
+    if row is None or saved_epoch == row.get("epoch"):
+        return
+    if row.get("epoch") == done:
+        save_best(path, ckpt["model"], done, key, mode, float(row[key]))
+        log.info("wrote %s from the checkpoint of epoch %d", path, done)
+    elif saved is not None:
+        path.unlink()
+        log.warning("removed %s: it is not the best epoch of the run's history", path)
 
 
 def train(
@@ -385,7 +477,7 @@ def train(
         cfg = load_config(config, overrides=overrides)
     data, model = prepare(cfg)
     if cfg.init_from is not None and resume is None:
-        load_pretrained(model, cfg.init_from)
+        load_pretrained(model, cfg.init_from, which=cfg.init_from_which)
     return _run(
         cfg,
         model,
@@ -399,24 +491,64 @@ def train(
     )
 
 
-def load_pretrained(model: nn.Module, source: str | Path) -> list[str]:
-    """Initialise ``model`` from a run directory's model.pt (or a .pt file).
+#: A run directory's weights files, by which one is asked for.
+WEIGHTS_FILES = {"final": MODEL_FILE, "best": BEST_CHECKPOINT_FILE, "last": CHECKPOINT_FILE}
+
+
+def run_weights_path(source: str | Path, which: str = "final", what: str = "init_from") -> Path:
+    """The weights file of a run directory (``final``: model.pt, ``best``:
+    checkpoints/best.pt, ``last``: checkpoints/last.pt), or ``source`` itself if a file."""
+    path = Path(source)
+    if which not in WEIGHTS_FILES:
+        raise EdgeTrainError(
+            f"{what}: which weights must be one of {', '.join(WEIGHTS_FILES)}, got {which!r}"
+        )
+    if not path.is_dir():
+        if not path.exists():
+            raise EdgeTrainError(f"{what}: no run directory or weights file at {path}")
+        return path
+    file = path / WEIGHTS_FILES[which]
+    if not file.exists():
+        hint = {
+            "final": "the run has not completed; use its best or last checkpoint",
+            "best": "no epoch had a value of the task's best metric (no validation data?)",
+            "last": "the run has not finished an epoch",
+        }[which]
+        raise EdgeTrainError(f"{what}: no {which} weights at {file} ({hint})")
+    return file
+
+
+def load_weights(
+    source: str | Path, which: str = "final", what: str = "init_from"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A state dict of tensors from a run directory or a .pt file, and what the file says
+    about it (``epoch``, ``metric``, ``value`` of a checkpoint). Read with weights_only.
+
+    A file may be a state dict (model.pt) or a checkpoint holding one under ``model``
+    (checkpoints/best.pt, checkpoints/last.pt).
+    """
+    path = run_weights_path(source, which, what)
+    saved = load_tensors(path, f"{what} weights")
+    info: dict[str, Any] = {"path": path}
+    if isinstance(saved, Mapping) and isinstance(saved.get("model"), Mapping):
+        info.update({k: saved[k] for k in ("epoch", "metric", "mode", "value") if k in saved})
+        saved = saved["model"]
+    if not isinstance(saved, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in saved.values()
+    ):
+        raise EdgeTrainError(f"{what}: {path} is not a state dict of tensors")
+    return dict(saved), info
+
+
+def load_pretrained(model: nn.Module, source: str | Path, which: str = "final") -> list[str]:
+    """Initialise ``model`` from a run directory's weights (``which``: ``final`` model.pt,
+    ``best`` checkpoints/best.pt, ``last`` checkpoints/last.pt) or a .pt file.
 
     Tensors whose name and shape match are loaded; the others (e.g. a classifier head for
     a different number of classes) keep their fresh initialisation and are returned.
     """
-    path = Path(source)
-    if path.is_dir():
-        path = path / "model.pt"
-    if not path.exists():
-        raise EdgeTrainError(
-            f"init_from: no model weights at {path} (expected a run directory with model.pt)"
-        )
-    saved = load_tensors(path, "init_from weights")
-    if not isinstance(saved, Mapping) or not all(
-        isinstance(v, torch.Tensor) for v in saved.values()
-    ):
-        raise EdgeTrainError(f"init_from: {path} is not a state dict of tensors")
+    saved, info = load_weights(source, which)
+    path = info["path"]
     own = model.state_dict()
     matched = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
     if not matched:

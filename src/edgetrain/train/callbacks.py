@@ -77,6 +77,10 @@ class TrainState:
     epoch_row: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     stop_training: bool = False
+    # what summary.json will say, set just before on_fit_end (running until then), and
+    # the test split's metrics once evaluated: for loggers
+    status: str = "running"
+    test_metrics: dict[str, Any] | None = None
     skipped_steps: int = 0  # logical batches whose loss was not finite (on_nonfinite=skip)
     # set by edgetrain's callbacks for the others and for env.json
     sensor_statuses: list[Any] | None = None  # the monitor's sensors: available or not, why

@@ -92,6 +92,11 @@ class CsvLog:
         self.columns = list(columns)
         self._lock = threading.Lock()
         new = not path.exists() or path.stat().st_size == 0
+        if not new:  # appending (resume): keep the file's own header, e.g. of an older version
+            with open(path, newline="") as fh:
+                header = next(csv.reader(fh), None)
+            if header:
+                self.columns = header
         self._fh = open(path, "a", newline="")  # noqa: SIM115 - closed in close()
         if new:
             self._write_line(self.columns)

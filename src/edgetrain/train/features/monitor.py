@@ -47,6 +47,8 @@ class MonitorCallback(Callback):
         kwargs: dict[str, Any] = {"interval_s": self.config.interval_s}
         if self.config.cpu_tdp_w is not None:
             kwargs["cpu_tdp_w"] = self.config.cpu_tdp_w
+        if self.config.devices is not None:
+            kwargs["devices"] = self.config.devices
         self.monitor = Monitor(**kwargs)
         state.sensor_statuses = self.monitor.sensor_statuses
         if state.run is not None:
@@ -81,13 +83,7 @@ class MonitorCallback(Callback):
         self._window.__exit__(None, None, None)
         result = self._window.result
         self._window = None
-        state.epoch_row.update(
-            energy_j=result.energy_j,
-            energy_source=result.energy_source or None,
-            avg_power_w=result.avg_power_w,
-            peak_rss_bytes=result.peak_rss_bytes,
-            peak_device_mem_bytes=result.peak_device_mem_bytes,
-        )
+        state.epoch_row.update(result.epoch_fields())  # energy with scope, coverage, process share
         self._epoch = 0  # samples between epochs (validation is inside the window) are untagged
 
     def on_fit_end(self, state: TrainState) -> None:
@@ -97,12 +93,7 @@ class MonitorCallback(Callback):
             self._window.__exit__(None, None, None)
             self._window = None
         self.monitor.close()  # also shuts NVML down
-        self._summary = {
-            "monitor": {
-                "interval_s": self.config.interval_s,
-                "sample_rate_hz": self.monitor.sample_rate_hz,
-            }
-        }
+        self._summary = {"monitor": self.monitor.summary()}
         self.monitor = None
 
     def summary(self) -> dict[str, Any]:
