@@ -51,6 +51,10 @@ def _mib(value: int | None) -> float | None:
     return None if value is None else round(value / 2**20, 1)
 
 
+def _round(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -66,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from torch.utils.data import Dataset
 
     import edgetrain
+    from edgetrain.errors import EdgeTrainError
     from edgetrain.zoo import load_dataset
 
     class ByteWindows(Dataset):
@@ -123,28 +128,33 @@ def main(argv: list[str] | None = None) -> int:
         settings["adapt"] = {"policy": "budget"}
     if args.smoke:
         settings["monitor"] = {"enabled": False}
-    result = edgetrain.fit(
-        model,
-        train,
-        val,
-        collate_fn=collate,
-        out=str(args.out),
-        overwrite=True,
-        progress=not args.smoke,
-        **settings,
-    )
+    try:
+        result = edgetrain.fit(
+            model,
+            train,
+            val,
+            collate_fn=collate,
+            out=str(args.out),
+            overwrite=True,
+            progress=not args.smoke,
+            **settings,
+        )
+    except EdgeTrainError as exc:  # a bad setting, e.g. --budget 12 parsecs
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     summary = result.summary
     final = summary.get("final") or {}
+    val_loss = final.get("val_loss")  # the model's loss: mean cross entropy per next byte
     shown: dict[str, Any] = {
         "status": summary["status"],
         "task": summary["task"]["name"],
         "steps": summary["steps"],
         "total_time_s": round(summary["total_time_s"], 1),
-        "total_energy_j": summary.get("total_energy_j"),
+        "total_energy_j": _round(summary.get("total_energy_j")),
         "peak_rss_mib": _mib(summary.get("peak_rss_bytes")),
-        "train_loss": final.get("train_loss"),
-        "val_loss": final.get("val_loss"),
-        "val_perplexity": math.exp(final["val_loss"]) if final.get("val_loss") else None,
+        "train_loss": _round(final.get("train_loss"), 4),
+        "val_loss": _round(val_loss, 4),
+        "val_perplexity": None if val_loss is None else _round(math.exp(val_loss), 3),
     }
     adapt = summary.get("adapt")
     if adapt:

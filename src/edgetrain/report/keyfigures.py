@@ -339,7 +339,7 @@ def key_figures_figure(
         y -= step
     figure.text(_RIGHT_X - 0.06, top, LEARNING_CURVE_TITLE, **heading)
     if curves.empty or not curve_panels(curves, metric):
-        note = "no epoch finished: no learning curve"
+        note = "no per-epoch metrics (metrics.csv): no learning curve"
         figure.text(_RIGHT_X - 0.06, top - 0.05, note, fontsize=_FONT, va="top")
     else:
         _draw_curves(figure, curves, metric, mode, best_epoch, (_RIGHT_X, 0.09, 0.36, top - 0.16))

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -41,10 +42,12 @@ __all__ = [
     "Run",
     "csv_header",
     "is_bench_directory",
+    "is_monitor_directory",
     "is_run_directory",
     "is_sparse_compare_directory",
     "is_sweep_analysis",
     "is_sweep_directory",
+    "load_monitor",
     "load_run",
     "metrics_contract",
     "read_csv_rows",
@@ -186,10 +189,121 @@ def csv_header(path: Path) -> list[str]:
 
 
 def is_run_directory(path: Path) -> bool:
-    """Whether ``path`` holds a run: metrics.csv, or summary.json with config.yaml."""
-    return (path / "metrics.csv").is_file() or (
-        (path / "summary.json").is_file() and (path / "config.yaml").is_file()
+    """Whether ``path`` holds a run: metrics.csv, or summary.json with config.yaml, or what
+    ``edgetrain monitor --out`` wrote (read as a run by :func:`load_monitor`)."""
+    return (
+        (path / "metrics.csv").is_file()
+        or ((path / "summary.json").is_file() and (path / "config.yaml").is_file())
+        or is_monitor_directory(path)
     )
+
+
+def is_monitor_directory(path: Path) -> bool:
+    """What ``edgetrain monitor --out DIR -- CMD`` writes: summary.json naming the command
+    (and resources.csv, marks.tsv), without a training run's metrics.csv."""
+    if (path / "metrics.csv").is_file() or not (path / "summary.json").is_file():
+        return False
+    try:
+        summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and isinstance(summary.get("command"), list)
+
+
+#: The column of a monitor directory's metrics that names each phase.
+PHASE_COLUMN = "phase"
+
+
+def load_monitor(path: Path | str) -> Run:
+    """A monitor directory read as a run: one epoch per phase the command marked with
+    ``edgetrain.mark`` (summary.json ``phases``; the whole command when it marked none).
+
+    ``metrics`` has a row per phase (``epoch`` = the phase's number, its label in
+    ``phase``, time, energy, average power, peaks); resources.csv samples are tagged with
+    their phase in ``epoch``, so the run report's energy and resource figures and tables
+    show phases. ``config`` holds the command and the sampling interval, ``env`` the
+    sensors, and ``summary`` the monitor's own keys plus a run's totals
+    (``total_time_s``, ``total_energy_j``, ``epochs_completed``).
+
+    Raises:
+        EdgeTrainError: if the directory does not exist or is not a monitor directory.
+    """
+    path = require_directory(path)
+    if not is_monitor_directory(path):
+        raise EdgeTrainError(f"{path} is not an edgetrain monitor directory (no summary.json)")
+    problems: list[str] = []
+    raw = read_mapping(path / "summary.json", problems)
+    phases = [p for p in raw.get("phases") or [] if isinstance(p, dict)]
+    if not phases:  # the whole command is one phase
+        phases = [
+            {
+                "index": 1,
+                "label": "command",
+                "start_s": 0.0,
+                "end_s": raw.get("wall_time_s"),
+                "time_s": raw.get("wall_time_s"),
+                "energy_j": raw.get("energy_j"),
+                "avg_power_w": raw.get("avg_power_w"),
+                "peak_rss_bytes": raw.get("peak_rss_bytes"),
+                "peak_device_mem_bytes": raw.get("peak_device_mem_bytes"),
+            }
+        ]
+    metrics = pd.DataFrame(
+        {
+            "epoch": [float(p.get("index") or i + 1) for i, p in enumerate(phases)],
+            PHASE_COLUMN: [str(p.get("label", "")) for p in phases],
+            **{
+                name: [_float_or_nan(p.get(name)) for p in phases]
+                for name in (
+                    "time_s",
+                    "energy_j",
+                    "avg_power_w",
+                    "peak_rss_bytes",
+                    "peak_device_mem_bytes",
+                )
+            },
+        }
+    )
+    metrics["energy_source"] = (
+        raw.get("energy_source") if metrics["energy_j"].notna().any() else None
+    )
+    for name in METRICS_COLUMNS:
+        if name not in metrics.columns:
+            metrics[name] = float("nan")
+    resources = read_csv_rows(path / "resources.csv", RESOURCES_COLUMNS, problems)
+    if not resources.empty and "t_s" in resources.columns:
+        starts = [_float_or_nan(p.get("start_s")) for p in phases]
+        epochs = metrics["epoch"].tolist()
+        tag = np.full(len(resources), np.nan)
+        for start, epoch in zip(starts, epochs, strict=True):
+            if start == start:  # not NaN: samples from this phase's start on are its
+                tag[resources["t_s"].to_numpy() >= start] = epoch
+        resources["epoch"] = tag
+    command = raw.get("command") or []
+    summary = {
+        **raw,
+        "total_time_s": raw.get("wall_time_s"),
+        "total_energy_j": raw.get("energy_j"),
+        "epochs_completed": len(phases),
+    }
+    config = {"command": " ".join(str(c) for c in command), "interval_s": raw.get("interval_s")}
+    env = {"sensors": raw.get("sensors") or []}
+    return Run(
+        path,
+        config,
+        env,
+        summary,
+        metrics,
+        resources,
+        _empty(DECISIONS_COLUMNS),
+        tuple(problems),
+    )
+
+
+def _float_or_nan(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return float("nan")
+    return float(value)
 
 
 def load_run(path: Path | str) -> Run:
@@ -201,6 +315,8 @@ def load_run(path: Path | str) -> Run:
     path = require_directory(path)
     if not is_run_directory(path):
         raise EdgeTrainError(f"{path} is not a run directory (no metrics.csv)")
+    if is_monitor_directory(path):
+        return load_monitor(path)
     problems: list[str] = []
     config = read_mapping(path / "config.yaml", problems)
     env = read_mapping(path / "env.json", problems)
