@@ -275,7 +275,14 @@ def clear_dir(path: str | Path, kinds: tuple[str, ...], what: str = "directory")
 
 
 def _meaningful(path: Path) -> list[Path]:
-    return [c for c in path.iterdir() if c.name not in BOOKKEEPING]
+    """Entries other than edgetrain's own bookkeeping: the marker, the lock, and a marker
+    another process is writing right now (``..edgetrain.json.*.tmp``: two sweep workers
+    that start together claim one directory)."""
+    return [
+        c
+        for c in path.iterdir()
+        if c.name not in BOOKKEEPING and not c.name.startswith(f".{MARKER_NAME}.")
+    ]
 
 
 def claim_dir(

@@ -420,3 +420,12 @@ def test_demo_environment_has_the_sweep_extra():
     makefile = (Path(__file__).parents[2] / "Makefile").read_text()
     demo_install = [ln for ln in makefile.splitlines() if '-e ".' in ln and "dev" not in ln]
     assert demo_install and all("sweep" in ln for ln in demo_install), demo_install
+
+
+def test_two_processes_claiming_one_new_directory_do_not_refuse_each_other(tmp_path):
+    # the other process has created the directory and is writing its marker right now
+    shared = tmp_path / "sweep"
+    shared.mkdir()
+    (shared / f".{MARKER_NAME}.x1y2.tmp").write_text("{")
+    claim_dir(shared, "sweep", reuse=True)
+    assert read_marker(shared)["kind"] == "sweep"

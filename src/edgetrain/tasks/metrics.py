@@ -32,12 +32,17 @@ class TopOneAccuracy(MeanMetric):
         self.ignore_index = ignore_index
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:  # type: ignore[override]
-        hit = (preds.argmax(dim=-1) == target).float()
-        if self.ignore_index is not None:
+        hit = preds.argmax(dim=-1) == target
+        if self.ignore_index is None:
+            count = hit.numel()
+        else:
             keep = target != self.ignore_index
-            hit = hit[keep]
-        if hit.numel():
-            super().update(hit)
+            hit = hit & keep
+            count = keep.sum()  # a tensor: no host-device sync
+        # MeanMetric's own state (mean_value: the weighted sum, weight: the count), added to
+        # directly: its generic update costs about three times as much per training step
+        self.mean_value += hit.sum()
+        self.weight += count
 
 
 def _perplexity() -> Metric:

@@ -124,15 +124,18 @@ class SubsetView(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> Any:
-        item = self.dataset[int(self.indices[i])]
+        return self._item(int(self.indices[i]))
+
+    def _item(self, index: int) -> Any:
+        item = self.dataset[index]
         if self.normalizer.method == "none":
             return item
         x, *rest = item
         return (self.normalizer(torch.as_tensor(x)), *rest)
 
     def __getitems__(self, items: list[int]) -> Any:
-        if self._bulk is None:
-            return [self[i] for i in items]
+        if self._bulk is None:  # the data set's own __getitem__, one conversion of the indices
+            return [self._item(i) for i in self.indices[items].tolist()]
         idx = self.indices[torch.as_tensor(items, dtype=torch.long)]
         x, y = self._bulk
         return _Batch(self.normalizer(x[idx]), y[idx])

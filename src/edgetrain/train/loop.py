@@ -52,7 +52,8 @@ def train_step(
     floating-point rounding).
     """
     cfg, task = state.config, state.task
-    batch = task.augment(batch, augment_generator(cfg.seed, state.epoch, state.batch_in_epoch))
+    if cfg.augmentation != "none":
+        batch = task.augment(batch, augment_generator(cfg.seed, state.epoch, state.batch_in_epoch))
     n = task.size(batch)
     micro = max(1, min(state.micro_batch_size, n))
     optimizer = state.optimizer
@@ -63,7 +64,7 @@ def train_step(
         total = total.clamp(min=1)  # a batch whose every target is ignored
     loss_total = torch.zeros((), dtype=torch.float64, device=state.device)
     for lo in range(0, n, micro):
-        part = task.split(batch, lo, min(lo + micro, n))
+        part = batch if micro >= n else task.split(batch, lo, min(lo + micro, n))
         with autocast(cfg.precision, state.device):
             out = task.forward(forward, part)
         loss = task.loss_sum(out, part)
