@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from edgetrain.errors import EdgeTrainError
-from edgetrain.safefs import claim_dir
+from edgetrain.safefs import atomic_write_text, claim_dir, dumps_strict
 
 __all__ = ["FORMATS", "MANIFEST", "ExportResult", "export_dataset", "export_samples"]
 
@@ -214,9 +213,7 @@ def export_samples(
         "png_range": list(png_range) if png_range else None,
         "png_mapping": "x = lo + (hi - lo) * png / 255" if png_range else None,
     }
-    tmp = root / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, root / MANIFEST)
+    atomic_write_text(root / MANIFEST, dumps_strict(manifest))
     log.info("exported %d samples to %s as %s", count, root, fmt)
     return ExportResult(root, fmt, count, tuple(folders[label] for label in present), png_range)
 

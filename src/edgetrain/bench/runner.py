@@ -40,7 +40,7 @@ from edgetrain.bench.summary import (
 from edgetrain.bench.timing import BATCH_COLUMNS, EPOCH_TIMING_COLUMNS, BatchTimer, EpochTiming
 from edgetrain.config import TrainConfig, config_to_dict, load_config, read_yaml, validate_config
 from edgetrain.errors import EdgeTrainError, suggest
-from edgetrain.safefs import DirLock, claim_dir, refuse_dangerous
+from edgetrain.safefs import DirLock, claim_dir, dumps_strict, refuse_dangerous
 from edgetrain.train.callbacks import Callback, TrainState
 from edgetrain.train.rundir import CsvLog, atomic_write_text
 
@@ -454,7 +454,7 @@ def run_bench(
             say(note)
         paths = [str(p.data_path) for p in plans.values() if p.data_path is not None]
         device = _device_record(config, axes, opts, paths, notes)
-        atomic_write_text(out / "device.json", json.dumps(device, indent=2, default=str) + "\n")
+        atomic_write_text(out / "device.json", dumps_strict(device))
 
         logs = _Logs(out, grid_keys)
         try:

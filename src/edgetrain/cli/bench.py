@@ -11,8 +11,8 @@ from rich.console import Console
 
 __all__ = ["bench", "register"]
 
-_out = Console()
-_err = Console(stderr=True)
+_out = Console(markup=False)
+_err = Console(stderr=True, markup=False)
 
 
 def bench(
@@ -110,7 +110,7 @@ def bench(
     )
     console = _out
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(width=140)  # a log file is not 80 columns wide; keep rows on one line
+        console = Console(width=140, markup=False)  # a log file is not 80 columns wide; keep rows on one line
     console.print(summary_table(result.summary, result.grid_keys, title=title))
     console.print(f"bench directory: {result.out}", highlight=False)
 

@@ -16,8 +16,8 @@ __all__ = ["register"]
 
 STORAGE_ENV = "EDGETRAIN_SWEEP_STORAGE"
 
-out = Console()
-err = Console(stderr=True)
+out = Console(markup=False)
+err = Console(stderr=True, markup=False)
 
 StorageOpt = Annotated[
     str | None,

@@ -36,6 +36,7 @@ from typing import Any
 import pandas as pd
 
 from edgetrain.errors import EdgeTrainError, MissingExtraError
+from edgetrain.safefs import dumps_strict
 from edgetrain.sweep._optuna import quiet_optuna
 from edgetrain.sweep.objectives import Objective, efficiency_column, parse_objective
 from edgetrain.sweep.relevance import (
@@ -355,7 +356,7 @@ def write_analysis(analysis: Analysis, out_dir: Path) -> list[Path]:
         atomic_write_text(path, analysis.tables[name].to_csv(index=False))
         files.append(path)
     path = out_dir / "summary.json"
-    atomic_write_text(path, json.dumps(analysis.summary, indent=2, default=str) + "\n")
+    atomic_write_text(path, dumps_strict(analysis.summary))
     files.append(path)
     files.append(_write_xlsx(analysis, out_dir / "results.xlsx"))
     analysis.out_dir = out_dir

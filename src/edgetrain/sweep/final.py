@@ -14,13 +14,13 @@ run always follows the tables it is reported with:
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgetrain.errors import EdgeTrainError, suggest
+from edgetrain.safefs import dumps_strict
 from edgetrain.sweep.analysis import Analysis, analyze_study, write_analysis
 from edgetrain.sweep.objectives import parse_objective
 from edgetrain.sweep.space import encode_choice
@@ -181,5 +181,5 @@ def final_training(
         }
     from edgetrain.train.rundir import atomic_write_text
 
-    atomic_write_text(run_dir / FINAL_FILE, json.dumps(report, indent=2, default=str) + "\n")
+    atomic_write_text(run_dir / FINAL_FILE, dumps_strict(report))
     return FinalResult(run_dir=run_dir, pick=pick, trial=number, params=params, report=report)

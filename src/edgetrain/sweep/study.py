@@ -20,7 +20,7 @@ import pandas as pd
 
 from edgetrain.config import write_yaml_text
 from edgetrain.errors import EdgeTrainError
-from edgetrain.safefs import atomic_write_text, claim_dir
+from edgetrain.safefs import atomic_write_text, claim_dir, dumps_strict
 from edgetrain.sweep._optuna import optuna
 from edgetrain.sweep.heartbeat import FAIL_REASON_ATTR
 from edgetrain.sweep.objectives import Objective, directions, efficiency_column, sweep_metric
@@ -118,7 +118,7 @@ def _write_sweep_files(sweep_dir: Path, info: dict[str, Any], space: SearchSpace
     # a sweep directory is edgetrain's (marked); several workers share it, so it is not locked
     # as a whole: each trial's run directory is (docs/design.md, "Files and safety")
     claim_dir(sweep_dir, "sweep", reuse=True, what="sweep directory")
-    atomic_write_text(sweep_dir / SWEEP_FILE, json.dumps(info, indent=2) + "\n")
+    atomic_write_text(sweep_dir / SWEEP_FILE, dumps_strict(info))
     text = "# resolved search space of this sweep (base inlined)\n" + write_yaml_text(
         space.to_dict()
     )
