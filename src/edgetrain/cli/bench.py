@@ -110,7 +110,8 @@ def bench(
     )
     console = _out
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(width=140, markup=False)  # a log file is not 80 columns wide; keep rows on one line
+        # a log file is not 80 columns wide; keep rows on one line
+        console = Console(width=140, markup=False)
     console.print(summary_table(result.summary, result.grid_keys, title=title))
     console.print(f"bench directory: {result.out}", highlight=False)
 
