@@ -18,14 +18,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 
 from edgetrain.adapt.measurements import BudgetFit, Probe, StaticBytes
 from edgetrain.adapt.memory_model import MemoryModel
 from edgetrain.adapt.meters import MemoryMeter
-from edgetrain.errors import EdgeTrainError
 from edgetrain.memory import SavedTensorCounter, report, unique_bytes
 from edgetrain.tasks import Task
+from edgetrain.tasks.batch import sample_batch
 
 __all__ = [
     "BudgetFit",
@@ -60,24 +60,7 @@ def probe_batch(
     Raises:
         EdgeTrainError: an empty data set, or one without a length.
     """
-    if isinstance(data, DataLoader):
-        if data.batch_size is None and data.batch_sampler is None:
-            raise EdgeTrainError(
-                "cannot probe a DataLoader without automatic batching (batch_size=None): "
-                "pass the Dataset, or a DataLoader with a batch_size"
-            )
-        dataset, collate = data.dataset, data.collate_fn
-    else:
-        dataset, collate = data, collate_fn
-    try:
-        n = len(dataset)  # type: ignore[arg-type]
-    except TypeError:
-        raise EdgeTrainError(
-            f"probe data must have a length (a map-style Dataset), got {type(dataset).__name__}"
-        ) from None
-    if n == 0:
-        raise EdgeTrainError("the probe data set is empty")
-    return (collate or default_collate)([dataset[i % n] for i in range(size)])
+    return sample_batch(data, size, collate_fn, repeat=True)
 
 
 def _count(task: Task, batch: Any) -> int | torch.Tensor:

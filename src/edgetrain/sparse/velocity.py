@@ -32,9 +32,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 
+from edgetrain.errors import EdgeTrainError
 from edgetrain.sparse.layers import EMBEDDING_TYPES
+from edgetrain.tasks.batch import sample_batch
 
 if TYPE_CHECKING:
     from edgetrain.tasks import Task
@@ -65,25 +67,10 @@ def probe_batch(
         ValueError: an empty data set, one without a length, or a DataLoader that does not
             batch.
     """
-    if isinstance(data, DataLoader):
-        if data.batch_size is None and data.batch_sampler is None:
-            raise ValueError(
-                "cannot build a probe batch from a DataLoader without automatic batching "
-                "(batch_size=None): pass the Dataset, or a DataLoader with a batch_size"
-            )
-        dataset, collate = data.dataset, data.collate_fn
-    else:
-        dataset, collate = data, collate_fn
     try:
-        total = len(dataset)  # type: ignore[arg-type]
-    except TypeError:
-        raise ValueError(
-            f"probe data must have a length (a map-style Dataset), got {type(dataset).__name__}"
-        ) from None
-    n = int(size) if repeat else min(int(size), total)
-    if n < 1 or total < 1:
-        raise ValueError("the probe set needs at least one sample")
-    return (collate or default_collate)([dataset[i % total] for i in range(n)])
+        return sample_batch(data, size, collate_fn, repeat=repeat)
+    except EdgeTrainError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:

@@ -14,10 +14,18 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from edgetrain.errors import EdgeTrainError
 
-__all__ = ["apply_tensors", "batch_size", "first_tensor", "move_batch", "slice_batch"]
+__all__ = [
+    "apply_tensors",
+    "batch_size",
+    "first_tensor",
+    "move_batch",
+    "sample_batch",
+    "slice_batch",
+]
 
 
 def apply_tensors(batch: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
@@ -89,3 +97,39 @@ def slice_batch(batch: Any, lo: int, hi: int, size: int | None = None) -> Any:
         return t[lo:hi] if t.dim() > 0 and t.shape[0] == n else t
 
     return apply_tensors(batch, cut)
+
+
+def sample_batch(
+    data: Dataset | DataLoader,
+    size: int,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    *,
+    repeat: bool = True,
+) -> Any:
+    """One batch of the first ``size`` samples of ``data``, collated as training collates
+    them (a DataLoader's own ``collate_fn``, else ``collate_fn`` or ``default_collate``),
+    on the CPU. With ``repeat`` a shorter data set is cycled; without, the batch is cut.
+    The budget controller's probes and the sparse-update probe use it.
+
+    Raises:
+        EdgeTrainError: no samples, no length, or a DataLoader that does not batch.
+    """
+    if isinstance(data, DataLoader):
+        if data.batch_size is None and data.batch_sampler is None:
+            raise EdgeTrainError(
+                "cannot build a probe batch from a DataLoader without automatic batching "
+                "(batch_size=None): pass the Dataset, or a DataLoader with a batch_size"
+            )
+        dataset, collate = data.dataset, data.collate_fn
+    else:
+        dataset, collate = data, collate_fn
+    try:
+        total = len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        raise EdgeTrainError(
+            f"probe data must have a length (a map-style Dataset), got {type(dataset).__name__}"
+        ) from None
+    n = int(size) if repeat else min(int(size), total)
+    if n < 1 or total < 1:
+        raise EdgeTrainError("the probe set needs at least one sample; the data set is empty")
+    return (collate or default_collate)([dataset[i % total] for i in range(n)])
