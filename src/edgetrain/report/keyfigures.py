@@ -124,6 +124,39 @@ def _energy_rows(totals: Mapping[str, Any], scope: str | None = None) -> list[tu
     return [("energy", text), ("energy source", label)]
 
 
+def _attribution_rows(run: Run) -> list[tuple[str, str]]:
+    """The share of the window the energy covers and the process's attributed part."""
+    rows: list[tuple[str, str]] = []
+    metrics = run.metrics
+    if "energy_coverage" in metrics.columns:
+        coverage = metrics["energy_coverage"].dropna()
+        if not coverage.empty and float(coverage.min()) < 1.0:
+            rows.append(
+                (
+                    "energy coverage",
+                    f"{100 * float(coverage.min()):.0f}% of an epoch at worst (a sensor failed "
+                    "or degraded: the figure covers only part of the time)",
+                )
+            )
+        elif not coverage.empty:
+            rows.append(("energy coverage", "100% of every epoch"))
+    if "energy_process_j" in metrics.columns:
+        share = metrics["energy_process_j"].dropna()
+        if not share.empty:
+            sources = metrics.get("energy_process_source")
+            label = ""
+            if sources is not None and not sources.dropna().empty:
+                label = f" ({sources.dropna().iloc[-1]})"
+            rows.append(
+                (
+                    "energy of this process",
+                    f"{float(share.sum()):.1f} J{label}: the job's attributed share of the "
+                    "machine figure (its CPU time; the GPUs it holds)",
+                )
+            )
+    return rows
+
+
 def _memory_rows(run: Run, totals: Mapping[str, Any]) -> list[tuple[str, str]]:
     budget = finite_number(totals.get("memory_budget_bytes"))
     peak = finite_number(totals.get("budget_peak_bytes"))
@@ -214,6 +247,7 @@ def key_figures(run: Run, totals: Mapping[str, Any], features: Sequence[str] = (
     if wall is not None:
         rows.append(("time", total_text("wall_time_s", wall)))
     rows += _energy_rows(totals, _energy_scope(run))
+    rows += _attribution_rows(run)
     rows += _memory_rows(run, totals)
     batch = _batch_text(run, totals)
     if batch:
