@@ -26,6 +26,7 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import sys
@@ -189,9 +190,17 @@ def write_json(path: str | Path, data: Any) -> Path:
 
 
 # -- ownership ---------------------------------------------------------------------------------
+_URL_PASSWORD = re.compile(r"(\w[\w+.-]*://[^\s:/@]*:)[^\s@]*@")
+_QUERY_SECRET = re.compile(
+    r"((?:password|passwd|pass|pwd|secret|token|sslpassword)=)[^&\s]*", re.IGNORECASE
+)
+
+
 def _command_line() -> str:
+    """The command that made a directory, secrets (a database password) masked."""
     argv = [Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python", *sys.argv[1:]]
-    return " ".join(argv)[:500]
+    text = _URL_PASSWORD.sub(r"\1***@", " ".join(argv))
+    return _QUERY_SECRET.sub(r"\1***", text)[:500]
 
 
 def mark_dir(path: str | Path, kind: str) -> None:

@@ -429,3 +429,14 @@ def test_two_processes_claiming_one_new_directory_do_not_refuse_each_other(tmp_p
     (shared / f".{MARKER_NAME}.x1y2.tmp").write_text("{")
     claim_dir(shared, "sweep", reuse=True)
     assert read_marker(shared)["kind"] == "sweep"
+
+
+def test_the_marker_never_records_a_password(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(
+        sys, "argv", ["edgetrain", "sweep", "run", "--storage", "postgresql://me:s3cret@db/x"]
+    )
+    mark_dir(tmp_path, "sweep")
+    text = (tmp_path / MARKER_NAME).read_text()
+    assert "s3cret" not in text and "postgresql://me:***@db/x" in text
