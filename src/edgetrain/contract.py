@@ -24,6 +24,7 @@ __all__ = [
     "RESOURCES_FILE",
     "STATUSES",
     "SUMMARY_FILE",
+    "SWEEP_ANALYSIS_TABLES",
     "TEXT_COLUMNS",
     "best_metric",
     "direction",
@@ -109,6 +110,18 @@ DECISIONS_COLUMNS: tuple[str, ...] = (
 )
 TEXT_COLUMNS = frozenset(
     {"energy_source", "energy_scope", "energy_process_source", "chosen", "parameter", "reason"}
+)
+
+# a sweep's analysis/ tables when it is ranked by accuracy (written by sweep.analysis, read
+# by the sweep report); a sweep ranked by another metric names its own (top_<metric>)
+SWEEP_ANALYSIS_TABLES: tuple[str, ...] = (
+    "trials",
+    "top_accuracy",
+    "top_energy",
+    "top_efficiency",
+    "pareto",
+    "importance",
+    "best_values",
 )
 
 # directions of the built-in metrics, for runs whose summary.json does not record them

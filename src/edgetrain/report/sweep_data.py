@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from edgetrain.contract import direction
+from edgetrain.contract import SWEEP_ANALYSIS_TABLES, direction
 from edgetrain.errors import EdgeTrainError
 from edgetrain.report.labels import energy_sources_in
 from edgetrain.report.rundir import (
@@ -44,15 +44,7 @@ __all__ = [
 ]
 
 #: The analysis tables of a sweep ranked by accuracy (any sweep's: :func:`analysis_tables`).
-ANALYSIS_TABLES = (
-    "trials",
-    "top_accuracy",
-    "top_energy",
-    "top_efficiency",
-    "pareto",
-    "importance",
-    "best_values",
-)
+ANALYSIS_TABLES = SWEEP_ANALYSIS_TABLES
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from typing import Any
 
 import pandas as pd
 
+from edgetrain.contract import SWEEP_ANALYSIS_TABLES
 from edgetrain.errors import EdgeTrainError, MissingExtraError
 from edgetrain.safefs import dumps_strict
 from edgetrain.sweep._optuna import quiet_optuna
@@ -96,15 +97,7 @@ IMPORTANCE_COLUMNS = (
 )
 BEST_VALUE_COLUMNS = ("parameter", "best_for_accuracy", "best_for_energy", "best_for_efficiency")
 #: The tables of a sweep ranked by accuracy (any sweep's: ``Analysis.tables``, in order).
-SHEETS = (
-    "trials",
-    "top_accuracy",
-    "top_energy",
-    "top_efficiency",
-    "pareto",
-    "importance",
-    "best_values",
-)
+SHEETS = SWEEP_ANALYSIS_TABLES
 ACCURACY = parse_objective("accuracy")
 
 
