@@ -6,6 +6,7 @@ nothing else in edgetrain defines a default for these keys.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -121,11 +122,32 @@ class TrainConfig(Section):
     log: LogConfig = Field(default_factory=LogConfig)  # TensorBoard and MLflow loggers
     # saved-activation handling: off (no hooks), none (measured, not compressed), or a codec
     activations: Literal["off", "none", "lossless", "bf16", "fp16", "int8", "int4", "int2"] = "off"
+    # recompute blocks in backward instead of keeping their activations (torch.utils.checkpoint):
+    # none | all | auto | every_<k> | [module names]
+    recompute: str | list[str] = "none"
 
     @field_validator("activations", mode="before")
     @classmethod
     def _off_is_not_false(cls, value: object) -> object:
         return "off" if value is False else value  # YAML reads a bare `off` as false
+
+    @field_validator("recompute", mode="before")
+    @classmethod
+    def _recompute_spec(cls, value: object) -> object:
+        if value is False or value is None:
+            return "none"  # YAML reads a bare `off`/`no` as false
+        if value is True:
+            return "all"
+        if isinstance(value, str):
+            if value in ("none", "all", "auto") or re.fullmatch(r"every_[1-9][0-9]*", value):
+                return value
+            raise ValueError(
+                "recompute must be none, all, auto, every_<k> or a list of module names, "
+                f"got {value!r}"
+            )
+        if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+            return value
+        raise ValueError(f"recompute's module names must be a non-empty list, got {value!r}")
 
     @field_validator("channels")
     @classmethod

@@ -198,6 +198,10 @@ def _default_callbacks(
         from edgetrain.train.features.activations import ActivationCallback
 
         cbs.append(ActivationCallback(config.activations, seed=config.seed))
+    if config.recompute != "none":
+        from edgetrain.train.features.recompute import RecomputeCallback
+
+        cbs.append(RecomputeCallback(config.recompute))
     if config.early_stop.enabled:
         from edgetrain.train.features.early_stop import EarlyStopCallback
 

@@ -1,0 +1,189 @@
+"""Optimizer in backward: each parameter is stepped as soon as its gradient is ready.
+
+Without gradient accumulation (micro-batch = logical batch) the step need not wait for the
+whole backward pass: a ``register_post_accumulate_grad_hook`` on every parameter steps it
+with its own one-parameter optimizer and frees its gradient at once, so the gradients of
+all layers never coexist (the peak saves up to the gradients' bytes).
+
+The per-parameter optimizers are built like ``state.optimizer`` (same class, defaults and
+param-group settings) and *share its state* (``state`` dict): momentum buffers and Adam's
+moments live in ``state.optimizer`` as usual, so its ``state_dict`` in the checkpoint holds
+them, a run resumes with or without this feature, and a step taken the plain way (with
+accumulation, after the budget controller shrank the micro-batch) continues the same
+state. Each group's settings (the learning rate set by the schedule or a scheduler) are
+copied into the per-parameter group just before each step.
+
+The loop decides, per logical batch, whether the hooks step: it sets
+``state.in_optimizer_step`` around the one backward pass of a batch without accumulation
+when ``state.step_in_backward`` is set (by :meth:`OptimizerInBackward.on_fit_start`).
+Any other backward (with accumulation, a probe's) leaves the gradients alone.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch.utils.hooks import RemovableHandle
+
+from edgetrain.errors import EdgeTrainError
+from edgetrain.train.callbacks import Callback, TrainState
+
+__all__ = ["OptimizerInBackward", "per_parameter_optimizers"]
+
+_NAME = "optimizer_in_backward"
+
+
+def per_parameter_optimizers(
+    optimizer: torch.optim.Optimizer,
+) -> list[tuple[torch.Tensor, torch.optim.Optimizer, dict[str, Any]]]:
+    """``(param, one-parameter optimizer, its group in optimizer)`` for each parameter.
+
+    The one-parameter optimizers share ``optimizer.state``.
+    """
+    out: list[tuple[torch.Tensor, torch.optim.Optimizer, dict[str, Any]]] = []
+    cls = type(optimizer)
+    kwargs = _constructor_kwargs(cls, optimizer.defaults)
+    for group in optimizer.param_groups:
+        settings = {k: v for k, v in group.items() if k != "params"}
+        for p in group["params"]:
+            try:
+                single = cls([{"params": [p], **settings}], **kwargs)
+            except (TypeError, ValueError) as exc:
+                raise EdgeTrainError(
+                    f"{_NAME}: cannot rebuild {cls.__name__} for one parameter ({exc})"
+                ) from exc
+            single.state = optimizer.state
+            out.append((p, single, group))
+    return out
+
+
+class OptimizerInBackward(Callback):
+    """Steps each parameter inside backward and frees its gradient (no accumulation only).
+
+    Refuses (:class:`EdgeTrainError`) what needs all gradients before the step: gradient
+    clipping, fp16 loss scaling, ``on_nonfinite: skip``, sparse updates (hooks on the
+    optimizer's step) and optimizers that need a closure.
+    """
+
+    name = "optim_backward"
+    unique = True
+
+    def __init__(self) -> None:
+        self._state: TrainState | None = None
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._params: tuple[int, ...] = ()
+        self._handles: list[RemovableHandle] = []
+        self._stepped = False  # a hook stepped a parameter in this logical batch
+        self.steps_in_backward = 0  # logical batches stepped inside backward
+        self.steps_plain = 0  # logical batches stepped by the loop (with accumulation)
+
+    # -- set-up ---------------------------------------------------------------------
+    def on_fit_start(self, state: TrainState) -> None:
+        _check(state)
+        self._state = state
+        self._install(state.optimizer)
+        state.step_in_backward = True
+
+    def on_batch_start(self, state: TrainState) -> None:
+        self._stepped = False
+        if state.optimizer is not self._optimizer or _param_ids(state.optimizer) != self._params:
+            _check_hooks(state.optimizer)
+            self._install(state.optimizer)  # a new optimizer, new or reloaded groups
+
+    def on_batch_end(self, state: TrainState) -> None:
+        if self._stepped:
+            self.steps_in_backward += 1
+        else:
+            self.steps_plain += 1
+
+    def on_fit_end(self, state: TrainState) -> None:
+        self.remove()
+        state.step_in_backward = False
+
+    def remove(self) -> None:
+        """Remove the hooks (the loop then steps the usual way)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _install(self, optimizer: torch.optim.Optimizer) -> None:
+        self.remove()
+        self._optimizer = optimizer
+        self._params = _param_ids(optimizer)
+        for p, single, group in per_parameter_optimizers(optimizer):
+            self._handles.append(p.register_post_accumulate_grad_hook(self._hook(single, group)))
+
+    def _hook(self, single: torch.optim.Optimizer, group: dict[str, Any]) -> Any:
+        own = single.param_groups[0]
+
+        def step(p: torch.Tensor) -> None:
+            state = self._state
+            if state is None or not (state.step_in_backward and state.in_optimizer_step):
+                return  # accumulation, or a backward outside the loop's step
+            main = self._optimizer
+            if main is not None and single.state is not main.state:
+                single.state = main.state  # the optimizer's state was loaded (resume)
+            for key, value in group.items():
+                if key != "params":
+                    own[key] = value
+            single.step()
+            p.grad = None
+            self._stepped = True
+
+        return step
+
+    # -- checkpoint and summary -----------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        # the optimizer state itself is in state.optimizer's state_dict (shared)
+        return {"steps_in_backward": self.steps_in_backward, "steps_plain": self.steps_plain}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps_in_backward = int(state.get("steps_in_backward", 0))
+        self.steps_plain = int(state.get("steps_plain", 0))
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            _NAME: {"steps_in_backward": self.steps_in_backward, "steps_plain": self.steps_plain}
+        }
+
+
+def _constructor_kwargs(cls: type, defaults: dict[str, Any]) -> dict[str, Any]:
+    """The defaults the constructor takes (AdamW's ``decoupled_weight_decay`` is not one;
+    the param group carries every setting anyway)."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return dict(defaults)
+    names = {p.name for p in params}
+    return {k: v for k, v in defaults.items() if k in names}
+
+
+def _param_ids(optimizer: torch.optim.Optimizer) -> tuple[int, ...]:
+    """The identity of each group and parameter (a loaded state_dict makes new groups)."""
+    return tuple(i for g in optimizer.param_groups for i in (id(g), *map(id, g["params"])))
+
+
+def _check(state: TrainState) -> None:
+    """One line for each setting that needs every gradient before the step."""
+    cfg = state.config
+    if cfg.grad_clip_norm is not None:
+        raise EdgeTrainError(f"{_NAME} cannot clip gradients: unset grad_clip_norm")
+    if cfg.precision == "fp16":
+        raise EdgeTrainError(f"{_NAME} cannot scale fp16 losses: use precision bf16 or fp32")
+    if cfg.on_nonfinite == "skip":
+        raise EdgeTrainError(
+            f"{_NAME} steps before the loss is checked: use on_nonfinite stop or continue"
+        )
+    if cfg.sparse_update.scheme != "full":
+        raise EdgeTrainError(f"{_NAME} cannot be combined with sparse_update")
+    if isinstance(state.optimizer, torch.optim.LBFGS):
+        raise EdgeTrainError(f"{_NAME} cannot step LBFGS (it needs a closure)")
+    _check_hooks(state.optimizer)
+
+
+def _check_hooks(optimizer: torch.optim.Optimizer) -> None:
+    if optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks:
+        raise EdgeTrainError(
+            f"{_NAME}: the optimizer has step hooks, which per-parameter steps would skip"
+        )
