@@ -100,6 +100,8 @@ class TrainConfig(Section):
     # a non-finite training loss: stop (status "diverged", exit 3), skip the step, or continue
     on_nonfinite: Literal["stop", "skip", "continue"] = "stop"
     grad_clip_norm: float | None = Field(None, gt=0)  # clip the gradient norm before each step
+    # step each parameter as its gradient is ready, freeing it (no accumulation only)
+    optimizer_in_backward: bool = False
     # what a batch means (edgetrain.tasks); auto: the data set's own (classification for images)
     task: Literal["auto", "classification", "regression", "language_modeling", "model_loss"] = (
         "auto"

@@ -198,6 +198,10 @@ def _default_callbacks(
         from edgetrain.train.features.activations import ActivationCallback
 
         cbs.append(ActivationCallback(config.activations, seed=config.seed))
+    if config.optimizer_in_backward:
+        from edgetrain.train.features.optim_backward import OptimizerInBackward
+
+        cbs.append(OptimizerInBackward())
     if config.recompute != "none":
         from edgetrain.train.features.recompute import RecomputeCallback
 

@@ -73,6 +73,9 @@ class TrainState:
     sync_timing: bool = False  # synchronise CUDA after the copy so its time is exact (bench)
     # True while the optimizer applies a step: an error raised then may leave it half applied
     in_optimizer_step: bool = False
+    # set by optimizer-in-backward (features/optim_backward.py): a logical batch without
+    # accumulation is stepped by per-parameter hooks during its backward pass
+    step_in_backward: bool = False
     samples_seen_epoch: int = 0
     epoch_row: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)

@@ -57,6 +57,8 @@ def train_step(
     n = task.size(batch)
     micro = max(1, min(state.micro_batch_size, n))
     optimizer = state.optimizer
+    # optimizer in backward: without accumulation, hooks step each parameter in backward
+    in_backward = state.step_in_backward and micro >= n
     state.in_optimizer_step = False
     optimizer.zero_grad(set_to_none=True)
     total = task.count(batch)
@@ -68,7 +70,9 @@ def train_step(
         with autocast(cfg.precision, state.device):
             out = task.forward(forward, part)
         loss = task.loss_sum(out, part)
+        state.in_optimizer_step = in_backward  # the hooks step parameters during backward
         scaler.scale(loss / total).backward()
+        state.in_optimizer_step = False
         loss_total += loss.detach().double()
         task.update_metrics(state.train_metrics, out, part)
     # one host-device sync per logical batch, not per micro-batch
@@ -83,6 +87,8 @@ def train_step(
         if policy == "skip":
             optimizer.zero_grad(set_to_none=True)
             return StepResult(loss_value, count, n, skipped=True)
+    if in_backward:
+        return StepResult(loss_value, count, n)  # stepped during backward
     state.in_optimizer_step = True  # stays set if the step raises
     if cfg.grad_clip_norm is not None:
         scaler.unscale_(optimizer)
