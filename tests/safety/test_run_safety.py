@@ -440,3 +440,15 @@ def test_the_marker_never_records_a_password(tmp_path, monkeypatch):
     mark_dir(tmp_path, "sweep")
     text = (tmp_path / MARKER_NAME).read_text()
     assert "s3cret" not in text and "postgresql://me:***@db/x" in text
+
+
+def test_a_setup_error_leaves_the_run_directory_unlocked(tmp_path):
+    data = torch.utils.data.TensorDataset(torch.randn(8, 4), torch.randint(0, 2, (8,)))
+    out = str(tmp_path / "r")
+    with pytest.raises(EdgeTrainError, match="factory returned"):
+        edgetrain.fit(torch.nn.Linear(4, 2), data, epochs=1, batch_size=4, out=out,
+                      optimizer=lambda params: "not an optimizer", progress=False,
+                      monitor={"enabled": False})  # fmt: skip
+    assert DirLock.is_free(out)
+    edgetrain.fit(torch.nn.Linear(4, 2), data, epochs=1, batch_size=4, out=out, overwrite=True,
+                  progress=False, monitor={"enabled": False})  # fmt: skip

@@ -296,51 +296,53 @@ def _run(
     if not isinstance(data.train, DataLoader):
         _check_sizes(config, train_size)
     run = _open_run(config, resume, overwrite)
-    config = config.model_copy(update={"out": run.path})
-    model = model.to(device=device, dtype=param_dtype(config.precision))
-    if not any(p.requires_grad for p in model.parameters()):
+    try:  # a setup error leaves the directory unlocked (and says why in the error)
+        config = config.model_copy(update={"out": run.path})
+        model = model.to(device=device, dtype=param_dtype(config.precision))
+        if not any(p.requires_grad for p in model.parameters()):
+            raise EdgeTrainError(f"the model ({type(model).__name__}) has no trainable parameters")
+        optimizer, scheduler = (optim or _Optim()).build(model, config)
+        scaler = make_grad_scaler(config.precision, device)
+        state = TrainState(
+            config=config,
+            model=model,
+            optimizer=optimizer,
+            device=device,
+            run=run,
+            train_size=train_size,
+            task=task,
+            batch_size=config.batch_size,
+            micro_batch_size=config.micro_batch_size or config.batch_size,
+            base_lr=config.lr,
+            scheduler=scheduler,
+            collate_fn=data.collate_fn,
+        )
+        sample = None
+        if not isinstance(data.train, DataLoader):  # a user's loader is not started for a summary
+            train_set, collate = data.train, data.collate_fn
+            sample = lambda: _first_batch(train_set, collate)  # noqa: E731
+        defaults = _default_callbacks(config, progress, sample)
+        from edgetrain.train.features.budget import adapt_callbacks
+
+        # after the monitor (its epoch peaks feed the controller), before progress and user ones
+        at = 1 if config.monitor.enabled else 0
+        defaults[at:at] = adapt_callbacks(config, data.train, data.val)
+        if config.sparse_update.scheme != "full":
+            from edgetrain.train.features.sparse import SparseUpdateCallback
+
+            # the probe set is the first probe_size training samples, in order, un-augmented
+            defaults.append(SparseUpdateCallback(config.sparse_update, data.train))
+        # a callback the caller passes replaces the default of the same kind (e.g. a custom meter)
+        given = {type(cb) for cb in user}
+        defaults = [cb for cb in defaults if type(cb) not in given]
+        # the loggers last (before the writer): every feature and the caller's callbacks have
+        # filled the epoch's row by then
+        chain = CallbackList([*defaults, *user, *loggers])
+        writer = RunWriter(run, scaler, chain)
+        all_callbacks = CallbackList([*chain.callbacks, writer])
+    except BaseException:
         run.close()
-        raise EdgeTrainError(f"the model ({type(model).__name__}) has no trainable parameters")
-    optimizer, scheduler = (optim or _Optim()).build(model, config)
-    scaler = make_grad_scaler(config.precision, device)
-    state = TrainState(
-        config=config,
-        model=model,
-        optimizer=optimizer,
-        device=device,
-        run=run,
-        train_size=train_size,
-        task=task,
-        batch_size=config.batch_size,
-        micro_batch_size=config.micro_batch_size or config.batch_size,
-        base_lr=config.lr,
-        scheduler=scheduler,
-        collate_fn=data.collate_fn,
-    )
-    sample = None
-    if not isinstance(data.train, DataLoader):  # a user's loader is not started for a summary
-        train_set, collate = data.train, data.collate_fn
-        sample = lambda: _first_batch(train_set, collate)  # noqa: E731
-    defaults = _default_callbacks(config, progress, sample)
-    from edgetrain.train.features.budget import adapt_callbacks
-
-    # after the monitor (its epoch peaks feed the controller), before progress and user ones
-    at = 1 if config.monitor.enabled else 0
-    defaults[at:at] = adapt_callbacks(config, data.train, data.val)
-    if config.sparse_update.scheme != "full":
-        from edgetrain.train.features.sparse import SparseUpdateCallback
-
-        # the probe set is the first probe_size training samples, in order, un-augmented
-        defaults.append(SparseUpdateCallback(config.sparse_update, data.train))
-    # a callback the caller passes replaces the default of the same kind (e.g. a custom meter)
-    given = {type(cb) for cb in user}
-    defaults = [cb for cb in defaults if type(cb) not in given]
-    # the loggers last (before the writer): every feature and the caller's callbacks have
-    # filled the epoch's row by then
-    chain = CallbackList([*defaults, *user, *loggers])
-    writer = RunWriter(run, scaler, chain)
-    all_callbacks = CallbackList([*chain.callbacks, writer])
-
+        raise
     start_epoch = 0
     try:
         if resume:
