@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from torch import nn
 
 from edgetrain.memory import MODES, CompressionContext, bitmap_break_even, compress_activations
 from edgetrain.zoo import build_model
+from procmem import peak_rss_bytes, reset_peak_rss
 
 MODELS = ("cnn", "vgg11", "resnet18", "mobilenetv2")
 EXTRA_CASES = ("vgg11@s50", "vgg11@s70", "vgg11-pruned")
@@ -166,27 +166,6 @@ def make_ctx(model: nn.Module, mode: str) -> CompressionContext | None:
 # -- child process: peak RSS of one mode ------------------------------------------------
 
 
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's RSS high-water mark (VmHWM) of this process; False if not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return True
-
-
-def _peak_rss_bytes() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-
-
 def child(spec: dict[str, Any]) -> None:
     """Build the case, warm up, then measure the peak RSS of one more step."""
     torch.set_num_threads(spec["threads"])
@@ -195,9 +174,9 @@ def child(spec: dict[str, Any]) -> None:
     ctx = make_ctx(model, spec["mode"])
     train_step(model, x, y, ctx)
     # without the reset the peak would include start-up (importing torch)
-    reset = _reset_peak_rss()
+    reset = reset_peak_rss()
     train_step(model, x, y, ctx)
-    print(json.dumps({"peak_rss_bytes": _peak_rss_bytes(), "step_only": reset}))
+    print(json.dumps({"peak_rss_bytes": peak_rss_bytes(), "step_only": reset}))
 
 
 def peak_rss(spec: dict[str, Any]) -> int | None:

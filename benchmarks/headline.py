@@ -52,13 +52,14 @@ import csv
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from procmem import peak_rss_bytes, reset_peak_rss, status_bytes
 
 MODELS = ("resnet18", "mobilenetv2", "vgg11", "gpt")
 QUICK_MODELS = ("resnet18", "gpt")
@@ -96,34 +97,6 @@ class Row:
 
 
 # -- child process: one (model, method) -------------------------------------------------
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's RSS high-water mark (VmHWM) of this process; False if not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return True
-
-
-def _status_bytes(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _peak_rss_bytes() -> int:
-    peak = _status_bytes("VmHWM")
-    if peak is not None:
-        return peak
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def _batches(model: str, batch: int, count: int) -> tuple[Any, Any]:
@@ -177,8 +150,8 @@ def child(spec: dict[str, Any]) -> None:
     method, batch, micro = spec["method"], spec["batch"], spec["micro_batch"]
     steps = spec["steps"] + 1  # the first is the warm-up
     xs, ys = _batches(spec["model"], batch, steps)
-    reset = _reset_peak_rss()
-    rss0 = _status_bytes("VmRSS") or 0
+    reset = reset_peak_rss()
+    rss0 = status_bytes("VmRSS") or 0
 
     torch.manual_seed(0)
     model = _build(spec["model"]).train()
@@ -246,7 +219,7 @@ def child(spec: dict[str, Any]) -> None:
             times.append(time.perf_counter() - started)
     if ctx is not None:
         ctx.reset()
-    peak = _peak_rss_bytes()
+    peak = peak_rss_bytes()
     state = unique_bytes(v for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
     param_bytes = unique_bytes(model.parameters())
     print(

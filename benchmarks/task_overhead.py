@@ -83,6 +83,7 @@ import edgetrain
 from edgetrain.train import Callback, TrainState
 from edgetrain.zoo import build_model, load_dataset
 from edgetrain.zoo.base import TensorPairDataset
+from procmem import reset_peak_rss, status_bytes
 
 TASK_NAMES = ("classification", "regression", "language_modeling", "model_loss")
 SEED = 0
@@ -562,15 +563,9 @@ def same_work(fit_row: dict[str, float], plain_row: dict[str, float]) -> tuple[f
 
 
 # -- peak RSS, in a fresh subprocess per side --------------------------------------------------
-def _status_kib(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
+def _kib(field: str) -> int | None:
+    value = status_bytes(field)
+    return None if value is None else value // 1024
 
 
 def _trim() -> None:
@@ -584,14 +579,6 @@ def _trim() -> None:
         pass
 
 
-def _reset_hwm() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return _status_kib("VmHWM:") is not None
-
-
 def child_rss(task: str, side: str, quick: bool) -> dict[str, Any]:
     """Run ``side`` twice in this (fresh) process; peak RSS growth of each run, in bytes."""
     w = build_workload(task, quick)
@@ -599,8 +586,8 @@ def child_rss(task: str, side: str, quick: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         for label in ("cold", "warm"):
             _trim()
-            before = _status_kib("VmRSS:")
-            if not _reset_hwm() or before is None:
+            before = _kib("VmRSS")
+            if not reset_peak_rss() or before is None:
                 if label == "cold":  # no resettable mark: the process's lifetime peak
                     import resource
 
@@ -612,7 +599,7 @@ def child_rss(task: str, side: str, quick: bool) -> dict[str, Any]:
                 out.setdefault("warm", None)
                 break
             run_side(w, side, Path(tmp))
-            peak = _status_kib("VmHWM:") or 0
+            peak = _kib("VmHWM") or 0
             out[label] = max(0, peak - before) * 1024
     return out
 

@@ -49,6 +49,7 @@ from torch import nn
 
 from edgetrain.memory import CompressionContext, compress_activations
 from edgetrain.zoo import build_model, load_dataset
+from procmem import reset_peak_rss, status_bytes
 
 CASES = ("gpt", "gpt-drop0.1")
 MODES = ("none", "lossless", "bf16", "int8")
@@ -131,24 +132,9 @@ def _sync(device: torch.device) -> None:
 # -- child process: process-visible peak of one mode ----------------------------------
 
 
-def _status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_hwm() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return True
+def _kib(field: str) -> int | None:
+    value = status_bytes(field)
+    return None if value is None else value // 1024
 
 
 def child(spec: dict[str, Any]) -> None:
@@ -170,12 +156,12 @@ def child(spec: dict[str, Any]) -> None:
             _sync(device)
             growth.append(torch.cuda.max_memory_allocated(device) - before)
             continue
-        before_kib = _status_kib("VmRSS")
-        if before_kib is None or not _reset_hwm():
+        before_kib = _kib("VmRSS")
+        if before_kib is None or not reset_peak_rss():
             print(json.dumps({"growth": None}))
             return
         train_step(model, x, y, ctx)
-        peak_kib = _status_kib("VmHWM")
+        peak_kib = _kib("VmHWM")
         growth.append(((peak_kib or 0) - before_kib) * 1024)
     print(json.dumps({"growth": int(statistics.median(growth))}))
 

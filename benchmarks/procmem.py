@@ -1,0 +1,41 @@
+"""Process memory as the kernel sees it, for the benchmarks' peak-RSS child processes.
+
+Linux only: ``/proc/self/status`` (VmRSS, VmHWM) and ``/proc/self/clear_refs`` (writing 5
+resets the high-water mark VmHWM to the current RSS).
+"""
+
+from __future__ import annotations
+
+import resource
+
+__all__ = ["peak_rss_bytes", "reset_peak_rss", "status_bytes"]
+
+
+def status_bytes(field: str) -> int | None:
+    """``VmRSS``, ``VmHWM``... of this process in bytes, or None where it cannot be read."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's RSS high-water mark (VmHWM) to its RSS; False if not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return status_bytes("VmHWM") is not None
+
+
+def peak_rss_bytes() -> int:
+    """VmHWM in bytes, else ``ru_maxrss`` (the peak since the process started)."""
+    peak = status_bytes("VmHWM")
+    if peak is not None:
+        return peak
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
