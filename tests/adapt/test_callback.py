@@ -21,7 +21,8 @@ from edgetrain.train.features.budget import (
 )
 
 MiB = 2**20
-BUDGET = {"budget": {"memory": "30MiB"}, "adapt": {"policy": "budget"}}
+# the micro-batch controller alone (the planner has its own tests: test_planner*.py)
+BUDGET = {"budget": {"memory": "30MiB", "levers": "micro_batch"}, "adapt": {"policy": "budget"}}
 
 
 def _fit(model, data, out, callbacks, **config):
@@ -86,7 +87,7 @@ def test_the_chosen_micro_batch_is_measured_as_a_whole_logical_batch_and_lowered
     # passes, but 24 x 2 measures 40 MiB
     meter = AccumulationMeter(model, size=24, extra=6 * MiB)
     cb = AdaptiveCallback(probe_data=data, meter=meter)
-    budget = {"budget": {"memory": "38MiB"}, "adapt": {"policy": "budget"}}
+    budget = {"budget": {"memory": "38MiB", "levers": "micro_batch"}, "adapt": {"policy": "budget"}}
     result = _fit(model, data, tmp_path / "run", [cb], epochs=1, batch_size=48, **budget)
     first = pd.read_csv(result.run_dir / "decisions.csv").iloc[0]
     assert "a logical batch at 24 measured 40.0 MiB" in first.reason
@@ -104,7 +105,7 @@ def _checked_run(tmp_path, monkeypatch, measure):
     monkeypatch.setattr(adapt_callback, "measure_logical_batch", measure)
     data, model = Blobs(), tiny_net()
     cb = AdaptiveCallback(probe_data=data, meter=BatchMeter(model, 10 * MiB, MiB))
-    budget = {"budget": {"memory": "38MiB"}, "adapt": {"policy": "budget"}}
+    budget = {"budget": {"memory": "38MiB", "levers": "micro_batch"}, "adapt": {"policy": "budget"}}
     result = _fit(model, data, tmp_path / "run", [cb], epochs=1, batch_size=48, **budget)
     return result, pd.read_csv(result.run_dir / "decisions.csv").iloc[0]
 
@@ -167,7 +168,7 @@ def test_a_budget_too_small_for_one_sample_says_what_is_needed(tmp_path):
             data,
             tmp_path / "r",
             [AdaptiveCallback(probe_data=data, meter=meter)],
-            budget={"memory": "10MiB"},
+            budget={"memory": "10MiB", "levers": "micro_batch"},
             adapt={"policy": "budget"},
         )
 

@@ -19,7 +19,8 @@ from edgetrain.train import fit, train
 from edgetrain.train.features import budget as budget_feature
 
 MiB = 2**20
-BUDGET = {"budget": {"memory": "30MiB"}, "adapt": {"policy": "budget"}}
+# the micro-batch controller alone (the planner has its own tests: test_planner*.py)
+BUDGET = {"budget": {"memory": "30MiB", "levers": "micro_batch"}, "adapt": {"policy": "budget"}}
 NO_MONITOR = {"monitor": {"enabled": False}}
 LM = {
     "data": "pycorpus",

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from edgetrain.cli.main import main
@@ -49,3 +53,30 @@ def test_memory_with_compressed_activations_on_a_language_model(capsys):
     code, out, err = run_memory(capsys, *LM, "batch_size=4", "activations=int8")
     assert code == 0, err
     assert "activations=int8:" in out and "stored of" in out
+
+
+def _memory_process(*settings: str) -> tuple[int, str, str]:
+    """``edgetrain memory`` in its own process: the CPU meter reads the process's resident
+    memory, which a test process shares with everything run before."""
+    args = [sys.executable, "-m", "edgetrain", "memory"]
+    for setting in [*settings, "device=cpu", "monitor.enabled=false"]:
+        args += ["--set", setting]
+    done = subprocess.run(
+        args, capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "120"}
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_memory_budget_prints_the_plan_and_refuses_the_impossible():
+    """``--budget``: every lever set probed on this machine, the plan printed before any
+    training; a budget no plan reaches is exit 2 naming the smallest one, which works."""
+    settings = ["data=digits", "model=cnn", "batch_size=32"]
+    code, out, err = _memory_process(*settings, "budget.memory=1MiB")
+    assert code == 2, err
+    assert "below what any plan of" in err and "smallest any reaches is" in err
+    assert "Traceback" not in err
+    smallest = err.split("smallest any reaches is ")[1].split("(")[1].split(" bytes")[0]
+    code, out, err = _memory_process(*settings, f"budget.memory={smallest}")
+    assert code == 0, err
+    assert f"memory plan for budget.memory {int(smallest) / 2**20:.1f} MiB" in out
+    assert out.count("-> │") == 1  # one plan chosen; its micro-batch is within the budget

@@ -20,8 +20,9 @@ import logging
 from typing import Any
 
 from edgetrain.adapt.interface import BudgetDecision, ControllerError, Measure, Settings
-from edgetrain.adapt.measurements import BudgetFit
+from edgetrain.adapt.measurements import BudgetFit, Probe, StaticBytes
 from edgetrain.adapt.memory_model import MemoryModel
+from edgetrain.adapt.planner import Levers
 from edgetrain.adapt.policies import (
     BATCH,
     LR,
@@ -184,6 +185,37 @@ class BudgetController:
             self.state.last_lr_change_epoch = epoch
         return BudgetDecision(decision, epoch, Settings(batch, max(1, min(micro, batch)), lr), note)
 
+    def static_message(self, static: StaticBytes) -> str:
+        """The error for a budget below the static bytes, naming both."""
+        budget = self.require_budget()
+        return (
+            f"budget.memory {format_bytes(budget)} ({budget} bytes) is below the static "
+            f"bytes {format_bytes(static.total_bytes)} ({static.total_bytes} bytes) the "
+            f"model needs before any sample: parameters {format_bytes(static.param_bytes)}, "
+            f"buffers {format_bytes(static.buffer_bytes)}, gradients "
+            f"{format_bytes(static.grad_bytes)}, optimizer state "
+            f"{format_bytes(static.optimizer_state_bytes)}"
+        )
+
+    def adopt_levers(
+        self,
+        levers: Levers,
+        memory: MemoryModel,
+        *,
+        ceiling: int | None,
+        probes: list[Probe] | None = None,
+    ) -> None:
+        """Train on with other levers (a re-plan): their memory model and ceiling replace
+        the old ones, and the steps measured with the old levers no longer count."""
+        state = self.state
+        state.levers, state.memory, state.ceiling = levers, memory, ceiling
+        state.points = []
+        state.probes = list(probes or [])
+        state.calibration, state.overhead_bytes = None, 0.0
+        state.replans += 1
+        self._last_shrink = None
+        self._unbatched_peak = None
+
     def _refit(self) -> None:
         """Recalibrate on the steps measured in training (the probes' slope is kept)."""
         state = self.state
@@ -236,14 +268,7 @@ class BudgetController:
         min_micro = self.min_micro(settings.batch_size)
         static = fit.static
         if budget < static.total_bytes:
-            raise EdgeTrainError(
-                f"budget.memory {format_bytes(budget)} ({budget} bytes) is below the static "
-                f"bytes {format_bytes(static.total_bytes)} ({static.total_bytes} bytes) the "
-                f"model needs before any sample: parameters {format_bytes(static.param_bytes)}, "
-                f"buffers {format_bytes(static.buffer_bytes)}, gradients "
-                f"{format_bytes(static.grad_bytes)}, optimizer state "
-                f"{format_bytes(static.optimizer_state_bytes)}"
-            )
+            raise EdgeTrainError(self.static_message(static))
         needed = fit.memory.predict_bytes(min_micro)
         if needed > budget:
             raise EdgeTrainError(

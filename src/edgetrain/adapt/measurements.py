@@ -36,11 +36,13 @@ class Probe:
         saved_bytes: bytes saved for backward (unique storages, parameters excluded).
         measured_bytes: the meter's peak, plus optimizer state that a real step would
             hold but the probe did not yet have; None without a meter reading.
+        seconds: wall time of the forward and backward passes (None: not timed).
     """
 
     micro_batch_size: int
     saved_bytes: int
     measured_bytes: int | None
+    seconds: float | None = None
 
     def peak_bytes(self, static: StaticBytes) -> float:
         """The larger of the measured peak and the exact accounting (static + saved)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -126,6 +127,8 @@ def probe_step(
     autocast: AutocastFactory = contextlib.nullcontext,
     micro_batch_size: int | None = None,
     evaluate: bool = False,
+    context: AutocastFactory = contextlib.nullcontext,
+    free_grads: bool = False,
 ) -> Probe:
     """Training forward/backward on ``batch`` as the loop runs it, measured and undone.
 
@@ -140,6 +143,12 @@ def probe_step(
         micro_batch_size: split the batch into micro-batches and accumulate gradients as
             the training loop does (default: one pass over the whole batch).
         evaluate: also run an evaluation forward (no grad) of one micro-batch.
+        context: entered around each forward inside ``autocast`` (an activation codec's
+            saved-tensor hooks: :func:`edgetrain.memory.compress_activations`).
+        free_grads: free each gradient as soon as it is accumulated when there is no
+            accumulation, as ``optimizer_in_backward`` does after its step (the weights
+            are not stepped: the probe's memory is that of the real step, its weights
+            unchanged).
 
     Raises:
         torch.OutOfMemoryError: as raised by the pass (after restoring).
@@ -150,30 +159,46 @@ def probe_step(
     saved = _Restore(model)
     for p in saved.params:
         p.grad = None
+    handles = []
+    if free_grads and micro >= n:
+        handles = [
+            p.register_post_accumulate_grad_hook(_drop_grad)
+            for p in saved.params
+            if p.requires_grad
+        ]
     if meter is not None:
         meter.reset_peak()
     try:
         model.train()
+        started = time.perf_counter()
         with SavedTensorCounter(model) as counter:
             for lo in range(0, n, micro):
                 part = task.split(batch, lo, min(lo + micro, n)) if micro < n else batch
-                with autocast():
+                with autocast(), context():
                     out = task.forward(model, part)
                 loss = task.loss_sum(out, part) / total
                 loss.backward()
                 del out, loss, part
+        seconds = time.perf_counter() - started
         if evaluate:
             model.eval()
             with torch.no_grad(), autocast():
                 task.forward(model, task.split(batch, 0, micro) if micro < n else batch)
         measured = meter.peak_bytes() if meter is not None else None
     finally:
+        for handle in handles:
+            handle.remove()
         saved.restore()
     return Probe(
         micro_batch_size=micro,
         saved_bytes=counter.peak_bytes,
         measured_bytes=None if measured is None else measured + missing_bytes,
+        seconds=seconds,
     )
+
+
+def _drop_grad(param: torch.Tensor) -> None:
+    param.grad = None
 
 
 def measure_logical_batch(
@@ -186,6 +211,8 @@ def measure_logical_batch(
     static: StaticBytes,
     meter: MemoryMeter,
     autocast: AutocastFactory = contextlib.nullcontext,
+    context: AutocastFactory = contextlib.nullcontext,
+    free_grads: bool = False,
 ) -> Probe:
     """One whole logical ``batch`` as the loop runs it at ``micro_batch_size``
     (accumulated micro-batches, the remainder included, then an evaluation forward),
@@ -201,6 +228,8 @@ def measure_logical_batch(
         autocast=autocast,
         micro_batch_size=micro_batch_size,
         evaluate=True,
+        context=context,
+        free_grads=free_grads,
     )
 
 
@@ -242,6 +271,9 @@ def fit_memory_model(
     start: int = 1,
     autocast: AutocastFactory = contextlib.nullcontext,
     is_oom: Callable[[BaseException], bool] | None = None,
+    context: AutocastFactory = contextlib.nullcontext,
+    calibrate: bool = True,
+    free_grads: bool = False,
 ) -> BudgetFit:
     """Probe at ``start`` (at least 2), 2x, 4x, ... while the next size is cautiously
     predicted to fit.
@@ -265,6 +297,11 @@ def fit_memory_model(
         autocast: the training's autocast context.
         is_oom: whether an exception is an out-of-memory error (default: torch's); such
             a probe ends probing and sets ``ceiling``.
+        context: entered around each forward (an activation codec's hooks).
+        calibrate: run the calibration pass (a whole logical batch); without it the
+            model is the single passes' envelope (quicker: for comparing lever sets).
+        free_grads: passes without accumulation free each gradient when it is ready
+            (``optimizer_in_backward``; see :func:`probe_step`).
     """
     oom = is_oom or (lambda exc: isinstance(exc, torch.OutOfMemoryError))
     static = static_bytes(model, optimizer, task, batch)
@@ -286,6 +323,8 @@ def fit_memory_model(
                 autocast=autocast,
                 micro_batch_size=micro,
                 evaluate=whole_batch,
+                context=context,
+                free_grads=free_grads,
             )
         except Exception as exc:
             if not oom(exc) or not probes:
@@ -306,7 +345,7 @@ def fit_memory_model(
     # measure far less than training at 1 needs (micro-batch 1 is extrapolated instead)
     micro = max(1, min(max(start, 2), size))
     first = task.split(batch, 0, micro) if micro < size else batch
-    probe_step(model, task, first, meter=None, autocast=autocast)  # one-time costs
+    probe_step(model, task, first, meter=None, autocast=autocast, context=context)  # warm-up
     del first
     one(micro)
     while True:
@@ -318,7 +357,7 @@ def fit_memory_model(
             break
         micro = nxt
     # a whole logical batch at the last size: what training holds beyond a single pass
-    calibration = run(micro, whole_batch=True)
+    calibration = run(micro, whole_batch=True) if calibrate else None
     overhead = 0.0
     if calibration is not None:
         single = next(p for p in probes if p.micro_batch_size == micro)
@@ -327,7 +366,7 @@ def fit_memory_model(
     if limit_bytes is not None:
         # never probe above the final choice: on CPU the resident size keeps what the
         # largest pass touched, so the last probe is the largest
-        upper = min(size, 2 * micro - 1, (ceiling or size + 1) - 1)
+        upper = min(size, 2 * micro, (ceiling or size + 1) - 1)
         candidate = _model(static, probes, overhead_bytes=overhead).largest_micro_batch(
             limit, upper
         )

@@ -16,6 +16,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from edgetrain.adapt.measurements import Probe, StaticBytes
 from edgetrain.adapt.memory_model import MemoryModel
+from edgetrain.adapt.planner import LeverCost, Levers
 
 __all__ = ["BudgetState", "StateFormatError", "from_plain", "to_plain"]
 
@@ -43,6 +44,9 @@ class BudgetState:
         peak_bytes: the highest peak measured in training.
         probe_peak_bytes: the highest peak the probes reached.
         outside_peak_bytes: the highest peak between epochs (checkpoint writes).
+        levers: the memory levers the planner chose (None: no plan, micro-batch only).
+        plan_costs: every lever set's measured cost (for re-planning on drift).
+        replans: how often measured memory led to other levers.
     """
 
     memory: MemoryModel | None = None
@@ -59,6 +63,9 @@ class BudgetState:
     peak_bytes: int | None = None
     probe_peak_bytes: int | None = None
     outside_peak_bytes: int | None = None
+    levers: Levers | None = None
+    plan_costs: list[LeverCost] = field(default_factory=list)
+    replans: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The state in plain types (see the module doc)."""

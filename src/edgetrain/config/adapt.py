@@ -24,6 +24,13 @@ class BudgetConfig(Section):
     """
 
     memory: int | str | None = None
+    # what the memory planner may turn to fit ``memory`` (edgetrain.adapt.planner):
+    # micro_batch = only the micro-batch (gradient accumulation keeps the batch); auto =
+    # also recomputation, the activation codecs and the optimizer step inside backward,
+    # whichever fits with the least measured slowdown (levers the config sets are kept)
+    levers: Literal["micro_batch", "auto"] = "auto"
+    # lossy activation codecs (bf16, int8, int4, int2) may be chosen by the planner
+    lossy: Literal["forbid", "allow"] = "forbid"
 
     @field_validator("memory", mode="before")
     @classmethod

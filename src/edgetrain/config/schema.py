@@ -127,6 +127,11 @@ class TrainConfig(Section):
     # recompute blocks in backward instead of keeping their activations (torch.utils.checkpoint):
     # none | all | auto | every_<k> | [module names]
     recompute: str | list[str] = "none"
+    # the CPU allocator (glibc malloc) of the training process: keep it as it is, or release
+    # freed blocks >= 128 KiB to the OS (mallopt) so RSS follows the live tensors; auto =
+    # release on CPU when memory matters (budget.memory, activations, recompute,
+    # optimizer_in_backward). Recorded in env.json (edgetrain.memory.allocator)
+    cpu_allocator: Literal["auto", "keep", "release"] = "auto"
 
     @field_validator("activations", mode="before")
     @classmethod

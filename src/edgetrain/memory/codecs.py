@@ -23,14 +23,26 @@ codec                 exact      format
 Break-even of the bitmap (stored bytes = N/8 + itemsize * nnz): 1/(8 * itemsize)
 zeros, i.e. 3.1% for fp32, 6.25% for fp16/bf16 values, 1.6% for fp64. A mask (N/8 +
 itemsize bytes) is smaller than the tensor whatever its zeros.
+
+Transient memory: on the CPU every codec works through chunks of about ``_CHUNK``
+elements, so that packing and unpacking hold little more than the source, the payload
+and the result (a full-size boolean mask, the index array ``np.compress`` builds from it,
+the compacted full-precision values and the unpacked levels together were about 1.8x a
+ReLU output's size on top of it, which the process saw as its peak). The bitmap is
+packed and the non-zeros compacted one chunk at a time, straight into the payload; the
+int codecs quantise the compacted values as they come, and unpacking expands each
+dequantised chunk into the result. The payloads and results are bit for bit those of
+the one-pass computation (the torch backend still computes them that way).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from edgetrain.memory.layout import (
@@ -75,7 +87,47 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 QUANT_BITS = (2, 4, 8)
-_CHUNK = 1 << 18  # values per (de)quantisation chunk: 1 MiB of float32 temporaries
+# values per (de)quantisation chunk and elements per compaction chunk (a multiple of 8:
+# whole bitmap bytes): 1 MiB of float32 temporaries
+_CHUNK = 1 << 18
+
+
+def _streams(t: torch.Tensor, backend: Backend) -> bool:
+    """Whether ``t`` is packed chunk by chunk on the CPU (numpy), or in one pass (torch)."""
+    if backend == "numpy" and t.device.type != "cpu":
+        raise ValueError(f"the numpy backend needs a CPU tensor, got {t.device}")
+    return backend != "torch" and t.device.type == "cpu"
+
+
+def _count_nonzero(bits: np.ndarray) -> int:
+    return int(np.count_nonzero(bits))  # counts in place: no mask is built
+
+
+def _compacted(bits: np.ndarray, bitmap: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Walk 1-D ``bits`` in chunks: write each chunk's packed non-zero bitmap into
+    ``bitmap`` (the layout of :func:`~edgetrain.memory.layout.pack_bits`) and yield the
+    chunk and its mask, for the caller to compact (``np.compress``) where it wants them."""
+    for start in range(0, bits.size, _CHUNK):
+        chunk = bits[start : start + _CHUNK]
+        mask = chunk != 0
+        bitmap[start // 8 : (start + chunk.size + 7) // 8] = np.packbits(mask, bitorder="little")
+        yield chunk, mask
+
+
+def _expand_from(bitmap: torch.Tensor, take: Callable[[int], np.ndarray], out: np.ndarray) -> None:
+    """Fill 1-D ``out`` (bit patterns) with zeros, and where ``bitmap`` is set with the next
+    values ``take(k)`` returns, chunk by chunk (as :func:`~edgetrain.memory.layout.expand`)."""
+    packed = bitmap.numpy()
+    for start in range(0, out.size, _CHUNK):
+        stop = min(out.size, start + _CHUNK)
+        bits = np.unpackbits(
+            packed[start // 8 : (stop + 7) // 8], count=stop - start, bitorder="little"
+        )
+        where = np.flatnonzero(bits.view(np.bool_))
+        chunk = out[start:stop]
+        chunk.fill(0)
+        if where.size:
+            chunk[where] = take(where.size)
 
 
 def bitmap_break_even(itemsize: int) -> float:
@@ -151,6 +203,8 @@ def pack_bitmap(
     if max_bytes is not None and (n + 7) // 8 >= max_bytes:
         return None
     bits = bit_view(flat)
+    if _streams(flat, backend):
+        return _pack_bitmap_chunks(bits.numpy(), layout, value_dtype, max_bytes)
     mask, nnz = nonzero_mask(bits, backend)
     if max_bytes is not None and (n + 7) // 8 + nnz * itemsize >= max_bytes:
         return None
@@ -160,14 +214,58 @@ def pack_bitmap(
     return BitmapPayload(layout, pack_bits(mask, backend), values, value_dtype)
 
 
+def _pack_bitmap_chunks(
+    bits: np.ndarray, layout: Layout, value_dtype: torch.dtype | None, max_bytes: int | None
+) -> BitmapPayload | None:
+    """:func:`pack_bitmap` on the CPU: count, then bitmap and compact chunk by chunk into
+    the payload (no full-size mask, index array or full-precision copy of the values)."""
+    nnz = _count_nonzero(bits)
+    itemsize = value_dtype.itemsize if value_dtype is not None else bits.itemsize
+    if max_bytes is not None and (bits.size + 7) // 8 + nnz * itemsize >= max_bytes:
+        return None
+    bitmap = np.empty((bits.size + 7) // 8, dtype=np.uint8)
+    if value_dtype is None:  # compacted straight into the payload
+        values = np.empty(nnz, dtype=bits.dtype)
+        taken = 0
+        for chunk, mask in _compacted(bits, bitmap):
+            k = _count_nonzero(mask)
+            np.compress(mask, chunk, out=values[taken : taken + k])
+            taken += k
+        stored = torch.from_numpy(values)
+    else:  # cast in blocks of _CHUNK values, whatever the zeros: where casts split is fixed
+        stored = torch.empty(nnz, dtype=value_dtype)
+        buf = np.empty(2 * _CHUNK, dtype=bits.dtype)
+        fill = taken = 0
+        for chunk, mask in _compacted(bits, bitmap):
+            k = _count_nonzero(mask)
+            np.compress(mask, chunk, out=buf[fill : fill + k])
+            fill += k
+            if fill >= _CHUNK:
+                stored[taken : taken + _CHUNK].copy_(
+                    torch.from_numpy(buf[:_CHUNK]).view(layout.dtype)
+                )
+                buf[: fill - _CHUNK] = buf[_CHUNK:fill]
+                taken, fill = taken + _CHUNK, fill - _CHUNK
+        if fill:
+            stored[taken : taken + fill].copy_(torch.from_numpy(buf[:fill]).view(layout.dtype))
+    return BitmapPayload(layout, torch.from_numpy(bitmap), stored, value_dtype)
+
+
 def unpack_bitmap(p: BitmapPayload, *, backend: Backend = "auto") -> torch.Tensor:
     """Rebuild the tensor packed by :func:`pack_bitmap`."""
     flat = alloc_like(p.layout)
     if flat.numel():
         values = p.values
-        if p.value_dtype is not None:
-            values = bit_view(values.to(p.layout.dtype))
-        expand(p.bitmap, values, bit_view(flat), backend)
+        if p.value_dtype is None:
+            expand(p.bitmap, values, bit_view(flat), backend)
+        elif _streams(flat, backend):  # widen the values a chunk at a time as they are placed
+            blocks = (
+                bit_view(values[i : i + _CHUNK].to(p.layout.dtype)).numpy()
+                for i in range(0, values.numel(), _CHUNK)
+            )
+            _expand_from(p.bitmap, _Cursor(blocks).take, bit_view(flat).numpy())
+        else:
+            expand(p.bitmap, bit_view(values.to(p.layout.dtype)), bit_view(flat), backend)
     return finish(flat, p.layout)
 
 
@@ -196,11 +294,29 @@ def pack_mask(x: torch.Tensor, *, backend: Backend = "auto") -> MaskPayload | No
     """
     flat, layout = flatten(x)
     bits = bit_view(flat)
+    if _streams(flat, backend):
+        return _pack_mask_chunks(bits.numpy(), layout)
     mask, nnz = nonzero_mask(bits, backend)
     value = constant_value(bits, mask, nnz, backend)
     if value is None:
         return None
     return MaskPayload(layout, pack_bits(mask, backend), value)
+
+
+def _pack_mask_chunks(bits: np.ndarray, layout: Layout) -> MaskPayload | None:
+    """:func:`pack_mask` on the CPU, chunk by chunk; stops at the first second pattern."""
+    bitmap = np.empty((bits.size + 7) // 8, dtype=np.uint8)
+    value = None
+    for chunk, mask in _compacted(bits, bitmap):
+        k = _count_nonzero(mask)
+        if not k:
+            continue
+        if value is None:
+            value = chunk[int(np.argmax(mask))]  # argmax of a bool array: the first True
+        if _count_nonzero(chunk == value) != k:
+            return None
+    pattern = np.array([0 if value is None else value], dtype=bits.dtype)
+    return MaskPayload(layout, torch.from_numpy(bitmap), torch.from_numpy(pattern))
 
 
 def unpack_mask(p: MaskPayload, *, backend: Backend = "auto") -> torch.Tensor:
@@ -294,42 +410,132 @@ def _unpack_levels(packed: torch.Tensor, bits: int) -> torch.Tensor:
     return ((packed.unsqueeze(1) >> shifts) & ((1 << bits) - 1)).view(-1)
 
 
+def _ranges(rows: torch.Tensor, top: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's minimum and quantisation step, float32: ``(max - min) / top``."""
+    # min and max in the input's dtype are exact in float32; 9x faster than aminmax(dim=1)
+    lo = rows.amin(1).to(torch.float32)
+    hi = rows.amax(1).to(torch.float32)
+    return lo, (hi - lo) / top
+
+
+class _Levels:
+    """The bit-packed levels, lo and scale of ``groups`` groups, quantised block by block
+    (a block: about ``_CHUNK`` values, so the float32 temporaries stay small)."""
+
+    def __init__(
+        self,
+        groups: int,
+        bits: int,
+        group_size: int,
+        generator: torch.Generator | None,
+        device: torch.device,
+    ) -> None:
+        self.bits, self.size, self.per = bits, group_size, 8 // bits
+        self.top = (1 << bits) - 1
+        self.generator = generator
+        self.levels = torch.empty(groups * group_size // self.per, dtype=torch.uint8, device=device)
+        self.lo = torch.empty(groups, dtype=torch.float32, device=device)
+        self.scale = torch.empty(groups, dtype=torch.float32, device=device)
+        self.done = 0  # groups quantised so far
+
+    def add(self, rows: torch.Tensor, lo: torch.Tensor, scale: torch.Tensor) -> None:
+        """Quantise ``rows`` (``[k, group_size]``, the input's dtype), the next k groups."""
+        first, k = self.done, rows.shape[0]
+        # constant groups: scale 0, every level 0, rebuilt exactly as lo
+        inv = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
+        x = (rows.to(torch.float32) - lo.unsqueeze(1)).mul_(inv.unsqueeze(1))
+        # floor(x + u), u ~ U[0, 1): rounds up with probability frac(x), so E[level] = x;
+        # x + u >= 0, so the truncating cast to uint8 is the floor
+        x.add_(_uniform(x.numel(), self.generator, x.device).view_as(x)).clamp_(max=self.top)
+        out = self.levels[first * self.size // self.per : (first + k) * self.size // self.per]
+        if self.per == 1:
+            out.copy_(x.view(-1))
+        else:
+            out.copy_(_pack_levels(x.view(-1).to(torch.uint8), self.bits))
+        self.lo[first : first + k] = lo
+        self.scale[first : first + k] = scale
+        self.done += k
+
+
 def _quantise(
     v: torch.Tensor, bits: int, group_size: int, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """Levels (uint8, padded to whole groups), lo and scale (float32); None if not finite.
+    """Packed levels (padded to whole groups), lo and scale (float32); None if not finite.
 
-    Works through chunks of about ``_CHUNK`` values: the float32 temporaries (the values,
-    the noise) stay small instead of several times the tensor, which the process would see
-    as a higher peak than the payload saves.
+    Every group's range is checked before any noise is drawn; then the groups are
+    quantised through blocks of about ``_CHUNK`` values: the float32 temporaries (the
+    values, the noise) stay small instead of several times the tensor, which the process
+    would see as a higher peak than the payload saves.
     """
     n = v.numel()
     full, pad = n // group_size, (-n) % group_size
     parts = [v[: full * group_size].view(full, group_size)]
     if pad:  # repeat the last value: the last group's min and max do not change
         parts.append(torch.cat([v[full * group_size :], v[-1:].expand(pad)]).view(1, group_size))
-    # min and max in the input's dtype are exact in float32; 9x faster than aminmax(dim=1)
-    lo = torch.cat([part.amin(1) for part in parts]).to(torch.float32)
-    hi = torch.cat([part.amax(1) for part in parts]).to(torch.float32)
     top = (1 << bits) - 1
-    scale = (hi - lo) / top
+    ranges = [_ranges(part, top) for part in parts]
+    lo = torch.cat([r[0] for r in ranges])
+    scale = torch.cat([r[1] for r in ranges])
     if not bool(torch.isfinite(scale).all()):  # NaN or inf inside, or a range that overflows
         return None
-    # constant groups: scale 0, every level 0, rebuilt exactly as lo
-    inv = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
-    levels = torch.empty(len(lo) * group_size, dtype=torch.uint8, device=v.device)
-    rows, first = max(1, _CHUNK // group_size), 0
+    out = _Levels(len(lo), bits, group_size, generator, v.device)
+    rows = max(1, _CHUNK // group_size)
     for part in parts:
         for r in range(0, part.shape[0], rows):
-            chunk = part[r : r + rows]
-            at = slice(first + r, first + r + chunk.shape[0])
-            x = (chunk.to(torch.float32) - lo[at].unsqueeze(1)).mul_(inv[at].unsqueeze(1))
-            # floor(x + u), u ~ U[0, 1): rounds up with probability frac(x), so E[level] = x;
-            # x + u >= 0, so the truncating cast to uint8 is the floor
-            x.add_(_uniform(x.numel(), generator, x.device).view_as(x)).clamp_(max=top)
-            levels[at.start * group_size : at.stop * group_size].copy_(x.view(-1))
-        first += part.shape[0]
-    return levels, lo, scale
+            at = slice(out.done, out.done + min(rows, part.shape[0] - r))
+            out.add(part[r : r + rows], lo[at], scale[at])
+    return out.levels, lo, scale
+
+
+def _quantise_compacted(
+    bits_np: np.ndarray,
+    bitmap: np.ndarray,
+    nnz: int,
+    dtype: torch.dtype,
+    bits: int,
+    group_size: int,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """:func:`_quantise` of the non-zeros of ``bits_np`` (CPU), compacted chunk by chunk
+    while ``bitmap`` is written: the same blocks, noise and levels, without a compacted
+    copy of the values. A group that is not finite gives None and the generator is reset
+    to its state before the call, as if no noise had been drawn."""
+    out = _Levels(-(-nnz // group_size), bits, group_size, generator, torch.device("cpu"))
+    block = max(1, _CHUNK // group_size) * group_size
+    gen = generator if generator is not None else torch.default_generator
+    state = gen.get_state()
+    buf = np.empty(block + _CHUNK, dtype=bits_np.dtype)  # compacted values not yet quantised
+    fill = 0
+
+    def add(values: np.ndarray) -> bool:
+        rows = torch.from_numpy(values).view(dtype).view(-1, group_size)
+        lo, scale = _ranges(rows, out.top)
+        if not bool(torch.isfinite(scale).all()):
+            return False
+        out.add(rows, lo, scale)
+        return True
+
+    for chunk, mask in _compacted(bits_np, bitmap):
+        k = _count_nonzero(mask)
+        np.compress(mask, chunk, out=buf[fill : fill + k])
+        fill += k
+        while fill >= block:
+            if not add(buf[:block]):
+                gen.set_state(state)
+                return None
+            buf[: fill - block] = buf[block:fill]
+            fill -= block
+    full = fill // group_size * group_size
+    ok = add(buf[:full]) if full else True
+    if ok and fill > full:  # the last group, padded with its last value
+        last = np.empty(group_size, dtype=buf.dtype)
+        last[: fill - full] = buf[full:fill]
+        last[fill - full :] = buf[fill - 1]
+        ok = add(last)
+    if not ok:
+        gen.set_state(state)
+        return None
+    return out.levels, out.lo, out.scale
 
 
 def pack_quant(
@@ -373,10 +579,29 @@ def pack_quant(
     values = flat
     if n and zero_mask is not False:
         bitpat = bit_view(flat)
-        mask, nnz = nonzero_mask(bitpat, backend)
-        if zero_mask or (n - nnz) * bits > n:
-            values = compact(bitpat, mask, nnz, backend).view(layout.dtype)
-            bitmap = pack_bits(mask, backend)
+        if _streams(flat, backend):
+            bits_np = bitpat.numpy()
+            nnz = _count_nonzero(bits_np)
+            if zero_mask or (n - nnz) * bits > n:
+                packed = np.zeros((n + 7) // 8, dtype=np.uint8)
+                if nnz == 0:
+                    values = flat[:0]
+                    bitmap = torch.from_numpy(packed)
+                else:
+                    done = _quantise_compacted(
+                        bits_np, packed, nnz, layout.dtype, bits, group_size, generator
+                    )
+                    if done is None:
+                        return None
+                    q, lo, scale = done
+                    return QuantPayload(
+                        layout, bits, group_size, nnz, q, lo, scale, torch.from_numpy(packed)
+                    )
+        else:
+            mask, nnz = nonzero_mask(bitpat, backend)
+            if zero_mask or (n - nnz) * bits > n:
+                values = compact(bitpat, mask, nnz, backend).view(layout.dtype)
+                bitmap = pack_bits(mask, backend)
     count = values.numel()
     if count == 0:
         empty = torch.zeros(0, dtype=torch.float32, device=flat.device)
@@ -386,26 +611,63 @@ def pack_quant(
     if quantised is None:
         return None
     q, lo, scale = quantised
-    return QuantPayload(layout, bits, group_size, count, _pack_levels(q, bits), lo, scale, bitmap)
+    return QuantPayload(layout, bits, group_size, count, q, lo, scale, bitmap)
+
+
+def _dequantised(p: QuantPayload) -> Iterator[torch.Tensor]:
+    """The payload's values in order, float32, in blocks of about ``_CHUNK``."""
+    per, size = 8 // p.bits, p.group_size
+    rows = max(1, _CHUNK // size)
+    for r in range(0, p.lo.numel(), rows):
+        stop = min(p.lo.numel(), r + rows)
+        begin, end = r * size, min(stop * size, p.count)
+        q = _unpack_levels(p.levels[begin // per : stop * size // per], p.bits)
+        q = q.to(torch.float32).view(-1, size)
+        chunk = torch.addcmul(p.lo[r:stop].unsqueeze(1), q, p.scale[r:stop].unsqueeze(1))
+        yield chunk.view(-1)[: end - begin]
+
+
+class _Cursor:
+    """Hands out the values of a stream of blocks (numpy bit patterns) ``k`` at a time."""
+
+    def __init__(self, blocks: Iterator[np.ndarray]) -> None:
+        self.blocks = blocks
+        self.block: np.ndarray = np.empty(0)
+        self.at = 0
+
+    def take(self, k: int) -> np.ndarray:
+        parts = []
+        while k:
+            if self.at == self.block.size:
+                self.block, self.at = next(self.blocks), 0
+            m = min(k, self.block.size - self.at)
+            parts.append(self.block[self.at : self.at + m])
+            self.at += m
+            k -= m
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def unpack_quant(p: QuantPayload, *, backend: Backend = "auto") -> torch.Tensor:
     """Dequantise the payload of :func:`pack_quant` to the original dtype and layout
-    (in chunks of about ``_CHUNK`` values, so the float32 temporaries stay small)."""
+    (in chunks of about ``_CHUNK`` values, so the float32 temporaries stay small; with
+    a bitmap on the CPU each chunk goes straight to its places in the result)."""
     flat = alloc_like(p.layout)
-    if p.count:
-        values = flat if p.bitmap is None else flat.new_empty(p.count)
-        per, size = 8 // p.bits, p.group_size
-        rows = max(1, _CHUNK // size)
-        for r in range(0, p.lo.numel(), rows):
-            stop = min(p.lo.numel(), r + rows)
-            begin, end = r * size, min(stop * size, p.count)
-            q = _unpack_levels(p.levels[begin // per : stop * size // per], p.bits)
-            q = q.to(torch.float32).view(-1, size)
-            chunk = torch.addcmul(p.lo[r:stop].unsqueeze(1), q, p.scale[r:stop].unsqueeze(1))
-            values[begin:end].copy_(chunk.view(-1)[: end - begin])
-        if p.bitmap is not None:
-            expand(p.bitmap, bit_view(values), bit_view(flat), backend)
+    if p.count and p.bitmap is None:
+        begin = 0
+        for chunk in _dequantised(p):
+            flat[begin : begin + chunk.numel()].copy_(chunk)
+            begin += chunk.numel()
+    elif p.count and _streams(flat, backend):
+        dtype = p.layout.dtype
+        blocks = (bit_view(chunk.to(dtype)).numpy() for chunk in _dequantised(p))
+        _expand_from(p.bitmap, _Cursor(blocks).take, bit_view(flat).numpy())
+    elif p.count:
+        values = flat.new_empty(p.count)
+        begin = 0
+        for chunk in _dequantised(p):
+            values[begin : begin + chunk.numel()].copy_(chunk)
+            begin += chunk.numel()
+        expand(p.bitmap, bit_view(values), bit_view(flat), backend)
     elif flat.numel():
         flat.zero_()  # every element was zero
     return finish(flat, p.layout)
@@ -442,22 +704,62 @@ def pack_int(x: torch.Tensor, offset: torch.Tensor | None = None) -> IntPayload:
     if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
         raise ValueError(f"pack_int needs an integer tensor, got {x.dtype}")
     x = x.detach()
+    slabs = _slabs(x, offset)
+    if slabs is not None and offset is not None:  # x - offset a slab at a time
+        ranges = [torch.aminmax(x[s] - offset) for s in slabs]
+        lo, hi = min(int(r[0]) for r in ranges), max(int(r[1]) for r in ranges)
+        dtype = _narrowest(lo, hi, x.element_size())
+        if dtype is not None:
+            data = torch.empty(x.shape, dtype=dtype, device=x.device)
+            for s in slabs:
+                data[s] = x[s] - offset
+            return IntPayload(data, offset, x.dtype, tuple(x.stride()))
     data = x if offset is None else x - offset
     if data.numel():
         lo, hi = (int(v) for v in torch.aminmax(data))
-        for dtype in _NARROW:
-            info = torch.iinfo(dtype)
-            if dtype.itemsize >= x.element_size():
-                break
-            if info.min <= lo and hi <= info.max:
-                data = data.to(dtype)
-                break
+        narrow = _narrowest(lo, hi, x.element_size())
+        if narrow is not None:
+            data = data.to(narrow)
     return IntPayload(data, offset, x.dtype, tuple(x.stride()))
+
+
+def _narrowest(lo: int, hi: int, itemsize: int) -> torch.dtype | None:
+    """The narrowest of :data:`_NARROW` narrower than ``itemsize`` that holds [lo, hi]."""
+    for dtype in _NARROW:
+        info = torch.iinfo(dtype)
+        if dtype.itemsize >= itemsize:
+            return None
+        if info.min <= lo and hi <= info.max:
+            return dtype
+    return None
+
+
+def _slabs(x: torch.Tensor, offset: torch.Tensor | None) -> list[slice] | None:
+    """Slices of ``x``'s first dimension of about ``_CHUNK`` elements, for a contiguous CPU
+    tensor that ``offset`` broadcasts against along that dimension; None otherwise."""
+    if x.device.type != "cpu" or not x.is_contiguous() or x.dim() < 2 or x.numel() <= _CHUNK:
+        return None
+    if offset is not None and (
+        offset.dim() >= x.dim()
+        or offset.device != x.device
+        or torch.broadcast_shapes(x.shape, offset.shape) != x.shape
+    ):
+        return None
+    step = max(1, _CHUNK // max(1, x[0].numel()))
+    return [slice(i, i + step) for i in range(0, x.shape[0], step)]
 
 
 def unpack_int(p: IntPayload) -> torch.Tensor:
     """Rebuild the integer tensor packed by :func:`pack_int`."""
-    out = p.data.to(p.dtype) if p.offset is None else p.offset + p.data.to(p.dtype)
+    slabs = _slabs(p.data, p.offset) if p.offset is not None else None
+    if slabs is not None and p.data.dtype != p.dtype:  # offset + data a slab at a time
+        out = torch.empty(p.data.shape, dtype=p.dtype, device=p.data.device)
+        for s in slabs:
+            torch.add(p.offset, p.data[s], out=out[s])
+    elif p.offset is None:
+        out = p.data.to(p.dtype)
+    else:
+        out = p.offset + p.data.to(p.dtype)
     if out.dtype != p.dtype:
         out = out.to(p.dtype)
     if tuple(out.stride()) != p.stride and out.numel() > 1:

@@ -92,6 +92,8 @@ _SAMPLE_MIN_NUMEL = 1 << 14
 
 # A non-dense view packs its whole storage when it covers at least this fraction of it.
 _BLOCK_MIN_COVER = 4
+# Elements per finiteness check on the CPU (a 256 KiB boolean temporary, not a full-size one).
+_FINITE_CHUNK = 1 << 18
 
 
 def _sample(t: torch.Tensor) -> tuple[float, bool]:
@@ -104,6 +106,15 @@ def _sample(t: torch.Tensor) -> tuple[float, bool]:
     constant = nonzero.numel() == 0 or bool((nonzero == nonzero[0]).all())
     zeros = 1.0 - nonzero.numel() / sample.numel() if sampled else 1.0
     return zeros, constant
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    """Whether every element of 1-D ``t`` is finite; on the CPU a chunk at a time, so that
+    no full-size boolean tensor sits beside the payload just packed."""
+    if t.device.type != "cpu":
+        return bool(torch.isfinite(t).all())
+    step = _FINITE_CHUNK
+    return all(bool(torch.isfinite(t[i : i + step]).all()) for i in range(0, t.numel(), step))
 
 
 def _is_param_cast(t: torch.Tensor) -> bool:
@@ -457,12 +468,11 @@ class CompressionContext:
             dense_bytes = t.numel() * half.itemsize
             payload = codecs.pack_bitmap(t, value_dtype=half, max_bytes=dense_bytes)
             if payload is not None:
-                values = payload.values
-                if half != torch.float16 or bool(torch.isfinite(values).all()):
+                if half != torch.float16 or _all_finite(payload.values):
                     return payload, codecs.unpack_bitmap
                 return None
         cast = codecs.pack_cast(t, half)
-        if half == torch.float16 and not bool(torch.isfinite(cast.data).all()):
+        if half == torch.float16 and not _all_finite(cast.data):
             return None  # beyond fp16's range (or not finite to begin with): keep it exact
         return cast, codecs.unpack_cast
 

@@ -55,6 +55,7 @@ __all__ = [
     "enable_recompute",
     "find_blocks",
     "parse_spec",
+    "recomputed_blocks",
 ]
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList)
@@ -241,6 +242,15 @@ def enable_recompute(model: nn.Module, names: Iterable[str]) -> RecomputeHandle:
         module.__dict__["forward"] = _checkpointed(module, module.forward)
         handle._restore.append((module, previous))
     return handle
+
+
+def recomputed_blocks(model: nn.Module) -> list[str]:
+    """The names of ``model``'s modules whose forward is recomputed now."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if getattr(module.__dict__.get("forward"), _MARK, False)
+    ]
 
 
 def apply_recompute(model: nn.Module, spec: Spec) -> RecomputeHandle:

@@ -176,6 +176,13 @@ def _memory_rows(run: Run, totals: Mapping[str, Any]) -> list[tuple[str, str]]:
         if adapt.get("memory_source"):
             text += f"; measured as {adapt['memory_source']}"
         rows.append(("peak memory", text))
+        plan = adapt.get("plan")
+        if isinstance(plan, Mapping) and plan.get("describe"):
+            text = str(plan["describe"])
+            replans = finite_number(plan.get("replans"))
+            if replans:
+                text += f" ({replans:.0f} re-plan{'s' if replans > 1 else ''} on measured memory)"
+            rows.append(("memory plan", text))
     device = finite_number(totals.get("peak_device_mem_bytes"))
     rss = finite_number(totals.get("peak_rss_bytes"))
     others = []

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from edgetrain.config import TrainConfig, config_to_dict, load_config, write_yaml_text
 from edgetrain.contract import CHECKPOINT_FILE, MODEL_FILE
 from edgetrain.errors import DivergedError, EdgeTrainError
+from edgetrain.memory.allocator import configure_for_run
 from edgetrain.safefs import os_error_message, user_errors
 from edgetrain.tasks import Task, infer_task, make_task
 from edgetrain.train.callbacks import Callback, CallbackList, TrainState
@@ -288,6 +289,8 @@ def _run(
 ) -> FitResult:
     """Shared by :func:`fit` and :func:`train`: everything after model and data exist."""
     device = resolve_device(config.device)
+    # before any training memory or probe: freed blocks then leave RSS (env.json records it)
+    allocator = configure_for_run(config, device)
     _check_early_stop(config, data, task)
     user = list(callbacks)
     # built before the run directory exists: a missing extra leaves nothing behind
@@ -324,8 +327,10 @@ def _run(
         defaults = _default_callbacks(config, progress, sample)
         from edgetrain.train.features.budget import adapt_callbacks
 
-        # after the monitor (its epoch peaks feed the controller), before progress and user ones
-        at = 1 if config.monitor.enabled else 0
+        # after the monitor (its epoch peaks feed the controller) and the memory levers the
+        # config sets (the controller's probes run with them), before progress and user ones
+        levers = ("activations", "optim_backward", "recompute")
+        at = sum(1 for cb in defaults if cb.name == "monitor" or cb.name in levers)
         defaults[at:at] = adapt_callbacks(config, data.train, data.val)
         if config.sparse_update.scheme != "full":
             from edgetrain.train.features.sparse import SparseUpdateCallback
@@ -358,7 +363,7 @@ def _run(
     extra: dict[str, Any] = {}
     try:
         all_callbacks.on_fit_start(state)
-        run.write_json("env.json", _env_info(state.sensor_statuses))
+        run.write_json("env.json", {**_env_info(state.sensor_statuses), "allocator": allocator})
         run_epochs(state, forward, data.train, data.val, all_callbacks, scaler, start_epoch)
         if data.test is not None and evaluate_test:
             extra["test"] = evaluate(model, forward, data.test, state, prefix="test")

@@ -20,7 +20,9 @@ Use :func:`adapt_callbacks` for the callbacks a config asks for, in their order.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 from typing import Any
 
 import torch
@@ -42,16 +44,34 @@ from edgetrain.adapt import (
     measure_logical_batch,
     probe_batch,
 )
+from edgetrain.adapt.planner import (
+    LeverCost,
+    Levers,
+    Plan,
+    PlanError,
+    PlanOption,
+    make_plan,
+    shifted,
+)
+from edgetrain.adapt.state import to_plain
 from edgetrain.config import AdaptConfig, TrainConfig
 from edgetrain.errors import EdgeTrainError
 from edgetrain.memory import unique_bytes
-from edgetrain.train.callbacks import Callback, TrainState
+from edgetrain.train.callbacks import Callback, Forward, TrainState
 from edgetrain.train.features.prune import PruneCallback
 from edgetrain.train.optim import autocast
 from edgetrain.train.rundir import DECISIONS_COLUMNS
 from edgetrain.units import format_bytes
 
-__all__ = ["ADAPT_COLUMNS", "AdaptiveCallback", "PruneCallback", "adapt_callbacks"]
+__all__ = [
+    "ADAPT_COLUMNS",
+    "AdaptiveCallback",
+    "PruneCallback",
+    "adapt_callbacks",
+    "fixed_levers",
+    "plan_candidates",
+    "plan_rows",
+]
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +144,71 @@ def _in_optimizer_step(error: BaseException) -> bool:
     return False
 
 
+def fixed_levers(cfg: TrainConfig) -> dict[str, Any]:
+    """The memory levers ``cfg`` sets itself (a plan keeps them as they are)."""
+    fixed: dict[str, Any] = {}
+    if cfg.activations != "off":
+        fixed["activations"] = cfg.activations
+    if cfg.recompute != "none":
+        fixed["recompute"] = cfg.recompute if isinstance(cfg.recompute, str) else "list"
+    if cfg.optimizer_in_backward:
+        fixed["optimizer_in_backward"] = True
+    return fixed
+
+
+def plan_candidates(cfg: TrainConfig, model: nn.Module, step_in_backward_ok: bool) -> list[Levers]:
+    """The lever sets a plan for ``cfg`` considers (none with ``budget.levers:
+    micro_batch``); ``step_in_backward_ok``: the optimizer step may move into backward."""
+    from edgetrain.adapt.levers import candidate_levers
+
+    if cfg.budget.levers != "auto":
+        return []
+    fixed = fixed_levers(cfg)
+    return candidate_levers(
+        model=model,
+        activations=fixed.get("activations"),
+        recompute=fixed.get("recompute"),
+        optimizer_in_backward=fixed.get("optimizer_in_backward"),
+        lossy=cfg.budget.lossy == "allow",
+        step_in_backward_ok=step_in_backward_ok,
+    )
+
+
+def plan_rows(plan: Plan, *, epoch: int, step: int, why: str = "") -> list[dict[str, Any]]:
+    """decisions.csv rows of a plan: one per option (chosen 'plan' for the one taken)."""
+    return [_plan_row(o, plan, epoch=epoch, step=step, why=why) for o in plan.options]
+
+
+def _plan_row(
+    option: PlanOption, plan: Plan, *, epoch: int, step: int, why: str = ""
+) -> dict[str, Any]:
+    """A decisions.csv row for one option of a plan."""
+    taken = option.levers == plan.levers
+    if option.fits:
+        time = f"{option.time_ratio:.2f}x" if math.isfinite(option.time_ratio) else "n/a"
+        if not option.time_measured:
+            time += " (time not probed)"
+        text = (
+            f"micro-batch {option.micro_batch_size} x {option.accum_steps}, predicted peak "
+            f"{format_bytes(option.predicted_peak_bytes)} of {format_bytes(plan.budget_bytes)}, "
+            f"saves {format_bytes(option.saved_bytes)}, time {time}"
+        )
+        if not option.saves:
+            text += " (saves under 2% at its micro-batch: not taken)"
+    else:
+        text = "does not fit"
+    reason = f"{'chosen' if taken else 'option'}: {option.levers.describe()}: {text}"
+    return {
+        "epoch": epoch,
+        "step": step,
+        "chosen": "plan" if taken else "option",
+        "parameter": "levers",
+        "old": "",
+        "new": option.levers.describe(),
+        "reason": f"{why}; {reason}" if why else reason,
+    }
+
+
 def _settings(state: TrainState) -> Settings:
     return Settings(state.batch_size, state.micro_batch_size, state.base_lr)
 
@@ -166,9 +251,14 @@ class AdaptiveCallback(Callback):
         self.meter = meter
         self.active = False
         self.decisions: list[dict[str, Any]] = []
+        self.plan: Plan | None = None  # the plan made before training (this process)
         # this process only
         self._norm_buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._summary: dict[str, Any] = {}
+        self._levers: Any = None  # the LeverHandle of the levers this callback applied
+        self._step_in_backward: Callback | None = None  # OptimizerInBackward, when planned
+        self._fits: dict[Levers, BudgetFit] = {}
+        self._blocks: list[str] = []  # the blocks the planned levers recompute
 
     # the controller's state, by its old names
     @property
@@ -230,6 +320,15 @@ class AdaptiveCallback(Callback):
             "accum_steps": state.accum_steps,
             "base_lr": state.base_lr,
         }
+        levers = ctl.state.levers
+        if levers is not None:
+            self._summary["plan"] = {
+                "levers": to_plain(levers),
+                "describe": levers.describe(),
+                "recomputed_blocks": self._blocks,
+                "replans": ctl.state.replans,
+                "options": [to_plain(o) for o in self.plan.options] if self.plan else None,
+            }
 
     # -- fit start -------------------------------------------------------------------------
     def on_fit_start(self, state: TrainState) -> None:
@@ -257,6 +356,8 @@ class AdaptiveCallback(Callback):
             if not ctl.state.fitted:
                 self._fit_budget(state)
             else:
+                if ctl.state.levers is not None:
+                    self._apply(state, ctl.state.levers)
                 self._act(state, ctl.resumed(_settings(state), epoch=len(state.history)))
         self.meter.reset_peak()
         self._record_summary(state)
@@ -271,10 +372,187 @@ class AdaptiveCallback(Callback):
         batch = probe_batch(self.probe_data, state.batch_size, state.collate_fn)
         batch = state.task.to_device(batch, state.device, dtype)
         try:
+            self._plan(state, batch)
             outcome = self._fit_and_verify(state, batch)
         finally:
             del batch
         self._act(state, outcome)
+
+    # -- the memory planner ----------------------------------------------------------------
+    def _fixed(self, cfg: TrainConfig) -> dict[str, Any]:
+        return fixed_levers(cfg)
+
+    def _candidates(self, state: TrainState) -> list[Levers]:
+        from edgetrain.train.features.optim_backward import refusal
+
+        return plan_candidates(state.config, state.model, refusal(state) is None)
+
+    def _plan(self, state: TrainState, batch: Any) -> None:
+        """Measure each lever set's cost, choose the fastest that fits, apply it, log it
+        (see :mod:`edgetrain.adapt.planner`)."""
+        candidates = self._candidates(state)
+        if len(candidates) <= 1:
+            return
+        ctl = self.controller
+        budget, min_micro = ctl.require_budget(), ctl.min_micro(state.batch_size)
+        plan_args = {
+            "budget_bytes": budget,
+            "batch_size": state.task.size(batch),
+            "limit_frac": ctl.limit_frac,
+            "min_micro": min_micro,
+        }
+
+        try:
+            # the set with the fewest levers first: if it runs the whole batch, nothing is faster
+            costs = self._measure_costs(state, batch, candidates[-1:])
+            try:
+                whole = make_plan(costs, **plan_args).micro_batch_size >= state.batch_size
+            except PlanError:
+                whole = False
+            if not whole:
+                costs = self._measure_costs(state, batch, candidates[:-1]) + costs
+        except torch.OutOfMemoryError as exc:
+            raise EdgeTrainError(
+                f"budget.memory {format_bytes(budget)}: a probe step at micro-batch "
+                f"{min_micro} runs out of device memory ({exc})"
+            ) from exc
+        try:
+            plan = make_plan(costs, **plan_args)
+        except PlanError as exc:  # exit 2, naming the smallest budget a plan reaches
+            static = next(iter(self._fits.values())).static
+            if budget < static.total_bytes:
+                raise EdgeTrainError(
+                    f"{ctl.static_message(static)}; the smallest budget any plan reaches is "
+                    f"{format_bytes(exc.smallest_bytes)} ({exc.smallest_bytes} bytes)"
+                ) from exc
+            raise
+        self.plan = plan
+        ctl.state.levers, ctl.state.plan_costs = plan.levers, costs
+        self._apply(state, plan.levers)
+        self._log_plan(state, plan, epoch=len(state.history))
+
+    def _measure_costs(self, state: TrainState, batch: Any, sets: list[Levers]) -> list[LeverCost]:
+        """Probe ``sets`` on ``batch`` (see :func:`edgetrain.adapt.levers.measure_lever_costs`)."""
+        from edgetrain.adapt.levers import measure_lever_costs
+
+        ctl = self.controller
+        measured = measure_lever_costs(
+            state.model,
+            state.optimizer,
+            state.task,
+            batch,
+            sets,
+            meter=self.meter,
+            limit_bytes=ctl.limit_bytes,
+            start=ctl.min_micro(state.batch_size),
+            autocast=lambda: autocast(state.config.precision, state.device),
+            seed=state.config.seed,
+            skip=set(self._fixed(state.config)) - {"activations"},
+            known=self._fits,
+        )
+        self._fits.update(measured.fits)
+        return list(measured.costs)
+
+    def _apply(self, state: TrainState, levers: Levers) -> None:
+        """Apply ``levers`` (those the config does not already apply)."""
+        from edgetrain.adapt.levers import apply_levers
+        from edgetrain.train.features.optim_backward import OptimizerInBackward
+
+        self._remove_levers(state)
+        skip = set(self._fixed(state.config))
+        self._levers = apply_levers(state.model, levers, seed=state.config.seed, skip=skip)
+        self._blocks = self._levers.blocks
+        if levers.optimizer_in_backward and "optimizer_in_backward" not in skip:
+            self._step_in_backward = OptimizerInBackward()
+            self._step_in_backward.on_fit_start(state)
+
+    def _remove_levers(self, state: TrainState) -> None:
+        if self._levers is not None:
+            self._levers.remove()
+            self._levers = None
+        if self._step_in_backward is not None:
+            self._step_in_backward.on_fit_end(state)
+            self._step_in_backward = None
+
+    def _log_plan(self, state: TrainState, plan: Plan, *, epoch: int, why: str = "") -> None:
+        """decisions.csv: one row per lever set considered (chosen = 'plan' for the one
+        taken, 'option' for the others)."""
+        for row in plan_rows(plan, epoch=epoch, step=state.step, why=why):
+            self.decisions.append(row)
+            if state.run is not None:
+                state.run.log("decisions.csv", DECISIONS_COLUMNS).append(row)
+        log.info("memory plan: %s", plan.describe())
+
+    def wrap_forward(self, forward: Forward) -> Forward:
+        def planned(*args: Any, **kwargs: Any) -> Any:
+            handle = self._levers
+            if handle is None or handle.codec is None or not torch.is_grad_enabled():
+                return forward(*args, **kwargs)
+            with handle.codec:
+                return forward(*args, **kwargs)
+
+        return planned
+
+    def _replan(self, state: TrainState, peak: int) -> bool:
+        """Measured memory passed the budget: plan again on costs raised by what the
+        probes did not see; True if other levers were taken (and applied)."""
+        ctl = self.controller
+        levers, costs = ctl.state.levers, ctl.state.plan_costs
+        if levers is None or not costs or ctl.budget_bytes is None:
+            return False
+        current = next((c for c in costs if c.levers == levers), None)
+        if current is None:
+            return False
+        micro = state.micro_batch_size
+        drift = peak - current.predict_bytes(micro, state.batch_size)
+        corrected = shifted(costs, levers, drift)
+        probed = {c.levers for c in costs}
+        if self.probe_data is not None and any(lv not in probed for lv in self._candidates(state)):
+            # sets not probed before training (the first fitted the whole batch): probe every
+            # set again now, so that all of them measure what the first probes missed
+            self._remove_levers(state)
+            self._fits = {}
+            dtype = next(state.model.parameters()).dtype
+            batch = probe_batch(self.probe_data, state.batch_size, state.collate_fn)
+            batch = state.task.to_device(batch, state.device, dtype)
+            try:
+                corrected = self._measure_costs(state, batch, self._candidates(state))
+            finally:
+                del batch
+                self._apply(state, levers)
+        try:
+            plan = make_plan(
+                corrected,
+                budget_bytes=ctl.budget_bytes,
+                batch_size=state.batch_size,
+                limit_frac=ctl.limit_frac,
+                min_micro=ctl.min_micro(state.batch_size),
+            )
+        except EdgeTrainError:
+            return False  # nothing fits: the controller shrinks as it can
+        ctl.state.plan_costs = corrected
+        if plan.levers == levers:
+            return False
+        chosen = next(c for c in corrected if c.levers == plan.levers)
+        fit = self._fits.get(plan.levers)
+        ctl.adopt_levers(
+            plan.levers,
+            chosen.memory,
+            ceiling=chosen.ceiling,
+            probes=list(fit.probes) if fit is not None else None,
+        )
+        self._apply(state, plan.levers)
+        self._log_plan(
+            state,
+            plan,
+            epoch=state.epoch + 1,
+            why=f"re-plan: measured {format_bytes(peak)} at micro-batch {micro}, "
+            f"{format_bytes(max(0, drift))} above the plan",
+        )
+        state.micro_batch_size = plan.micro_batch_size
+        if ctl.chunks_evaluation:
+            state.eval_micro_batch_size = state.micro_batch_size
+        return True
 
     def _fit_and_verify(self, state: TrainState, batch: Any) -> BudgetDecision:
         """Probe, then let the controller choose, measuring whole logical batches."""
@@ -299,12 +577,33 @@ class AdaptiveCallback(Callback):
                 limit_bytes=ctl.limit_bytes,
                 start=min_micro,
                 autocast=lambda: autocast(state.config.precision, state.device),
+                context=self._codec_context(state),
+                free_grads=self._frees_grads(),
             )
         except torch.OutOfMemoryError as exc:
             raise EdgeTrainError(
                 f"budget.memory {format_bytes(budget)}: a step at micro-batch {min_micro} runs "
                 f"out of device memory ({exc})"
             ) from exc
+
+    def _codec_context(self, state: TrainState) -> Any:
+        """What wraps a probe's forward: the planned codec, or the configured one (whose
+        callback wraps only training's forward)."""
+        if self._levers is not None and self._levers.codec is not None:
+            codec = self._levers.codec
+            return lambda: codec
+        if state.config.activations not in ("off", "none"):
+            from edgetrain.memory import compress_activations
+
+            codec = compress_activations(
+                state.model, state.config.activations, seed=state.config.seed
+            )
+            return lambda: codec
+        return contextlib.nullcontext
+
+    def _frees_grads(self) -> bool:
+        levers = self.controller.state.levers
+        return levers is not None and levers.optimizer_in_backward
 
     def _measure_logical_batch(self, state: TrainState, batch: Any, micro: int) -> int | None:
         """The peak of one whole logical batch at ``micro``; -1 if it ran out of memory."""
@@ -321,6 +620,8 @@ class AdaptiveCallback(Callback):
                 static=static,
                 meter=self.meter,
                 autocast=lambda: autocast(state.config.precision, state.device),
+                context=self._codec_context(state),
+                free_grads=self._frees_grads(),
             )
         except torch.OutOfMemoryError:
             if torch.cuda.is_available():
@@ -339,6 +640,8 @@ class AdaptiveCallback(Callback):
         self.meter.reset_peak()
 
     def on_batch_start(self, state: TrainState) -> None:
+        if self._step_in_backward is not None:
+            self._step_in_backward.on_batch_start(state)
         if not self.active or not self.controller.cfg.oom_recovery:
             return
         # a forward that runs out of memory part-way has already updated batch-norm
@@ -351,6 +654,8 @@ class AdaptiveCallback(Callback):
         ]
 
     def on_batch_end(self, state: TrainState) -> None:
+        if self._step_in_backward is not None:
+            self._step_in_backward.on_batch_end(state)
         if not self.active or self.meter is None or self.controller.budget_bytes is None:
             return
         peak = self.meter.peak_bytes()  # reading /proc/self/status: tens of microseconds
@@ -358,6 +663,10 @@ class AdaptiveCallback(Callback):
             _settings(state), epoch=state.epoch + 1, peak_bytes=peak
         )
         if outcome is None:
+            return
+        if peak is not None and outcome.changed and self._replan(state, peak):
+            self.meter.reset_peak()
+            self._record_summary(state)
             return
         self._act(state, outcome)
         self.meter.reset_peak()  # measure the new micro-batch from here
@@ -390,6 +699,10 @@ class AdaptiveCallback(Callback):
         if not self.active or self.meter is None:
             return
         ctl, row = self.controller, state.epoch_row
+        codec = self._levers.codec if self._levers is not None else None
+        if codec is not None:
+            row["activation_bytes"] = codec.stats.peak_stored_bytes
+            codec.reset_peak()
         peak = self.meter.peak_bytes()  # training steps since the window opened + evaluation
         val_accs = tuple(r.get("val_acc") for r in state.history)
         outcome = ctl.epoch_ended(
@@ -421,6 +734,7 @@ class AdaptiveCallback(Callback):
         self.meter.reset_peak()  # from here: checkpoint and the other callbacks
 
     def on_fit_end(self, state: TrainState) -> None:
+        self._remove_levers(state)
         if not self.active or self.meter is None:
             return
         self.controller.fit_ended(self.meter.peak_bytes())

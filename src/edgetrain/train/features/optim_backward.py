@@ -30,7 +30,7 @@ from torch.utils.hooks import RemovableHandle
 from edgetrain.errors import EdgeTrainError
 from edgetrain.train.callbacks import Callback, TrainState
 
-__all__ = ["OptimizerInBackward", "per_parameter_optimizers"]
+__all__ = ["OptimizerInBackward", "per_parameter_optimizers", "refusal"]
 
 _NAME = "optimizer_in_backward"
 
@@ -180,6 +180,15 @@ def _check(state: TrainState) -> None:
     if isinstance(state.optimizer, torch.optim.LBFGS):
         raise EdgeTrainError(f"{_NAME} cannot step LBFGS (it needs a closure)")
     _check_hooks(state.optimizer)
+
+
+def refusal(state: TrainState) -> str | None:
+    """Why the optimizer step cannot move into backward for this run (None: it can)."""
+    try:
+        _check(state)
+    except EdgeTrainError as exc:
+        return str(exc)
+    return None
 
 
 def _check_hooks(optimizer: torch.optim.Optimizer) -> None:

@@ -1,0 +1,368 @@
+"""Measure what each memory lever costs on this model and device, and plan a budget.
+
+For every candidate :class:`~edgetrain.adapt.planner.Levers` set the levers are applied
+(:func:`apply_levers`: recomputation on the model, an activation codec's saved-tensor
+hooks around the forward) and :func:`~edgetrain.adapt.probe.fit_memory_model` probes
+short forward/backward steps at growing micro-batches, measured by the run's meter and
+timed; each probe is undone (gradients, buffers, RNG), so probing changes nothing. The
+optimizer step inside backward is a set of its own only where it can act (no gradient
+accumulation, no clipping, fp32/bf16): its memory is the plain set's probe at the whole
+batch with every gradient freed as soon as it is ready (measured; the weights are not
+stepped), its time is the plain set's (not probed: a probe may not change the weights).
+:func:`~edgetrain.adapt.planner.make_plan` then chooses. See docs/design.md, "Memory
+planner"::
+
+    plan = plan_memory(model, optimizer, task, batch, budget_bytes=300 << 20,
+                       meter=make_meter(device))
+    handle = apply_levers(model, plan.levers)
+    with handle.forward_context():
+        loss = task.loss_sum(task.forward(model, part), part) / count
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgetrain.adapt.measurements import BudgetFit
+from edgetrain.adapt.memory_model import MemoryModel
+from edgetrain.adapt.meters import MemoryMeter
+from edgetrain.adapt.planner import LeverCost, Levers, Plan, TimeModel, make_plan
+from edgetrain.adapt.probe import AutocastFactory, fit_memory_model, probe_step, static_bytes
+from edgetrain.memory.recompute import find_blocks
+from edgetrain.tasks import Task
+
+__all__ = [
+    "LOSSY_CANDIDATES",
+    "LeverHandle",
+    "MeasuredCosts",
+    "apply_levers",
+    "candidate_levers",
+    "measure_lever_costs",
+    "plan_memory",
+]
+
+log = logging.getLogger(__name__)
+
+# the lossy codecs a plan may choose with budget.lossy: allow (int4/int2 lose accuracy)
+LOSSY_CANDIDATES = ("bf16", "int8")
+
+
+class LeverHandle:
+    """Levers applied to a model: :meth:`forward_context` around each training forward,
+    :meth:`remove` to undo (the model's forwards and hooks as before)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        levers: Levers,
+        *,
+        seed: int | None = 0,
+        skip: Collection[str] = (),
+    ) -> None:
+        from edgetrain.memory import compress_activations
+        from edgetrain.memory.recompute import apply_recompute
+
+        self.levers = levers
+        self._recompute = (
+            apply_recompute(model, levers.recompute)
+            if levers.recompute != "none" and "recompute" not in skip
+            else None
+        )
+        self.codec = (
+            compress_activations(model, levers.activations, seed=seed)
+            if levers.activations != "none" and "activations" not in skip
+            else None
+        )
+
+    def forward_context(self) -> contextlib.AbstractContextManager[Any]:
+        """The codec's hooks (a null context without a codec)."""
+        return self.codec if self.codec is not None else contextlib.nullcontext()
+
+    @property
+    def blocks(self) -> list[str]:
+        return list(self._recompute.names) if self._recompute is not None else []
+
+    def remove(self) -> None:
+        if self._recompute is not None:
+            self._recompute.remove()
+            self._recompute = None
+        self.codec = None
+
+    def __enter__(self) -> LeverHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def apply_levers(
+    model: nn.Module, levers: Levers, *, seed: int | None = 0, skip: Collection[str] = ()
+) -> LeverHandle:
+    """Apply ``levers`` and return the handle. Not the optimizer step in backward (the
+    trainer's ``optimizer_in_backward`` does that), nor the levers named in ``skip``
+    ("recompute", "activations": already applied by other means)."""
+    return LeverHandle(model, levers, seed=seed, skip=skip)
+
+
+def candidate_levers(
+    *,
+    model: nn.Module,
+    activations: str | None = None,
+    recompute: str | None = None,
+    optimizer_in_backward: bool | None = None,
+    lossy: bool = False,
+    step_in_backward_ok: bool = True,
+) -> list[Levers]:
+    """The lever sets a plan considers. A lever given (not None) is fixed to that value;
+    recomputation only where the model has blocks; the optimizer step in backward only
+    where ``step_in_backward_ok`` (no clipping, no fp16 scaling, no sparse updates...).
+    Sets are ordered from the most memory-saving to plain (probes then run from the
+    smallest peak up, so a CPU's resident memory reflects each set's own)."""
+    if activations is not None:
+        codecs = [activations]
+    else:
+        codecs = ["none", "lossless", *(LOSSY_CANDIDATES if lossy else ())]
+    if recompute is not None:
+        recomputes = [recompute]
+    else:
+        recomputes = ["none", "all"] if find_blocks(model) else ["none"]
+    if optimizer_in_backward is not None:
+        steps = [optimizer_in_backward]
+    else:
+        steps = [False, True] if step_in_backward_ok else [False]
+    sets = [Levers(c, r, s) for c in codecs for r in recomputes for s in steps]
+    rank = {"none": 0, "lossless": 1, "bf16": 2, "fp16": 2, "int8": 3, "int4": 4, "int2": 5}
+    return sorted(
+        sets,
+        key=lambda lv: (
+            -(lv.recompute != "none"),
+            -rank.get(lv.activations, 1),
+            -int(lv.optimizer_in_backward),
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class MeasuredCosts:
+    """Each set's cost and the probes' fit behind it (the chosen set's fit goes to the
+    budget controller, so training starts from the planner's measurements)."""
+
+    costs: tuple[LeverCost, ...]
+    fits: dict[Levers, BudgetFit]
+
+
+def _time_model(fit: BudgetFit) -> TimeModel:
+    points = [(p.micro_batch_size, p.seconds) for p in fit.probes if p.seconds is not None]
+    return TimeModel.fit(points) if points else TimeModel(0.0, 0.0)
+
+
+@contextlib.contextmanager
+def _applied(
+    model: nn.Module, levers: Levers, seed: int | None, skip: Collection[str] = ()
+) -> Iterator[LeverHandle]:
+    handle = apply_levers(model, levers, seed=seed, skip=skip)
+    try:
+        yield handle
+    finally:
+        handle.remove()
+
+
+def measure_lever_costs(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    task: Task,
+    batch: Any,
+    candidates: Sequence[Levers],
+    *,
+    meter: MemoryMeter | None,
+    limit_bytes: float | None,
+    start: int = 1,
+    autocast: AutocastFactory = contextlib.nullcontext,
+    seed: int | None = 0,
+    progress: Callable[[Levers], None] | None = None,
+    skip: Collection[str] = (),
+    known: dict[Levers, BudgetFit] | None = None,
+) -> MeasuredCosts:
+    """Probe every set in ``candidates`` (module doc); ``batch`` is one logical batch on
+    the model's device. Sets with the optimizer step in backward reuse the probes of
+    the same set without it, plus one probe at the whole batch with gradients freed.
+    ``skip``: levers already in effect (not applied again); ``known``: fits measured
+    before (reused, not probed again)."""
+    fits: dict[Levers, BudgetFit] = dict(known or {})
+    size = task.size(batch)
+    order = [lv for lv in candidates if not lv.optimizer_in_backward]
+    for lv in candidates:
+        base = Levers(lv.activations, lv.recompute, False)
+        if base not in order:
+            order.append(base)
+    calibrated = next((f for f in fits.values() if f.calibration is not None), None)
+    for levers in order:
+        if levers in fits:
+            continue
+        if progress is not None:
+            progress(levers)
+        # the first set probed runs the calibration pass (what a whole logical batch holds
+        # beyond a single pass); the others start probing near its choice (fewer probes)
+        first = start
+        if calibrated is not None and limit_bytes is not None:
+            reach = calibrated.memory.largest_micro_batch(limit_bytes, size)
+            first = max(start, 1 << max(0, (reach // 2).bit_length() - 1))
+        with _applied(model, levers, seed, skip) as handle:
+            fit = fit_memory_model(
+                model,
+                optimizer,
+                task,
+                batch,
+                meter=meter,
+                limit_bytes=limit_bytes,
+                start=min(first, size),
+                autocast=autocast,
+                context=handle.forward_context,
+                calibrate=calibrated is None,
+            )
+        fits[levers] = fit
+        if calibrated is None:
+            calibrated = fit
+    overhead = calibrated.overhead_bytes if calibrated is not None else 0.0
+
+    def cost_of(levers: Levers) -> LeverCost:
+        fit = fits[levers]
+        memory = fit.memory
+        if fit.calibration is None and overhead:
+            memory = MemoryModel(memory.static_bytes + overhead, memory.per_sample_bytes)
+        return LeverCost(levers, memory, _time_model(fit), fit.ceiling)
+
+    costs = [cost_of(lv) for lv in order if lv in candidates]
+    for levers in candidates:
+        if not levers.optimizer_in_backward:
+            continue
+        base = cost_of(Levers(*_base(levers)))
+        if base.ceiling is not None and base.ceiling <= size:
+            continue  # the whole batch does not run: no step in backward
+        accounted = _accounted_grad_free(model, optimizer, task, batch)
+        hopeless = limit_bytes is not None and base.predict_bytes(size, size) - accounted > (
+            limit_bytes
+        )
+        if progress is not None and not hopeless:
+            progress(levers)
+        free = (
+            accounted
+            if hopeless
+            else _grad_free_bytes(
+                model, task, batch, levers, meter, autocast, seed, skip, accounted
+            )
+        )
+        costs.append(
+            LeverCost(
+                levers,
+                base.memory,
+                base.time,
+                base.ceiling,
+                grad_free_bytes=free,
+                time_measured=False,
+            )
+        )
+    rank = {lv: i for i, lv in enumerate(candidates)}
+    costs.sort(key=lambda c: rank[c.levers])
+    return MeasuredCosts(tuple(costs), {lv: fits[lv] for lv in order if lv in fits})
+
+
+def _base(levers: Levers) -> tuple[str, str, bool]:
+    return (levers.activations, levers.recompute, False)
+
+
+def _accounted_grad_free(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None, task: Task, batch: Any
+) -> int:
+    """Exact gradient bytes less the largest parameter's (which must exist at once)."""
+    static = static_bytes(model, optimizer, task, task.split(batch, 0, 1))
+    params = [p for p in model.parameters() if p.requires_grad]
+    largest = max((p.numel() * p.element_size() for p in params), default=0)
+    return max(0, static.grad_bytes - largest)
+
+
+def _grad_free_bytes(
+    model: nn.Module,
+    task: Task,
+    batch: Any,
+    levers: Levers,
+    meter: MemoryMeter | None,
+    autocast: AutocastFactory,
+    seed: int | None,
+    skip: Collection[str],
+    accounted: int,
+) -> int:
+    """Bytes the whole-batch step saves when gradients are freed as they are ready:
+    measured (a probe with and without freeing) where the meter reads, else
+    ``accounted`` (the exact bytes)."""
+    if meter is None:
+        return accounted
+    peaks = []
+    with _applied(model, Levers(*_base(levers)), seed, skip) as handle:
+        for free in (False, True):
+            probe = probe_step(
+                model,
+                task,
+                batch,
+                meter=meter,
+                autocast=autocast,
+                context=handle.forward_context,
+                free_grads=free,
+            )
+            peaks.append(probe.measured_bytes)
+    if peaks[0] is None or peaks[1] is None:
+        return accounted
+    # never more than the gradients' bytes: the rest is the meter's noise
+    return max(0, min(accounted, peaks[0] - peaks[1]))
+
+
+def plan_memory(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    task: Task,
+    batch: Any,
+    *,
+    budget_bytes: int,
+    lossy: bool = False,
+    meter: MemoryMeter | None = None,
+    limit_frac: float = 0.9,
+    min_micro: int = 1,
+    autocast: AutocastFactory = contextlib.nullcontext,
+    candidates: Sequence[Levers] | None = None,
+    seed: int | None = 0,
+) -> Plan:
+    """Measure the candidate sets' costs on ``batch`` (one logical batch, on the model's
+    device) and plan ``budget_bytes`` (see :func:`~edgetrain.adapt.planner.make_plan`).
+
+    Raises:
+        PlanError: nothing fits (``exc.smallest_bytes``: the smallest budget reached).
+    """
+    sets = (
+        list(candidates) if candidates is not None else candidate_levers(model=model, lossy=lossy)
+    )
+    measured = measure_lever_costs(
+        model,
+        optimizer,
+        task,
+        batch,
+        sets,
+        meter=meter,
+        limit_bytes=limit_frac * budget_bytes,
+        start=min_micro,
+        autocast=autocast,
+        seed=seed,
+    )
+    return make_plan(
+        measured.costs,
+        budget_bytes=budget_bytes,
+        batch_size=task.size(batch),
+        limit_frac=limit_frac,
+        min_micro=min_micro,
+    )

@@ -1,0 +1,378 @@
+"""The memory planner: which levers, at which micro-batch, fit a budget fastest.
+
+A pure function over measured costs (no torch; :mod:`edgetrain.adapt.levers` measures
+them with short probe steps on the actual device). Each candidate :class:`Levers` set
+(recomputation, an activation codec, the optimizer step inside backward) comes with a
+:class:`LeverCost`: its memory model (peak bytes against the micro-batch, fitted from
+its probes) and its time model (seconds of a step against the micro-batch, from the
+same probes). :func:`make_plan` picks, for every set, the largest micro-batch its
+memory model fits under the limit, predicts the time of one logical batch (steps x
+per-step seconds + samples x per-sample seconds) and chooses the fastest; a set within
+:data:`TIE_FRAC` of the fastest with fewer levers wins the tie (fewer moving parts).
+When no set fits even at the smallest micro-batch, :class:`PlanError` names the
+smallest budget any set reaches. See docs/design.md, "Memory planner".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+
+from edgetrain.adapt.memory_model import MemoryModel
+from edgetrain.errors import EdgeTrainError
+from edgetrain.units import format_bytes
+
+__all__ = [
+    "LOSSLESS_CODECS",
+    "MIN_SAVING_FRAC",
+    "TIE_FRAC",
+    "LeverCost",
+    "Levers",
+    "Plan",
+    "PlanError",
+    "PlanOption",
+    "TimeModel",
+    "make_plan",
+    "shifted",
+]
+
+LOSSLESS_CODECS = frozenset({"none", "lossless"})
+# options whose predicted time is within this fraction of the fastest are ties
+TIE_FRAC = 0.03
+# a lever set is taken only if it saves at least this fraction of the base set's peak
+# at the same micro-batch (a lever that saves nothing measurable only costs time)
+MIN_SAVING_FRAC = 0.02
+
+
+@dataclass(frozen=True, order=True)
+class Levers:
+    """One combination of memory levers (besides the micro-batch).
+
+    Attributes:
+        activations: the codec for tensors saved for backward ("none" = kept as they are).
+        recompute: "none" or "all" (every block recomputed in backward).
+        optimizer_in_backward: each parameter stepped as its gradient is ready and the
+            gradient freed (only without accumulation: micro-batch = batch).
+    """
+
+    activations: str = "none"
+    recompute: str = "none"
+    optimizer_in_backward: bool = False
+
+    @property
+    def count(self) -> int:
+        """How many levers are turned."""
+        return (
+            (self.activations != "none")
+            + (self.recompute != "none")
+            + int(self.optimizer_in_backward)
+        )
+
+    @property
+    def lossy(self) -> bool:
+        return self.activations not in LOSSLESS_CODECS
+
+    def short(self) -> str:
+        """Shortest text: 'recompute + int8 + step in backward', or 'micro-batch only'."""
+        parts = []
+        if self.recompute != "none":
+            parts.append("recompute" if self.recompute == "all" else f"recompute {self.recompute}")
+        if self.activations != "none":
+            parts.append(self.activations)
+        if self.optimizer_in_backward:
+            parts.append("step in backward")
+        return " + ".join(parts) if parts else "micro-batch only"
+
+    def describe(self) -> str:
+        """Text: 'recompute=all + activations=int8', or 'micro-batch only'."""
+        parts = []
+        if self.recompute != "none":
+            parts.append(f"recompute={self.recompute}")
+        if self.activations != "none":
+            parts.append(f"activations={self.activations}")
+        if self.optimizer_in_backward:
+            parts.append("optimizer_in_backward")
+        return " + ".join(parts) if parts else "micro-batch only"
+
+
+@dataclass(frozen=True)
+class TimeModel:
+    """Seconds of one micro-batch step = ``step_seconds`` + ``sample_seconds`` x size."""
+
+    step_seconds: float
+    sample_seconds: float
+
+    def batch_seconds(self, batch_size: int, micro_batch_size: int) -> float:
+        """Predicted seconds of one logical batch of ``batch_size`` at ``micro_batch_size``."""
+        steps = math.ceil(batch_size / micro_batch_size)
+        return steps * self.step_seconds + batch_size * self.sample_seconds
+
+    @classmethod
+    def fit(cls, points: Iterable[tuple[int, float]]) -> TimeModel:
+        """Least squares over (micro-batch, seconds), both coefficients at least 0.
+
+        One size (or several equal): all of the time is per sample.
+
+        Raises:
+            ValueError: no point with a positive size and a finite time.
+        """
+        pts = [(float(m), float(s)) for m, s in points if m >= 1 and math.isfinite(s) and s >= 0]
+        if not pts:
+            raise ValueError("a time model needs at least one (micro-batch, seconds) point")
+        xs = [m for m, _ in pts]
+        mx = sum(xs) / len(xs)
+        sxx = sum((x - mx) ** 2 for x in xs)
+        if sxx == 0:
+            return cls(0.0, sum(s for _, s in pts) / sum(xs))
+        my = sum(s for _, s in pts) / len(pts)
+        slope = sum((x - mx) * (s - my) for x, s in pts) / sxx
+        slope = max(slope, 0.0)
+        intercept = my - slope * mx
+        if intercept < 0:  # no negative overhead: all per sample, through the origin
+            slope = sum(x * s for x, s in pts) / sum(x * x for x in xs)
+            intercept = 0.0
+        return cls(intercept, slope)
+
+
+@dataclass(frozen=True)
+class LeverCost:
+    """What one lever set costs, as measured by probe steps.
+
+    Attributes:
+        levers: the set.
+        memory: its peak bytes against the micro-batch.
+        time: its step seconds against the micro-batch.
+        ceiling: the smallest micro-batch that ran out of memory while probing (None: none).
+        grad_free_bytes: with ``levers.optimizer_in_backward``, the bytes of gradients that
+            need not coexist (subtracted from the peak at micro-batch = batch only).
+        time_measured: False when the time is taken from another set (a lever whose
+            probe would change the weights); shown in the plan table.
+    """
+
+    levers: Levers
+    memory: MemoryModel
+    time: TimeModel
+    ceiling: int | None = None
+    grad_free_bytes: int = 0
+    time_measured: bool = True
+
+    def predict_bytes(self, micro_batch_size: int, batch_size: int) -> int:
+        peak = self.memory.predict_bytes(micro_batch_size)
+        if self.levers.optimizer_in_backward and micro_batch_size >= batch_size:
+            peak -= self.grad_free_bytes
+        return peak
+
+    def largest_micro_batch(self, limit_bytes: float, batch_size: int, min_micro: int) -> int:
+        """The largest micro-batch in [min_micro, batch] predicted under the limit; 0 if none."""
+        upper = batch_size if self.ceiling is None else min(batch_size, self.ceiling - 1)
+        if self.levers.optimizer_in_backward:  # steps in backward only without accumulation
+            if upper < batch_size:
+                return 0
+            return batch_size if self.predict_bytes(batch_size, batch_size) <= limit_bytes else 0
+        micro = self.memory.largest_micro_batch(limit_bytes, upper)
+        return micro if micro >= min_micro else 0
+
+
+@dataclass(frozen=True)
+class PlanOption:
+    """One lever set's best fit under the limit (``micro_batch_size`` 0: it does not fit)."""
+
+    levers: Levers
+    micro_batch_size: int
+    accum_steps: int
+    predicted_peak_bytes: int
+    batch_seconds: float
+    time_ratio: float  # against the base option (fewest levers; else the fastest fitting)
+    saved_bytes: int  # predicted peak below the base option's at the same micro-batch
+    time_measured: bool
+    saves: bool = True  # saves at least MIN_SAVING_FRAC (the base option always counts)
+
+    @property
+    def fits(self) -> bool:
+        return self.micro_batch_size > 0
+
+    @property
+    def eligible(self) -> bool:
+        return self.fits and self.saves
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The chosen option and every option considered (the plan table).
+
+    ``smallest_bytes`` is the smallest budget any option reaches (at its smallest
+    micro-batch, with the margin), for the reader and for error messages.
+    """
+
+    chosen: PlanOption
+    options: tuple[PlanOption, ...]
+    budget_bytes: int
+    limit_bytes: float
+    batch_size: int
+    smallest_bytes: int
+
+    @property
+    def levers(self) -> Levers:
+        return self.chosen.levers
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.chosen.micro_batch_size
+
+    @property
+    def accum_steps(self) -> int:
+        return self.chosen.accum_steps
+
+    @property
+    def predicted_peak_bytes(self) -> int:
+        return self.chosen.predicted_peak_bytes
+
+    def describe(self) -> str:
+        c = self.chosen
+        return (
+            f"{c.levers.describe()}, micro-batch {c.micro_batch_size} x {c.accum_steps}, "
+            f"predicted peak {format_bytes(c.predicted_peak_bytes)} of "
+            f"{format_bytes(self.budget_bytes)}, time {c.time_ratio:.2f}x"
+        )
+
+
+class PlanError(EdgeTrainError):
+    """No lever set fits the budget; ``smallest_bytes`` is the smallest budget one reaches."""
+
+    def __init__(self, message: str, smallest_bytes: int) -> None:
+        super().__init__(message)
+        self.smallest_bytes = smallest_bytes
+
+
+def _smallest(cost: LeverCost, batch_size: int, min_micro: int, limit_frac: float) -> float:
+    micro = batch_size if cost.levers.optimizer_in_backward else min_micro
+    if cost.ceiling is not None and micro >= cost.ceiling:
+        return math.inf
+    return cost.predict_bytes(micro, batch_size) / limit_frac
+
+
+def _within(smaller: Levers, larger: Levers) -> bool:
+    """Whether ``smaller`` turns a subset of ``larger``'s levers (and not all of them)."""
+    parts = (
+        smaller.activations in ("none", larger.activations),
+        smaller.recompute in ("none", larger.recompute),
+        not smaller.optimizer_in_backward or larger.optimizer_in_backward,
+    )
+    return all(parts) and smaller != larger
+
+
+def _pays(
+    cost: LeverCost, micro: int, peak: int, costs: Sequence[LeverCost], batch_size: int
+) -> bool:
+    """Whether every lever of ``cost`` pays its way: at ``micro`` its peak is at least
+    :data:`MIN_SAVING_FRAC` below that of every set with fewer of its levers."""
+    if not micro:
+        return False
+    for other in costs:
+        if other is cost or not _within(other.levers, cost.levers):
+            continue
+        theirs = other.predict_bytes(micro, batch_size)
+        if theirs - peak < MIN_SAVING_FRAC * theirs:
+            return False
+    return True
+
+
+def make_plan(
+    costs: Sequence[LeverCost],
+    *,
+    budget_bytes: int,
+    batch_size: int,
+    limit_frac: float = 0.9,
+    min_micro: int = 1,
+) -> Plan:
+    """Choose the lever set and micro-batch that fit ``limit_frac`` x ``budget_bytes``
+    with the least predicted time per logical batch (module doc).
+
+    Raises:
+        PlanError: no set fits at any micro-batch (the message names the smallest budget
+            a set reaches and which set).
+        ValueError: no costs, or impossible arguments.
+    """
+    if not costs:
+        raise ValueError("make_plan needs at least one lever cost")
+    if batch_size < 1 or not 1 <= min_micro <= batch_size or not 0 < limit_frac <= 1:
+        raise ValueError(
+            f"make_plan: batch_size {batch_size}, min_micro {min_micro}, "
+            f"limit_frac {limit_frac} are not consistent"
+        )
+    limit = limit_frac * budget_bytes
+    rows: list[tuple[LeverCost, int, int, float]] = []
+    for cost in costs:
+        micro = cost.largest_micro_batch(limit, batch_size, min_micro)
+        peak = cost.predict_bytes(micro, batch_size) if micro else 0
+        seconds = cost.time.batch_seconds(batch_size, micro) if micro else math.inf
+        rows.append((cost, micro, peak, seconds))
+    base_cost = min(costs, key=lambda c: c.levers.count)  # micro-batch only, or the fixed set
+    fitting = [r for r in rows if r[1]]
+    reference = next(
+        (r[3] for r in rows if r[0] is base_cost and r[1]),
+        min((r[3] for r in fitting), default=math.nan),
+    )
+    options = []
+    for cost, micro, peak, seconds in rows:
+        same = base_cost.predict_bytes(micro, batch_size) if micro else peak
+        saved = max(0, same - peak) if micro else 0
+        options.append(
+            PlanOption(
+                levers=cost.levers,
+                micro_batch_size=micro,
+                accum_steps=math.ceil(batch_size / micro) if micro else 0,
+                predicted_peak_bytes=peak,
+                batch_seconds=seconds,
+                time_ratio=seconds / reference if micro and reference > 0 else math.nan,
+                saved_bytes=saved,
+                time_measured=cost.time_measured,
+                saves=cost is base_cost or _pays(cost, micro, peak, costs, batch_size),
+            )
+        )
+    smallest_cost = min(costs, key=lambda c: _smallest(c, batch_size, min_micro, limit_frac))
+    smallest = _smallest(smallest_cost, batch_size, min_micro, limit_frac)
+    smallest_bytes = math.ceil(smallest) if math.isfinite(smallest) else 0
+    if not fitting:
+        reach = (
+            f"the smallest any reaches is {format_bytes(smallest_bytes)} ({smallest_bytes} "
+            f"bytes, {smallest_cost.levers.describe()} at micro-batch "
+            f"{batch_size if smallest_cost.levers.optimizer_in_backward else min_micro}, with "
+            f"the margin {1 - limit_frac:.0%})"
+            if smallest_bytes
+            else "every probe ran out of memory"
+        )
+        raise PlanError(
+            f"budget.memory {format_bytes(budget_bytes)} ({budget_bytes} bytes) is below "
+            f"what any plan of {len(costs)} lever sets reaches: {reach}; raise budget.memory "
+            "to at least that",
+            smallest_bytes,
+        )
+    eligible = [o for o in options if o.eligible] or [o for o in options if o.fits]
+    fastest = min(o.batch_seconds for o in eligible)
+    ties = [o for o in eligible if o.batch_seconds <= fastest * (1 + TIE_FRAC)]
+    chosen = min(ties, key=lambda o: (o.levers.count, o.batch_seconds))
+    return Plan(
+        chosen=chosen,
+        options=tuple(options),
+        budget_bytes=budget_bytes,
+        limit_bytes=limit,
+        batch_size=batch_size,
+        smallest_bytes=smallest_bytes,
+    )
+
+
+def shifted(
+    costs: Sequence[LeverCost], levers: Levers, measured_minus_predicted: float
+) -> list[LeverCost]:
+    """Costs corrected by what training measured: the peak of ``levers`` passed its
+    prediction by ``measured_minus_predicted`` bytes (memory the probes did not see:
+    the data loader, the allocator, other threads), so every set's memory model is raised
+    by the same amount (never lowered). Used to re-plan when measured memory drifts."""
+    delta = max(0.0, float(measured_minus_predicted))
+    out = []
+    for cost in costs:
+        memory = MemoryModel(cost.memory.static_bytes + delta, cost.memory.per_sample_bytes)
+        out.append(replace(cost, memory=memory))
+    return out

@@ -1,0 +1,172 @@
+"""The memory planner as a pure function over measured lever costs (no torch, no model)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from edgetrain.adapt.memory_model import MemoryModel
+from edgetrain.adapt.planner import (
+    LeverCost,
+    Levers,
+    PlanError,
+    TimeModel,
+    make_plan,
+    shifted,
+)
+from edgetrain.adapt.state import BudgetState
+
+MiB = 1 << 20
+PLAIN = Levers()
+RECOMPUTE = Levers(recompute="all")
+LOSSLESS = Levers(activations="lossless")
+STEP = Levers(optimizer_in_backward=True)
+
+
+def cost(levers, static_mib, per_sample_mib, step_s=0.01, sample_s=0.001, **kw):
+    return LeverCost(
+        levers,
+        MemoryModel(static_mib * MiB, per_sample_mib * MiB),
+        TimeModel(step_s, sample_s),
+        **kw,
+    )
+
+
+def test_the_whole_batch_without_levers_when_it_fits():
+    costs = [cost(PLAIN, 10, 1), cost(RECOMPUTE, 10, 0.2, sample_s=0.0013)]
+    plan = make_plan(costs, budget_bytes=100 * MiB, batch_size=64)
+    assert plan.levers == PLAIN
+    assert (plan.micro_batch_size, plan.accum_steps) == (64, 1)
+    assert plan.predicted_peak_bytes == 74 * MiB
+    assert plan.chosen.time_ratio == 1.0
+
+
+def test_the_cheaper_lever_wins_and_the_choice_follows_the_measured_costs():
+    # 40 MiB budget, limit 36 MiB: plain fits 26 samples (3 steps), recompute the whole batch
+    plain, recompute = cost(PLAIN, 10, 1), cost(RECOMPUTE, 10, 0.3, sample_s=0.0013)
+    expensive_steps = [
+        cost(PLAIN, 10, 1, step_s=0.05),
+        cost(RECOMPUTE, 10, 0.3, step_s=0.05, sample_s=0.0013),
+    ]
+    plan = make_plan(expensive_steps, budget_bytes=40 * MiB, batch_size=64)
+    # plain: 3 x 0.05 + 64 x 0.001 = 0.214 s; recompute: 0.05 + 64 x 0.0013 = 0.1332 s
+    assert plan.levers == RECOMPUTE and plan.micro_batch_size == 64
+    by_levers = {o.levers: o for o in plan.options}
+    assert by_levers[PLAIN].micro_batch_size == 26 and by_levers[PLAIN].accum_steps == 3
+    assert math.isclose(by_levers[PLAIN].batch_seconds, 0.214)
+    assert math.isclose(by_levers[RECOMPUTE].time_ratio, 0.1332 / 0.214)
+    # steps nearly free (a CPU): shrinking the micro-batch beats recomputing
+    plan = make_plan([plain, recompute], budget_bytes=40 * MiB, batch_size=64)
+    assert plan.levers == PLAIN and plan.micro_batch_size == 26
+
+
+def test_a_lever_that_saves_nothing_is_not_taken_even_if_it_timed_faster():
+    # the codec measured the same memory as plain (saves nothing) and, by noise, faster
+    costs = [cost(PLAIN, 10, 1, step_s=0.05), cost(LOSSLESS, 10, 1, step_s=0.04)]
+    plan = make_plan(costs, budget_bytes=40 * MiB, batch_size=64)
+    assert plan.levers == PLAIN
+    assert not next(o for o in plan.options if o.levers == LOSSLESS).saves
+
+
+def test_ties_go_to_fewer_levers():
+    costs = [
+        cost(PLAIN, 10, 0.5, sample_s=0.001),
+        cost(RECOMPUTE, 10, 0.2, sample_s=0.00101),
+    ]
+    plan = make_plan(costs, budget_bytes=100 * MiB, batch_size=64)
+    assert plan.levers == PLAIN
+
+
+def test_the_optimizer_step_in_backward_acts_only_on_the_whole_batch():
+    # 64 samples need 10 + 64 = 74 MiB; freeing 20 MiB of gradients brings it to 54
+    costs = [
+        cost(PLAIN, 10, 1, step_s=0.05),
+        cost(STEP, 10, 1, step_s=0.05, grad_free_bytes=20 * MiB),
+    ]
+    plan = make_plan(costs, budget_bytes=61 * MiB, batch_size=64)  # limit 54.9 MiB
+    assert plan.levers == STEP
+    assert (plan.micro_batch_size, plan.predicted_peak_bytes) == (64, 54 * MiB)
+    assert plan.chosen.saved_bytes == 20 * MiB
+    # a budget that needs accumulation: the step in backward cannot act
+    plan = make_plan(costs, budget_bytes=40 * MiB, batch_size=64)
+    assert plan.levers == PLAIN
+    assert not next(o for o in plan.options if o.levers == STEP).fits
+
+
+def test_an_impossible_budget_names_the_smallest_reachable_one():
+    costs = [cost(PLAIN, 10, 1), cost(RECOMPUTE, 8, 0.25)]
+    with pytest.raises(PlanError, match=r"smallest any reaches is 9\.2 MiB") as info:
+        make_plan(costs, budget_bytes=5 * MiB, batch_size=64, limit_frac=0.9)
+    # recompute at micro-batch 1: 8.25 MiB / 0.9
+    assert info.value.smallest_bytes == math.ceil(8.25 * MiB / 0.9)
+    assert "recompute=all at micro-batch 1" in str(info.value)
+    # that budget is indeed enough
+    plan = make_plan(costs, budget_bytes=info.value.smallest_bytes, batch_size=64, limit_frac=0.9)
+    assert plan.levers == RECOMPUTE and plan.micro_batch_size == 1
+
+
+def test_a_probe_that_ran_out_of_memory_caps_the_micro_batch():
+    costs = [cost(PLAIN, 10, 0.1, ceiling=16)]
+    plan = make_plan(costs, budget_bytes=1000 * MiB, batch_size=64)
+    assert plan.micro_batch_size == 15
+
+
+def test_drift_raises_every_set_and_can_change_the_plan():
+    costs = [
+        cost(PLAIN, 10, 1, step_s=0.05),
+        cost(RECOMPUTE, 10, 0.1, step_s=0.05, sample_s=0.0013),
+    ]
+    plan = make_plan(costs, budget_bytes=90 * MiB, batch_size=64)
+    assert plan.levers == PLAIN and plan.micro_batch_size == 64  # 74 MiB of a limit of 81
+    # training measured 94 MiB at 64: 20 MiB the probes did not see
+    corrected = shifted(costs, PLAIN, 20 * MiB)
+    assert [c.memory.static_bytes for c in corrected] == [30 * MiB, 30 * MiB]
+    replanned = make_plan(corrected, budget_bytes=90 * MiB, batch_size=64)
+    assert replanned.levers == RECOMPUTE and replanned.micro_batch_size == 64
+    # a measurement below the prediction never lowers the costs
+    assert shifted(costs, PLAIN, -5 * MiB)[0].memory == costs[0].memory
+
+
+def test_time_model_fit():
+    exact = TimeModel.fit([(8, 0.05 + 8 * 0.002), (16, 0.05 + 16 * 0.002), (32, 0.05 + 32 * 0.002)])
+    assert math.isclose(exact.step_seconds, 0.05) and math.isclose(exact.sample_seconds, 0.002)
+    one = TimeModel.fit([(16, 0.32)])
+    assert (one.step_seconds, one.sample_seconds) == (0.0, 0.02)
+    through_origin = TimeModel.fit([(8, 0.01), (16, 0.05)])  # would need negative overhead
+    assert through_origin.step_seconds == 0.0 and through_origin.sample_seconds > 0
+    assert TimeModel(0.05, 0.002).batch_seconds(64, 20) == pytest.approx(4 * 0.05 + 64 * 0.002)
+    with pytest.raises(ValueError):
+        TimeModel.fit([(0, 1.0), (4, math.nan)])
+
+
+def test_make_plan_refuses_inconsistent_arguments():
+    with pytest.raises(ValueError):
+        make_plan([], budget_bytes=MiB, batch_size=4)
+    with pytest.raises(ValueError):
+        make_plan([cost(PLAIN, 1, 1)], budget_bytes=MiB, batch_size=4, min_micro=8)
+
+
+def test_levers_describe_and_checkpoint_round_trip():
+    assert PLAIN.describe() == "micro-batch only" and PLAIN.count == 0
+    both = Levers("int8", "all", True)
+    assert both.describe() == "recompute=all + activations=int8 + optimizer_in_backward"
+    assert both.count == 3 and both.lossy and not LOSSLESS.lossy
+    state = BudgetState(levers=both, plan_costs=[cost(RECOMPUTE, 10, 0.5, ceiling=9)], replans=2)
+    again = BudgetState.from_dict(state.to_dict())
+    assert again == state
+    assert BudgetState.from_dict({}).levers is None  # an older checkpoint
+
+
+def test_every_lever_of_a_set_must_pay_its_way():
+    # the codec on top of recomputation saves nothing more: recomputation alone is taken,
+    # even though the pair timed faster (noise)
+    both = Levers(activations="lossless", recompute="all")
+    costs = [
+        cost(PLAIN, 10, 1, step_s=0.05),
+        cost(RECOMPUTE, 10, 0.3, step_s=0.05, sample_s=0.0013),
+        cost(both, 10, 0.3, step_s=0.05, sample_s=0.0012),
+    ]
+    plan = make_plan(costs, budget_bytes=40 * MiB, batch_size=64)
+    assert plan.levers == RECOMPUTE
+    assert not next(o for o in plan.options if o.levers == both).saves
