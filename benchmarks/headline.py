@@ -45,10 +45,12 @@ the ``optimizer_in_backward`` hooks; the micro-batch with gradient accumulation)
 
 Each (model, method) runs in a fresh subprocess (glibc's ``MALLOC_MMAP_THRESHOLD_`` set
 to 128 KiB so that RSS follows live memory, as in ``activation_memory.py``). The child
-loads the data, takes its batches, then resets the RSS high-water mark (``VmHWM``
-through ``/proc/self/clear_refs``; ``ru_maxrss`` if that is not allowed) and records
-RSS; it then builds the model and optimizer, runs a warm-up step and ``--steps`` timed
-steps. Columns:
+loads the data, takes its batches, runs one SGD step on a 2-element tensor (the first
+optimizer imports ``torch._dynamo``: about 75 MiB of resident memory that is no
+training's and that ``fit`` has loaded before its memory baseline too), then resets the
+RSS high-water mark (``VmHWM`` through ``/proc/self/clear_refs``; ``ru_maxrss`` if that
+is not allowed) and records RSS; it then builds the model and optimizer, runs a warm-up
+step and ``--steps`` timed steps. Columns:
 
 * ``budget``: the plan's budget as a fraction of ``pytorch``'s process memory;
   ``budget_bytes`` the bytes; ``plan``: the levers and micro-batch chosen; ``predicted``:
@@ -79,12 +81,14 @@ steps. Columns:
 
 The step is forward, loss, backward and the optimizer step (and ``zero_grad``).
 
-Goals (the ``goal`` column): full training at <= 0.5x memory with <= 1.3x time and
-accuracy within 0.5 point (``edgetrain:F`` with F <= 0.5, the image models and gpt);
-fine-tuning (``transfer``) at <= 0.25x memory within 1 point; at equal memory faster
-than ``checkpoint`` (``edgetrain:checkpoint``); the lowest budget at which each model
-trains (``edgetrain:min``) against plain PyTorch's micro-batch-1 floor (``pytorch:mb1``).
-The old goal of the one-lever rows: mem_ratio <= 0.5x at time_ratio <= 1.3x.
+Goals (the ``goal`` column): every ``edgetrain:F`` row within its budget (mem_ratio <= F)
+and, where accuracy was measured, within 0.5 point of plain training (1 point for the
+fine-tuning workload ``transfer``); full training at 0.5x also at <= 1.3x time; at equal
+memory faster than ``checkpoint`` (``edgetrain:checkpoint``: less time at no more
+memory); the lowest budget at which each model trains (``edgetrain:min``) below plain
+PyTorch's micro-batch-1 floor (``pytorch:mb1``). The issue's targets: full training at
+``edgetrain:0.5``, fine-tuning at ``edgetrain:0.25``. The one-lever rows keep the old
+goal: mem_ratio <= 0.5x at time_ratio <= 1.3x.
 
 ``--quick`` (meant to take under 10 minutes on an otherwise idle 2-core machine): resnet18
 (pytorch, checkpoint and the plans but ``edgetrain:min``; no micro-batch-1 floor), gpt
@@ -138,7 +142,7 @@ QUICK_BY_MODEL = {
 }
 ALL_METHODS = (*METHODS, *PLAN_METHODS, FLOOR)
 GOAL_MEM, GOAL_TIME, GOAL_ACC = 0.5, 1.3, 0.5  # full training: memory, time, points
-GOAL_FT_MEM, GOAL_FT_ACC = 0.25, 1.0  # fine-tuning
+GOAL_FT_ACC = 1.0  # fine-tuning (its memory target, 0.25x, is edgetrain:0.25's budget)
 LIMIT_FRAC = 0.9  # the share of the budget a plan fills (plan_memory's default margin)
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 #: accuracy runs, full mode: epochs and batches per epoch (None: all) by workload
@@ -369,6 +373,10 @@ def child(spec: dict[str, Any]) -> None:
     method, batch = spec["method"], spec["batch"]
     steps = spec["steps"] + 1  # the first is the warm-up
     xs, ys = _batches(spec["model"], batch, steps)
+    levers = spec.get("levers")  # an edgetrain:* row: the plan's levers and micro-batch
+    if levers is not None:  # imported before the measured window, as the others are
+        from edgetrain.adapt.levers import apply_levers
+        from edgetrain.adapt.planner import Levers
     _warm_libraries()
     reset = reset_peak_rss()
     rss0 = status_bytes("VmRSS") or 0
@@ -378,11 +386,7 @@ def child(spec: dict[str, Any]) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
     ctx = None
-    levers = spec.get("levers")  # an edgetrain:* row: the plan's levers and micro-batch
     if levers is not None:
-        from edgetrain.adapt.levers import apply_levers
-        from edgetrain.adapt.planner import Levers
-
         handle = apply_levers(model, Levers(**levers), seed=0)  # recompute: in place
         ctx = handle.codec
     if method in ("checkpoint", "recompute+int8"):
@@ -516,8 +520,8 @@ def run_model(model: str, methods: list[str], args: argparse.Namespace) -> list[
         wanted.add("checkpoint")  # its budget
     # the plain methods first (the plans' budgets come from them), then the plans
     order = [m for m in ALL_METHODS if m in wanted and not is_plan(m)]
-    order += sorted((m for m in wanted if is_plan(m) and m not in ALL_METHODS), reverse=True)
-    order += [m for m in ALL_METHODS if m in wanted and is_plan(m)]
+    order += sorted((m for m in wanted if plan_fraction(m)), key=lambda m: -(plan_fraction(m) or 0))
+    order += [m for m in (AT_CHECKPOINT, AT_MIN) if m in wanted]
     got: dict[str, list[dict[str, Any]]] = {m: [] for m in order}
     planned: dict[str, Any] = {}
 
@@ -760,14 +764,13 @@ def judge(rows: list[Row]) -> None:
             if r.mem_ratio > frac:
                 fails.append(f"mem {r.mem_ratio:.2f}x>{frac:g}x")
             finetune = r.model in FINETUNE
-            if (frac == GOAL_FT_MEM) if finetune else (frac == GOAL_MEM):
-                if not finetune and r.time_ratio > GOAL_TIME:
-                    fails.append(f"time {r.time_ratio:.2f}x>{GOAL_TIME}x")
-                worst = -(GOAL_FT_ACC if finetune else GOAL_ACC)
-                if r.metric_delta is None:
-                    unmeasured = True
-                elif r.metric_delta < worst:
-                    fails.append(f"acc {r.metric_delta:+.2f}pt<{worst:g}")
+            if not finetune and frac == GOAL_MEM and r.time_ratio > GOAL_TIME:
+                fails.append(f"time {r.time_ratio:.2f}x>{GOAL_TIME}x")
+            worst = -(GOAL_FT_ACC if finetune else GOAL_ACC)  # at every budget
+            if r.metric_delta is None:
+                unmeasured = True
+            elif r.metric_delta < worst:
+                fails.append(f"acc {r.metric_delta:+.2f}pt<{worst:g}")
         elif r.method == AT_CHECKPOINT:
             ck = by.get((r.model, "checkpoint"))
             if ck is None or ck.time_ratio is None or ck.mem_ratio is None:
@@ -859,7 +862,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--methods", nargs="+", default=None,
         help=f"of {', '.join(ALL_METHODS)} or edgetrain:F (0 < F <= 1); default all "
-        "(--quick: pytorch, checkpoint, the plans and the floor)",
+        "(--quick: by model, see the module doc)",
     )  # fmt: skip
     parser.add_argument("--steps", type=int, default=5, help="timed steps per process")
     parser.add_argument("--rounds", type=int, default=2, help="subprocesses per method (ABBA)")
@@ -947,12 +950,12 @@ def main(argv: list[str] | None = None) -> int:
     judge(rows)
     print_table(rows)
     print(
-        f"goals: full training (edgetrain:0.5) mem_ratio <= {GOAL_MEM}x, time_ratio <= "
-        f"{GOAL_TIME}x, metric_delta >= -{GOAL_ACC} pt; fine-tuning (transfer, edgetrain:0.25) "
-        f"mem_ratio <= {GOAL_FT_MEM}x, metric_delta >= -{GOAL_FT_ACC} pt; edgetrain:checkpoint "
-        "faster than checkpoint at no more memory; edgetrain:min below pytorch:mb1; one lever "
-        f"alone: mem_ratio <= {GOAL_MEM}x at time_ratio <= {GOAL_TIME}x (process RSS growth, "
-        "CPU wall time; ratios against pytorch in this run)"
+        f"goals: edgetrain:F within its budget (mem_ratio <= F) and metric_delta >= -{GOAL_ACC} "
+        f"pt (transfer: -{GOAL_FT_ACC} pt); edgetrain:{GOAL_MEM} (full training) also "
+        f"time_ratio <= {GOAL_TIME}x; edgetrain:checkpoint faster than checkpoint at no more "
+        "memory; edgetrain:min below pytorch:mb1; one lever alone: mem_ratio <= "
+        f"{GOAL_MEM}x at time_ratio <= {GOAL_TIME}x (process RSS growth, CPU wall time; ratios "
+        "against pytorch in this run)"
     )
     low = floors(rows)
     for f in low:
