@@ -10,7 +10,7 @@ process's resident memory follows the live tensors; ``keep`` leaves glibc's defa
 ``cpu_allocator: auto`` in a training config picks ``release`` on CPU when a memory lever
 is on (budget, activation codecs, recomputation, optimizer in backward).
 
-Workloads: zoo ``resnet18`` or ``cnn`` on random 32x32x3 inputs (10 classes, batch 128,
+Workloads: zoo ``resnet18`` or ``cnn`` (or ``mobilenetv2``) on random 32x32x3 inputs (10 classes, batch 128,
 seeded), SGD with momentum; ``plain`` is the plain step (forward, loss, backward, step),
 ``int8`` the same with the int8 activation codec (``compress_activations(model,
 "int8")``), whose pack and unpack free many temporaries. Each (workload, allocator) runs
@@ -39,7 +39,8 @@ from typing import Any
 
 from procmem import peak_rss_bytes, reset_peak_rss, status_bytes
 
-MODELS = ("resnet18", "cnn")
+MODELS = ("resnet18", "cnn", "mobilenetv2")
+DEFAULT_MODELS = ("resnet18", "cnn")
 WORKLOADS = ("plain", "int8")
 MODES = ("keep", "release")
 BATCH = 128
@@ -88,7 +89,7 @@ def child(spec: dict[str, Any]) -> None:
             {
                 "peak_rss_growth_bytes": peak - rss0 if reset else None,
                 "times": times,
-                "loss": float(loss),
+                "loss": float(loss.detach()),
                 "allocator": record,
             }
         )
@@ -163,7 +164,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=MODELS)
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per process")
     parser.add_argument("--rounds", type=int, default=2, help="subprocesses per allocator")
