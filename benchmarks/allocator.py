@@ -21,8 +21,9 @@ With ``--rounds`` > 1 the two allocators alternate (keep, release, release, keep
 and the medians are pooled, so that drift of the machine hits both alike.
 
 Columns: peak RSS growth (MiB) with each allocator and ``release / keep``; median step
-time with each and ``release / keep`` (a ratio above 1 is the cost of returning memory:
-page faults on fresh mappings).
+wall time with each and ``release / keep``, and the same ratio of process CPU time (a
+ratio above 1 is the cost of returning memory: every fresh mapping is faulted in and
+zeroed again, which shows as system time).
 """
 
 from __future__ import annotations
@@ -71,8 +72,9 @@ def child(spec: dict[str, Any]) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     ctx = compress_activations(model, "int8", seed=0) if spec["workload"] == "int8" else None
     times: list[float] = []
+    cpu_times: list[float] = []
     for i in range(steps):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         opt.zero_grad(set_to_none=True)
         if ctx is not None:
             with ctx:
@@ -83,12 +85,14 @@ def child(spec: dict[str, Any]) -> None:
         opt.step()
         if i > 0:
             times.append(time.perf_counter() - started)
+            cpu_times.append(time.process_time() - cpu_started)
     peak = peak_rss_bytes()
     print(
         json.dumps(
             {
                 "peak_rss_growth_bytes": peak - rss0 if reset else None,
                 "times": times,
+                "cpu_times": cpu_times,
                 "loss": float(loss.detach()),
                 "allocator": record,
             }
@@ -123,6 +127,8 @@ def measure(model: str, workload: str, args: argparse.Namespace) -> dict[str, An
         step = [t for o in outs for t in o["times"]]
         row[f"rss_{mode}"] = statistics.median(rss) if rss else None
         row[f"step_{mode}"] = statistics.median(step) if step else None
+        cpu = [t for o in outs for t in o["cpu_times"]]
+        row[f"cpu_{mode}"] = statistics.median(cpu) if cpu else None
         row[f"applied_{mode}"] = outs[0]["allocator"].get("applied") if outs else None
     return row
 
@@ -141,7 +147,7 @@ def _s(n: float | None) -> str:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     head = ("model", "workload", "RSS keep MiB", "RSS release MiB", "mem_ratio",
-            "step keep s", "step release s", "time_ratio")  # fmt: skip
+            "step keep s", "step release s", "time_ratio", "cpu_ratio")  # fmt: skip
     lines = [head]
     for r in rows:
         lines.append(
@@ -149,6 +155,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                 r["model"], r["workload"], _mib(r["rss_keep"]), _mib(r["rss_release"]),
                 _ratio(r["rss_release"], r["rss_keep"]), _s(r["step_keep"]),
                 _s(r["step_release"]), _ratio(r["step_release"], r["step_keep"]),
+                _ratio(r["cpu_release"], r["cpu_keep"]),
             )
         )  # fmt: skip
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
@@ -193,7 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows)
     if any(r["applied_release"] is False for r in rows):
         print("release was not applied here (not glibc?): both columns are glibc's default")
-    print("mem_ratio, time_ratio: release / keep (peak RSS growth; median step wall time)")
+    print(
+        "release / keep: mem_ratio of peak RSS growth, time_ratio of the median step's wall "
+        "time, cpu_ratio of its process CPU time (user + system, all threads: page faults "
+        "count; steadier than wall time on a shared machine, with --threads 1 above all)"
+    )
     if args.json_path:
         with open(args.json_path, "w") as f:
             json.dump({"platform": platform.platform(), "args": vars(args), "rows": rows}, f)

@@ -29,7 +29,7 @@ from edgetrain.memory.allocator import (
 
 
 class FakeLibc:
-    """glibc's two functions the module calls, recording each mallopt."""
+    """glibc as the module calls it: mallopt, recording each call."""
 
     def __init__(self, result: int = 1) -> None:
         self.calls: list[tuple[int, int]] = []

@@ -31,8 +31,12 @@ the compacted full-precision values and the unpacked levels together were about 
 ReLU output's size on top of it, which the process saw as its peak). The bitmap is
 packed and the non-zeros compacted one chunk at a time, straight into the payload; the
 int codecs quantise the compacted values as they come, and unpacking expands each
-dequantised chunk into the result. The payloads and results are bit for bit those of
-the one-pass computation (the torch backend still computes them that way).
+dequantised chunk into the result. The chunks' temporaries live in buffers reused from
+chunk to chunk (``_Scratch``) or small enough for the heap (``_SCATTER``): with the
+allocator returning freed blocks to the OS (:mod:`edgetrain.memory.allocator`), a fresh
+1 MiB temporary per chunk is mapped and faulted in anew each time, which made the int
+codecs 2-3x slower. The payloads and results are bit for bit those of the one-pass
+computation (the torch backend still computes them that way).
 """
 
 from __future__ import annotations
@@ -99,9 +103,10 @@ def _streams(t: torch.Tensor, backend: Backend) -> bool:
     return backend != "torch" and t.device.type == "cpu"
 
 
-# Elements per index array when expanding: 64 KiB of int64 indices, below the mmap
-# threshold of the release allocator (edgetrain.memory.allocator), so it is reused.
-_SCATTER = 1 << 13
+# Elements per piece that numpy compacts or expands: its int64 index array (at most
+# 128 KiB, 64 KiB at half density) stays below the release allocator's mmap threshold
+# (edgetrain.memory.allocator), so the heap reuses it instead of mapping it anew.
+_SCATTER = 1 << 14
 
 
 class _Scratch:
@@ -262,7 +267,7 @@ def _pack_bitmap_chunks(
         stored = torch.from_numpy(values)
     else:  # cast in blocks of _CHUNK values, whatever the zeros: where casts split is fixed
         stored = torch.empty(nnz, dtype=value_dtype)
-        buf = np.empty(2 * _CHUNK, dtype=bits.dtype)
+        buf = np.empty(_CHUNK + _SCATTER, dtype=bits.dtype)
         fill = taken = 0
         for chunk, mask in _compacted(bits, bitmap):
             k = _count_nonzero(mask)
@@ -559,7 +564,7 @@ def _quantise_compacted(
     block = max(1, _CHUNK // group_size) * group_size
     gen = generator if generator is not None else torch.default_generator
     state = gen.get_state()
-    buf = np.empty(block + _CHUNK, dtype=bits_np.dtype)  # compacted values not yet quantised
+    buf = np.empty(block + _SCATTER, dtype=bits_np.dtype)  # compacted, not yet quantised
     fill = 0
 
     def add(values: np.ndarray) -> bool:
