@@ -62,7 +62,10 @@ def test_monitor_splits_energy_per_phase(tmp_path, with_out):
     energies = [p.energy_j for p in phases]
     assert all(e is not None and e >= 0 for e in energies)
     assert sum(energies) == pytest.approx(result.window.energy_j, rel=1e-6)
-    assert all(p.avg_power_w > 0 for p in phases)
+    # the sleeping phases may see an idle machine (0 W above idle from the estimate); the
+    # busy loop cannot
+    assert all(p.avg_power_w is not None and p.avg_power_w >= 0 for p in phases)
+    assert phases[2].avg_power_w > 0
     console = Console(width=140, record=True)
     console.print(render_summary(result))
     text = console.export_text()
