@@ -38,7 +38,7 @@ from torch import nn
 
 from edgetrain.memory import MODES, CompressionContext, bitmap_break_even, compress_activations
 from edgetrain.zoo import build_model
-from procmem import peak_rss_bytes, reset_peak_rss
+from procmem import parse_or_run_child, peak_rss_bytes, reset_peak_rss
 
 MODELS = ("cnn", "vgg11", "resnet18", "mobilenetv2")
 EXTRA_CASES = ("vgg11@s50", "vgg11@s70", "vgg11-pruned")
@@ -365,13 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--json", dest="json_path", default=None)
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
     parser.add_argument("--quick", action="store_true", help="3 timed steps")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        child(json.loads(args.child))
+    args = parse_or_run_child(parser, argv, child)
+    if args is None:
         return 0
     if args.quick:
         args.reps = min(args.reps, 3)

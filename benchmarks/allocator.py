@@ -38,7 +38,7 @@ import sys
 import time
 from typing import Any
 
-from procmem import peak_rss_bytes, reset_peak_rss, status_bytes
+from procmem import parse_or_run_child, peak_rss_bytes, reset_peak_rss, status_bytes
 
 MODELS = ("resnet18", "cnn", "mobilenetv2")
 DEFAULT_MODELS = ("resnet18", "cnn")
@@ -176,12 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per process")
     parser.add_argument("--rounds", type=int, default=2, help="subprocesses per allocator")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--json", dest="json_path", default=None)
     parser.add_argument("--quick", action="store_true", help="cnn only, 2 timed steps, 1 round")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        child(json.loads(args.child))
+    args = parse_or_run_child(parser, argv, child)
+    if args is None:
         return 0
     if args.quick:
         args.models, args.steps, args.rounds = ["cnn"], min(args.steps, 2), 1

@@ -113,7 +113,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from procmem import peak_rss_bytes, reset_peak_rss, status_bytes
+from procmem import parse_or_run_child, peak_rss_bytes, reset_peak_rss, status_bytes
 
 MODELS = ("resnet18", "mobilenetv2", "vgg11", "gpt", "transfer")
 QUICK_MODELS = ("resnet18", "gpt", "transfer")
@@ -298,8 +298,13 @@ def plan_child(spec: dict[str, Any]) -> None:
     import torch
 
     from edgetrain.adapt import make_meter
-    from edgetrain.adapt.levers import candidate_levers, measure_lever_costs
-    from edgetrain.adapt.planner import Plan, PlanError, make_plan
+    from edgetrain.adapt.levers import (
+        SPARSE_CANDIDATES,
+        auto_min_micro,
+        candidate_levers,
+        measure_lever_costs,
+    )
+    from edgetrain.adapt.planner import Plan, PlanError, make_plan_preferring
     from edgetrain.memory import unique_bytes
     from edgetrain.tasks import make_task
 
@@ -319,7 +324,13 @@ def plan_child(spec: dict[str, Any]) -> None:
         opt,
         task,
         (xs[0], ys[0]),
-        candidate_levers(model=model, lossy=spec["lossy"]),
+        # fine-tuning: a static sparse update may be planned (budget.lossy: allow, as the
+        # fine-tuning config would set it); lossy codecs only with --lossy
+        candidate_levers(
+            model=model,
+            lossy=spec["lossy"],
+            sparse=SPARSE_CANDIDATES if spec["model"] in FINETUNE else (),
+        ),
         meter=meter,
         limit_bytes=LIMIT_FRAC * max(budgets.values()),
     )
@@ -327,9 +338,13 @@ def plan_child(spec: dict[str, Any]) -> None:
 
     def one(budget: int) -> dict[str, Any]:
         try:
-            plan: Plan = make_plan(
-                measured.costs, budget_bytes=budget, batch_size=batch, limit_frac=LIMIT_FRAC
-            )
+            plan: Plan = make_plan_preferring(
+                measured.costs,
+                budget_bytes=budget,
+                batch_size=batch,
+                limit_frac=LIMIT_FRAC,
+                preferred_min=auto_min_micro(model),  # adapt.min_micro_batch_size: auto
+            )[0]
         except PlanError as exc:
             return {"budget_bytes": budget, "error": str(exc), "smallest_bytes": exc.smallest_bytes}
         return {
@@ -386,8 +401,14 @@ def child(spec: dict[str, Any]) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
     ctx = None
-    if levers is not None:
-        handle = apply_levers(model, Levers(**levers), seed=0)  # recompute: in place
+    if levers is not None:  # recompute: in place; a sparse share: frozen rows
+        from edgetrain.tasks import make_task
+
+        task = make_task("language_modeling" if spec["model"] == "gpt" else "classification")
+        handle = apply_levers(
+            model, Levers(**levers), seed=0, task=task, optimizer=opt,
+            example=lambda: (xs[0][:2], ys[0][:2]),
+        )  # fmt: skip
         ctx = handle.codec
     if method in ("checkpoint", "recompute+int8"):
         apply_recompute(model, "all")
@@ -716,8 +737,18 @@ def fill_metrics(model: str, rows: list[Row], methods: list[str], args: argparse
         row, plan = by_method.get(method), plans.get(method)
         if row is None or plan is None or "error" in plan or plan_fraction(method) is None:
             continue
-        extra = plan_config(plan, batch)
-        mine = runs(_run_name(extra), extra)
+        if plan["levers"].get("sparse", 1.0) < 1:
+            # a sparse plan also freezes batch-norm statistics, which no config key sets:
+            # this run trains with the budget itself (the planner inside training chooses)
+            extra = {
+                "budget": {"memory": plan["budget_bytes"], "lossy": "allow"},
+                "adapt": {"policy": "budget"},
+            }
+            key = f"budget{plan['budget_bytes'] >> 20}MiB"
+        else:
+            extra = plan_config(plan, batch)
+            key = _run_name(extra)
+        mine = runs(key, extra)
         pairs = [(a, b) for a, b in zip(mine, base, strict=True) if a is not None and b is not None]
         if pairs:
             row.metric_value = statistics.fmean(a for a, _ in pairs)
@@ -877,7 +908,6 @@ def main(argv: list[str] | None = None) -> int:
         help="models whose accuracy is measured (default: all; --quick: transfer)",
     )  # fmt: skip
     parser.add_argument("--out", default="runs/bench-headline", help="training runs' directory")
-    parser.add_argument("--json", dest="json_path", default=None)
     parser.add_argument("--csv", dest="csv_path", default=None)
     parser.add_argument(
         "--quick",
@@ -886,12 +916,10 @@ def main(argv: list[str] | None = None) -> int:
         "and transfer (pytorch and edgetrain:F only); accuracy of transfer only (1 seed, 2 "
         "epochs x 6 batches)",
     )
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    if args.child:
-        child(json.loads(args.child))
+    args = parse_or_run_child(parser, argv, child)
+    if args is None:
         return 0
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     if args.quick:
         args.steps, args.rounds = min(args.steps, 2), 1
         args.models = args.models or list(QUICK_MODELS)

@@ -1,14 +1,35 @@
 """Process memory as the kernel sees it, for the benchmarks' peak-RSS child processes.
 
 Linux only: ``/proc/self/status`` (VmRSS, VmHWM) and ``/proc/self/clear_refs`` (writing 5
-resets the high-water mark VmHWM to the current RSS).
+resets the high-water mark VmHWM to the current RSS). :func:`parse_or_run_child` is the
+command line the benchmarks that measure in child processes share.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import resource
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["peak_rss_bytes", "reset_peak_rss", "status_bytes"]
+__all__ = ["parse_or_run_child", "peak_rss_bytes", "reset_peak_rss", "status_bytes"]
+
+
+def parse_or_run_child(
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    child: Callable[[dict[str, Any]], None],
+) -> argparse.Namespace | None:
+    """Add ``--json PATH`` and the hidden ``--child SPEC`` to ``parser`` and parse ``argv``;
+    with ``--child``, run ``child`` on the JSON spec (a measured subprocess) and return None."""
+    parser.add_argument("--json", dest="json_path", default=None)
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(json.loads(args.child))
+        return None
+    return args
 
 
 def status_bytes(field: str) -> int | None:

@@ -49,7 +49,7 @@ from torch import nn
 
 from edgetrain.memory import CompressionContext, compress_activations
 from edgetrain.zoo import build_model, load_dataset
-from procmem import reset_peak_rss, status_bytes
+from procmem import parse_or_run_child, reset_peak_rss, status_bytes
 
 CASES = ("gpt", "gpt-drop0.1")
 MODES = ("none", "lossless", "bf16", "int8")
@@ -304,12 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--json", dest="json_path", default=None)
     parser.add_argument("--no-peak", action="store_true", help="skip the peak subprocesses")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        child(json.loads(args.child))
+    args = parse_or_run_child(parser, argv, child)
+    if args is None:
         return 0
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -170,3 +170,58 @@ def test_every_lever_of_a_set_must_pay_its_way():
     plan = make_plan(costs, budget_bytes=40 * MiB, batch_size=64)
     assert plan.levers == RECOMPUTE
     assert not next(o for o in plan.options if o.levers == both).saves
+
+
+def test_lossy_sets_only_when_no_exact_one_fits_and_then_the_least_lossy():
+    int8 = Levers(activations="int8")
+    half, tenth = Levers(sparse=0.5), Levers(sparse=0.1)
+    assert half.lossy and half.count == 1 and half.short() == "sparse 50%"
+    assert tenth.describe() == "sparse_update=static 0.1"
+    costs = [
+        cost(PLAIN, 10, 1, step_s=0.05),
+        cost(int8, 10, 0.25, step_s=0.01),  # faster than plain: still not taken while exact fits
+        cost(half, 6, 0.5, step_s=0.01),
+        cost(tenth, 3, 0.2, step_s=0.005),
+    ]
+    # 40 MiB, limit 36: plain fits 26 samples (exact), so no lossy set is taken
+    assert make_plan(costs, budget_bytes=40 * MiB, batch_size=64).levers == PLAIN
+    # 20 MiB, limit 18: plain fits 8; exact still wins over faster lossy sets
+    assert make_plan(costs, budget_bytes=20 * MiB, batch_size=64).levers == PLAIN
+    # 10 MiB, limit 9: nothing exact fits; the largest updated share that fits is taken
+    # (half: 6 + 0.5 x 6), not the faster, smaller tenth
+    plan = make_plan(costs, budget_bytes=10 * MiB, batch_size=64)
+    assert plan.levers == half and plan.micro_batch_size == 6
+    # 7 MiB, limit 6.3: only the tenth fits (3 + 0.2 x 16)
+    plan = make_plan(costs, budget_bytes=7 * MiB, batch_size=64)
+    assert plan.levers == tenth and plan.micro_batch_size == 16
+    # codecs: fewer lost bits first
+    codecs = [cost(PLAIN, 10, 1), cost(int8, 5, 0.1), cost(Levers(activations="int2"), 5, 0.05)]
+    assert make_plan(codecs, budget_bytes=8 * MiB, batch_size=16).levers == int8
+    # a sparse set contains the plain set's levers (it must save over it to be taken)
+    useless = [cost(PLAIN, 10, 1), cost(half, 10, 1)]
+    with pytest.raises(PlanError):
+        make_plan(useless, budget_bytes=5 * MiB, batch_size=16)
+    plan = make_plan(useless, budget_bytes=40 * MiB, batch_size=16)
+    assert not next(o for o in plan.options if o.levers == half).saves
+
+
+def test_batch_norm_sets_prefer_micro_batches_of_16_and_frozen_norms_are_exempt():
+    from edgetrain.adapt.planner import make_plan_preferring
+
+    sparse = Levers(sparse=0.1)
+    assert sparse.frozen_norm and not PLAIN.frozen_norm
+    costs = [cost(PLAIN, 10, 1), cost(sparse, 4, 1, step_s=0.02)]
+    # 30 MiB, limit 27: plain fits 17 >= 16: the preference holds, exact wins
+    plan, held = make_plan_preferring(costs, budget_bytes=30 * MiB, batch_size=32, preferred_min=16)
+    assert held and plan.levers == PLAIN and plan.micro_batch_size == 17
+    # 20 MiB, limit 18: plain fits only 8 (< 16); the sparse set (running statistics) is
+    # exempt and fits 14: taken, the preference held
+    plan, held = make_plan_preferring(costs, budget_bytes=20 * MiB, batch_size=32, preferred_min=16)
+    assert held and plan.levers == sparse and plan.micro_batch_size == 14
+    # without the sparse set: plain at 8, the preference dropped
+    plan, held = make_plan_preferring(
+        costs[:1], budget_bytes=20 * MiB, batch_size=32, preferred_min=16
+    )
+    assert not held and plan.levers == PLAIN and plan.micro_batch_size == 8
+    with pytest.raises(PlanError):
+        make_plan_preferring(costs, budget_bytes=5 * MiB, batch_size=32, preferred_min=16)

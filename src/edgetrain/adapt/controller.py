@@ -40,6 +40,8 @@ from edgetrain.config.adapt import AdaptConfig
 from edgetrain.errors import EdgeTrainError
 from edgetrain.units import format_bytes
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "SHRINK_EFFECT_FRAC",
     "VERIFY_TRIES",
@@ -92,6 +94,7 @@ class BudgetController:
         self.state = state if state is not None else BudgetState()
         self.device_total_bytes: int | None = None
         # this process only
+        self._auto_min_micro = 1  # min_micro_batch_size: auto, by the model
         self._epoch_open = False
         self._train_peak: int | None = None  # the highest step peak of this epoch
         self._stuck_epoch: int | None = None  # the epoch of the last stuck overrun logged
@@ -124,8 +127,32 @@ class BudgetController:
         return self._train_peak
 
     def min_micro(self, batch_size: int) -> int:
-        """The smallest micro-batch the budget fit may choose for ``batch_size``."""
-        return min(self.cfg.min_micro_batch_size, batch_size)
+        """The smallest micro-batch the budget fit and the planner may choose for
+        ``batch_size`` (shrinking after an overrun or out-of-memory error may go below an
+        automatic minimum: see :meth:`resolve_min_micro`)."""
+        return min(max(self.cfg.min_micro, self._auto_min_micro), batch_size)
+
+    def resolve_min_micro(self, auto_value: int) -> None:
+        """With ``min_micro_batch_size: auto``, the fit and the plan start from
+        ``auto_value`` (by the model: :func:`edgetrain.adapt.levers.auto_min_micro`); a
+        number given stays. The automatic minimum is a preference: a budget that no
+        micro-batch of that size fits drops it (:meth:`relax_min_micro`)."""
+        if self.cfg.min_micro_batch_size == "auto":
+            self._auto_min_micro = max(1, int(auto_value))
+
+    def relax_min_micro(self, batch_size: int, why: str) -> bool:
+        """Drop the automatic minimum (logged); False if there was none to drop."""
+        if self.min_micro(batch_size) <= self.cfg.min_micro:
+            return False
+        log.warning(
+            "%s at micro-batch %d (the automatic minimum for batch-norm models): trying "
+            "smaller micro-batches, whose batch statistics are noisier (set "
+            "adapt.min_micro_batch_size to choose)",
+            why,
+            self._auto_min_micro,
+        )
+        self._auto_min_micro = 1
+        return True
 
     def predict_bytes(self, micro_batch_size: int) -> int | None:
         """The memory model's peak at ``micro_batch_size`` (None: no model)."""
@@ -270,6 +297,9 @@ class BudgetController:
         if budget < static.total_bytes:
             raise EdgeTrainError(self.static_message(static))
         needed = fit.memory.predict_bytes(min_micro)
+        if needed > budget and self.relax_min_micro(settings.batch_size, "the budget is not met"):
+            min_micro = self.min_micro(settings.batch_size)
+            needed = fit.memory.predict_bytes(min_micro)
         if needed > budget:
             raise EdgeTrainError(
                 f"budget.memory {format_bytes(budget)} ({budget} bytes) is below the "
@@ -396,7 +426,7 @@ class BudgetController:
             budget_bytes=self.require_budget(),
             memory=self.state.memory,
             limit_frac=self.limit_frac,
-            min_micro_batch_size=self.cfg.min_micro_batch_size,
+            min_micro_batch_size=self.cfg.min_micro,
             factor=self.cfg.batch_factor,
             policy=self.cfg.policy,
         )
@@ -464,7 +494,7 @@ class BudgetController:
         micro = settings.micro_batch_size
         decision = shrink_after_oom(
             micro_batch_size=micro,
-            min_micro_batch_size=self.cfg.min_micro_batch_size,
+            min_micro_batch_size=self.cfg.min_micro,
             factor=self.cfg.batch_factor,
             policy=self.cfg.policy,
         )

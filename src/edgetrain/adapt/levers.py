@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -35,11 +35,14 @@ from edgetrain.adapt.memory_model import MemoryModel
 from edgetrain.adapt.meters import MemoryMeter
 from edgetrain.adapt.planner import LeverCost, Levers, Plan, TimeModel, make_plan
 from edgetrain.adapt.probe import AutocastFactory, fit_memory_model, probe_step, static_bytes
+from edgetrain.errors import EdgeTrainError
 from edgetrain.memory.recompute import find_blocks
 from edgetrain.tasks import Task
 
 __all__ = [
+    "BATCH_NORM_MIN_MICRO",
     "LOSSY_CANDIDATES",
+    "SPARSE_CANDIDATES",
     "LeverHandle",
     "MeasuredCosts",
     "apply_levers",
@@ -52,6 +55,51 @@ log = logging.getLogger(__name__)
 
 # the lossy codecs a plan may choose with budget.lossy: allow (int4/int2 lose accuracy)
 LOSSY_CANDIDATES = ("bf16", "int8")
+# the shares of the parameters a fine-tuning plan may update (budget.lossy: allow)
+SPARSE_CANDIDATES = (0.5, 0.25, 0.1)
+# the smallest micro-batch for a model with batch-norm in training mode: batch statistics
+# of fewer samples are noisy and cost accuracy (Wu and He 2018, "Group Normalization":
+# BN's error rises steeply below 16 samples per batch); adapt.min_micro_batch_size: auto
+BATCH_NORM_MIN_MICRO = 16
+
+
+def auto_min_micro(model: nn.Module) -> int:
+    """``adapt.min_micro_batch_size: auto``: :data:`BATCH_NORM_MIN_MICRO` for a model with a
+    batch-norm layer that normalises by batch statistics in training, else 1."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (
+            module.track_running_stats or module.training
+        ):
+            return BATCH_NORM_MIN_MICRO
+    return 1
+
+
+def static_rows(
+    model: nn.Module, task: Task, example: Any, share: float, *, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """The rows a static sparse update of ``share`` of the trainable parameters trains:
+    the selection ``sparse_update: {scheme: static, budget: share}`` makes before
+    training (from the weights as they are now; see :mod:`edgetrain.sparse`)."""
+    from edgetrain.config.sparse import SparseUpdateConfig
+    from edgetrain.sparse import (
+        ParamCost,
+        SelectionPlanner,
+        describe_model,
+        resolve_budget,
+        weight_norms,
+    )
+
+    cfg = SparseUpdateConfig(scheme="static", budget=share)
+    units = describe_model(model, example, task.forward)
+    budget = resolve_budget(share, units.total_params)
+    planner = SelectionPlanner(
+        cfg, units, ParamCost(units), budget.limit, seed, weight_norms(model, units)
+    )
+    return dict(planner.static().rows)
+
+
+def _use_running_stats(module: nn.Module, args: Any) -> None:
+    module.training = False
 
 
 class LeverHandle:
@@ -65,11 +113,36 @@ class LeverHandle:
         *,
         seed: int | None = 0,
         skip: Collection[str] = (),
+        task: Task | None = None,
+        example: Callable[[], Any] | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        rows: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         from edgetrain.memory import compress_activations
         from edgetrain.memory.recompute import apply_recompute
+        from edgetrain.sparse import RowFreezer
 
         self.levers = levers
+        self.rows: dict[str, torch.Tensor] | None = None
+        self._freezer: RowFreezer | None = None
+        self._norm_hooks: list[Any] = []
+        self._model: nn.Module | None = None
+        if levers.sparse < 1 and "sparse" not in skip:
+            if rows is None:
+                if task is None or example is None:
+                    raise ValueError("a sparse lever needs the task and an example batch")
+                rows = static_rows(model, task, example(), levers.sparse, seed=seed or 0)
+            self.rows = dict(rows)
+            self._freezer = RowFreezer(model, optimizer)
+            self._freezer.apply(self.rows)
+            # batch-norm normalises with its running statistics (frozen with the weights,
+            # as fine-tuning with small batches does): the micro-batch changes nothing
+            self._norm_hooks = [
+                m.register_forward_pre_hook(_use_running_stats)
+                for m in model.modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+            ]
+            self._model = model
         self._recompute = (
             apply_recompute(model, levers.recompute)
             if levers.recompute != "none" and "recompute" not in skip
@@ -90,6 +163,15 @@ class LeverHandle:
         return list(self._recompute.names) if self._recompute is not None else []
 
     def remove(self) -> None:
+        if self._freezer is not None:
+            self._freezer.remove()
+            self._freezer = None
+        for hook in self._norm_hooks:
+            hook.remove()
+        self._norm_hooks = []
+        if self._model is not None:  # norm layers back in the model's mode
+            self._model.train(self._model.training)
+            self._model = None
         if self._recompute is not None:
             self._recompute.remove()
             self._recompute = None
@@ -102,13 +184,15 @@ class LeverHandle:
         self.remove()
 
 
-def apply_levers(
-    model: nn.Module, levers: Levers, *, seed: int | None = 0, skip: Collection[str] = ()
-) -> LeverHandle:
+def apply_levers(model: nn.Module, levers: Levers, **options: Any) -> LeverHandle:
     """Apply ``levers`` and return the handle. Not the optimizer step in backward (the
     trainer's ``optimizer_in_backward`` does that), nor the levers named in ``skip``
-    ("recompute", "activations": already applied by other means)."""
-    return LeverHandle(model, levers, seed=seed, skip=skip)
+    ("recompute", "activations": already applied by other means). A sparse lever selects
+    its rows from ``example()`` (a small batch, run by ``task``) unless ``rows`` gives them
+    (a resumed run: the selection made before training) and freezes the rest; with
+    ``optimizer`` its steps leave frozen rows alone. ``options``: :class:`LeverHandle`'s
+    keywords (``seed``, ``skip``, ``task``, ``example``, ``optimizer``, ``rows``)."""
+    return LeverHandle(model, levers, **options)
 
 
 def candidate_levers(
@@ -119,12 +203,15 @@ def candidate_levers(
     optimizer_in_backward: bool | None = None,
     lossy: bool = False,
     step_in_backward_ok: bool = True,
+    sparse: Sequence[float] = (),
 ) -> list[Levers]:
     """The lever sets a plan considers. A lever given (not None) is fixed to that value;
     recomputation only where the model has blocks; the optimizer step in backward only
-    where ``step_in_backward_ok`` (no clipping, no fp16 scaling, no sparse updates...).
-    Sets are ordered from the most memory-saving to plain (probes then run from the
-    smallest peak up, so a CPU's resident memory reflects each set's own)."""
+    where ``step_in_backward_ok`` (no clipping, no fp16 scaling, no sparse updates...);
+    ``sparse``: shares of the parameters a static sparse update may train (fine-tuning),
+    each a set of its own with the fixed levers. Sets are ordered from the most
+    memory-saving to plain (probes then run from the smallest peak up, so a CPU's
+    resident memory reflects each set's own)."""
     if activations is not None:
         codecs = [activations]
     else:
@@ -138,10 +225,14 @@ def candidate_levers(
     else:
         steps = [False, True] if step_in_backward_ok else [False]
     sets = [Levers(c, r, s) for c in codecs for r in recomputes for s in steps]
+    base = Levers(activations or "none", recompute or "none", bool(optimizer_in_backward))
+    if not base.optimizer_in_backward:  # the step in backward skips the freezer's hooks
+        sets += [replace(base, sparse=float(f)) for f in sparse if 0 < f < 1]
     rank = {"none": 0, "lossless": 1, "bf16": 2, "fp16": 2, "int8": 3, "int4": 4, "int2": 5}
     return sorted(
         sets,
         key=lambda lv: (
+            lv.sparse,
             -(lv.recompute != "none"),
             -rank.get(lv.activations, 1),
             -int(lv.optimizer_in_backward),
@@ -165,9 +256,17 @@ def _time_model(fit: BudgetFit) -> TimeModel:
 
 @contextlib.contextmanager
 def _applied(
-    model: nn.Module, levers: Levers, seed: int | None, skip: Collection[str] = ()
+    model: nn.Module,
+    levers: Levers,
+    seed: int | None,
+    skip: Collection[str] = (),
+    task: Task | None = None,
+    batch: Any = None,
 ) -> Iterator[LeverHandle]:
-    handle = apply_levers(model, levers, seed=seed, skip=skip)
+    example = None
+    if task is not None and batch is not None:
+        example = lambda: task.split(batch, 0, min(2, task.size(batch)))  # noqa: E731
+    handle = apply_levers(model, levers, seed=seed, skip=skip, task=task, example=example)
     try:
         yield handle
     finally:
@@ -199,7 +298,7 @@ def measure_lever_costs(
     size = task.size(batch)
     order = [lv for lv in candidates if not lv.optimizer_in_backward]
     for lv in candidates:
-        base = Levers(lv.activations, lv.recompute, False)
+        base = replace(lv, optimizer_in_backward=False)
         if base not in order:
             order.append(base)
     calibrated = next((f for f in fits.values() if f.calibration is not None), None)
@@ -214,7 +313,12 @@ def measure_lever_costs(
         if calibrated is not None and limit_bytes is not None:
             reach = calibrated.memory.largest_micro_batch(limit_bytes, size)
             first = max(start, 1 << max(0, (reach // 2).bit_length() - 1))
-        with _applied(model, levers, seed, skip) as handle:
+        with contextlib.ExitStack() as stack:
+            try:
+                handle = stack.enter_context(_applied(model, levers, seed, skip, task, batch))
+            except EdgeTrainError as exc:  # a share below what the head alone costs
+                log.info("memory plan: %s not considered: %s", levers.describe(), exc)
+                continue
             fit = fit_memory_model(
                 model,
                 optimizer,
@@ -239,26 +343,24 @@ def measure_lever_costs(
             memory = MemoryModel(memory.static_bytes + overhead, memory.per_sample_bytes)
         return LeverCost(levers, memory, _time_model(fit), fit.ceiling)
 
-    costs = [cost_of(lv) for lv in order if lv in candidates]
+    costs = [cost_of(lv) for lv in order if lv in candidates and lv in fits]
     for levers in candidates:
         if not levers.optimizer_in_backward:
             continue
-        base = cost_of(Levers(*_base(levers)))
+        base = cost_of(_base(levers))
         if base.ceiling is not None and base.ceiling <= size:
             continue  # the whole batch does not run: no step in backward
         accounted = _accounted_grad_free(model, optimizer, task, batch)
         hopeless = limit_bytes is not None and base.predict_bytes(size, size) - accounted > (
             limit_bytes
         )
-        if progress is not None and not hopeless:
+        if hopeless:
+            # not even every gradient freed fits: not an option, and not a 'smallest
+            # reachable' budget either (that would rest on a whole batch never measured)
+            continue
+        if progress is not None:
             progress(levers)
-        free = (
-            accounted
-            if hopeless
-            else _grad_free_bytes(
-                model, task, batch, levers, meter, autocast, seed, skip, accounted
-            )
-        )
+        free = _grad_free_bytes(model, task, batch, levers, meter, autocast, seed, skip, accounted)
         costs.append(
             LeverCost(
                 levers,
@@ -274,8 +376,8 @@ def measure_lever_costs(
     return MeasuredCosts(tuple(costs), {lv: fits[lv] for lv in order if lv in fits})
 
 
-def _base(levers: Levers) -> tuple[str, str, bool]:
-    return (levers.activations, levers.recompute, False)
+def _base(levers: Levers) -> Levers:
+    return replace(levers, optimizer_in_backward=False)
 
 
 def _accounted_grad_free(
@@ -305,7 +407,7 @@ def _grad_free_bytes(
     if meter is None:
         return accounted
     peaks = []
-    with _applied(model, Levers(*_base(levers)), seed, skip) as handle:
+    with _applied(model, _base(levers), seed, skip, task, batch) as handle:
         for free in (False, True):
             probe = probe_step(
                 model,

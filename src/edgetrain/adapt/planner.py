@@ -9,8 +9,11 @@ same probes). :func:`make_plan` picks, for every set, the largest micro-batch it
 memory model fits under the limit, predicts the time of one logical batch (steps x
 per-step seconds + samples x per-sample seconds) and chooses the fastest; a set within
 :data:`TIE_FRAC` of the fastest with fewer levers wins the tie (fewer moving parts).
-When no set fits even at the smallest micro-batch, :class:`PlanError` names the
-smallest budget any set reaches. See docs/design.md, "Memory planner".
+Sets that change what training computes (a lossy codec, a sparse update of a
+fine-tuned model) are taken only when no exact set fits, and then the least lossy
+first (the largest updated share, the codec with the most bits). When no set fits even
+at the smallest micro-batch, :class:`PlanError` names the smallest budget any set
+reaches. See docs/design.md, "Memory planner".
 """
 
 from __future__ import annotations
@@ -34,10 +37,13 @@ __all__ = [
     "PlanOption",
     "TimeModel",
     "make_plan",
+    "make_plan_preferring",
     "shifted",
 ]
 
 LOSSLESS_CODECS = frozenset({"none", "lossless"})
+# codecs by what they lose (more bits first); unknown codecs rank last
+CODEC_LOSS_RANK = {"none": 0, "lossless": 0, "bf16": 1, "fp16": 1, "int8": 2, "int4": 3, "int2": 4}
 # options whose predicted time is within this fraction of the fastest are ties
 TIE_FRAC = 0.03
 # a lever set is taken only if it saves at least this fraction of the base set's peak
@@ -54,11 +60,18 @@ class Levers:
         recompute: "none" or "all" (every block recomputed in backward).
         optimizer_in_backward: each parameter stepped as its gradient is ready and the
             gradient freed (only without accumulation: micro-batch = batch).
+        sparse: the share of the trainable parameters updated (1.0: all). Below 1, a
+            static sparse update (``sparse_update.scheme: static``, chosen from the
+            weights before training, so the probes measure what training runs): frozen
+            tensors need no gradient, no optimizer state and, before the first trained
+            layer, no saved activations. Offered when fine-tuning (``init_from``) with
+            ``budget.lossy: allow``: it trains less of the model.
     """
 
     activations: str = "none"
     recompute: str = "none"
     optimizer_in_backward: bool = False
+    sparse: float = 1.0
 
     @property
     def count(self) -> int:
@@ -67,11 +80,25 @@ class Levers:
             (self.activations != "none")
             + (self.recompute != "none")
             + int(self.optimizer_in_backward)
+            + int(self.sparse < 1)
         )
 
     @property
     def lossy(self) -> bool:
-        return self.activations not in LOSSLESS_CODECS
+        """Whether training computes something else than without the levers."""
+        return self.activations not in LOSSLESS_CODECS or self.sparse < 1
+
+    @property
+    def frozen_norm(self) -> bool:
+        """Whether batch-norm layers normalise with their running statistics in training
+        (a sparse update freezes them with the weights: micro-batch size then changes
+        nothing the forward computes, so no minimum micro-batch is needed)."""
+        return self.sparse < 1
+
+    @property
+    def loss_rank(self) -> tuple[float, int]:
+        """Smaller loses less: the updated share first (more is better), then the codec."""
+        return (-self.sparse, CODEC_LOSS_RANK.get(self.activations, len(CODEC_LOSS_RANK)))
 
     def short(self) -> str:
         """Shortest text: 'recompute + int8 + step in backward', or 'micro-batch only'."""
@@ -82,6 +109,8 @@ class Levers:
             parts.append(self.activations)
         if self.optimizer_in_backward:
             parts.append("step in backward")
+        if self.sparse < 1:
+            parts.append(f"sparse {self.sparse:.0%}")
         return " + ".join(parts) if parts else "micro-batch only"
 
     def describe(self) -> str:
@@ -93,6 +122,8 @@ class Levers:
             parts.append(f"activations={self.activations}")
         if self.optimizer_in_backward:
             parts.append("optimizer_in_backward")
+        if self.sparse < 1:
+            parts.append(f"sparse_update=static {self.sparse:g}")
         return " + ".join(parts) if parts else "micro-batch only"
 
 
@@ -258,6 +289,7 @@ def _within(smaller: Levers, larger: Levers) -> bool:
         smaller.activations in ("none", larger.activations),
         smaller.recompute in ("none", larger.recompute),
         not smaller.optimizer_in_backward or larger.optimizer_in_backward,
+        smaller.sparse in (1.0, larger.sparse),
     )
     return all(parts) and smaller != larger
 
@@ -285,9 +317,12 @@ def make_plan(
     batch_size: int,
     limit_frac: float = 0.9,
     min_micro: int = 1,
+    norm_min_micro: int = 1,
 ) -> Plan:
     """Choose the lever set and micro-batch that fit ``limit_frac`` x ``budget_bytes``
-    with the least predicted time per logical batch (module doc).
+    with the least predicted time per logical batch (module doc). ``norm_min_micro``:
+    the smallest micro-batch for sets whose batch-norm layers use batch statistics
+    (all but :attr:`Levers.frozen_norm` ones), at least ``min_micro``.
 
     Raises:
         PlanError: no set fits at any micro-batch (the message names the smallest budget
@@ -302,9 +337,13 @@ def make_plan(
             f"limit_frac {limit_frac} are not consistent"
         )
     limit = limit_frac * budget_bytes
+
+    def own_min(levers: Levers) -> int:
+        return min_micro if levers.frozen_norm else min(max(min_micro, norm_min_micro), batch_size)
+
     rows: list[tuple[LeverCost, int, int, float]] = []
     for cost in costs:
-        micro = cost.largest_micro_batch(limit, batch_size, min_micro)
+        micro = cost.largest_micro_batch(limit, batch_size, own_min(cost.levers))
         peak = cost.predict_bytes(micro, batch_size) if micro else 0
         seconds = cost.time.batch_seconds(batch_size, micro) if micro else math.inf
         rows.append((cost, micro, peak, seconds))
@@ -331,14 +370,16 @@ def make_plan(
                 saves=cost is base_cost or _pays(cost, micro, peak, costs, batch_size),
             )
         )
-    smallest_cost = min(costs, key=lambda c: _smallest(c, batch_size, min_micro, limit_frac))
-    smallest = _smallest(smallest_cost, batch_size, min_micro, limit_frac)
+    smallest_cost = min(
+        costs, key=lambda c: _smallest(c, batch_size, own_min(c.levers), limit_frac)
+    )
+    smallest = _smallest(smallest_cost, batch_size, own_min(smallest_cost.levers), limit_frac)
     smallest_bytes = math.ceil(smallest) if math.isfinite(smallest) else 0
     if not fitting:
         reach = (
             f"the smallest any reaches is {format_bytes(smallest_bytes)} ({smallest_bytes} "
             f"bytes, {smallest_cost.levers.describe()} at micro-batch "
-            f"{batch_size if smallest_cost.levers.optimizer_in_backward else min_micro}, with "
+            f"{batch_size if smallest_cost.levers.optimizer_in_backward else own_min(smallest_cost.levers)}, with "
             f"the margin {1 - limit_frac:.0%})"
             if smallest_bytes
             else "every probe ran out of memory"
@@ -350,6 +391,13 @@ def make_plan(
             smallest_bytes,
         )
     eligible = [o for o in options if o.eligible] or [o for o in options if o.fits]
+    # exact sets first; else the least lossy of those that fit (then the fastest of those)
+    exact = [o for o in eligible if not o.levers.lossy]
+    if exact:
+        eligible = exact
+    else:
+        least = min(o.levers.loss_rank for o in eligible)
+        eligible = [o for o in eligible if o.levers.loss_rank == least]
     fastest = min(o.batch_seconds for o in eligible)
     ties = [o for o in eligible if o.batch_seconds <= fastest * (1 + TIE_FRAC)]
     chosen = min(ties, key=lambda o: (o.levers.count, o.batch_seconds))
@@ -361,6 +409,37 @@ def make_plan(
         batch_size=batch_size,
         smallest_bytes=smallest_bytes,
     )
+
+
+def make_plan_preferring(
+    costs: Sequence[LeverCost],
+    *,
+    budget_bytes: int,
+    batch_size: int,
+    preferred_min: int,
+    limit_frac: float = 0.9,
+    min_micro: int = 1,
+) -> tuple[Plan, bool]:
+    """:func:`make_plan` with micro-batches of at least ``preferred_min`` where batch-norm
+    uses batch statistics (``adapt.min_micro_batch_size: auto``) if any set fits so, else
+    down to ``min_micro``; the flag says whether the preference held.
+
+    Raises:
+        PlanError: nothing fits even at ``min_micro``.
+    """
+    args = {
+        "budget_bytes": budget_bytes,
+        "batch_size": batch_size,
+        "limit_frac": limit_frac,
+        "min_micro": min_micro,
+    }
+    preferred = min(max(preferred_min, min_micro), batch_size)
+    try:
+        return make_plan(costs, **args, norm_min_micro=preferred), True
+    except PlanError:
+        if preferred <= min_micro:
+            raise
+    return make_plan(costs, **args), False
 
 
 def shifted(

@@ -335,7 +335,7 @@ def budget_policy(obs: EpochObservation, cfg: AdaptConfig) -> Decision:
             budget_bytes=obs.budget_bytes,
             memory=obs.memory,
             limit_frac=1 - cfg.margin,
-            min_micro_batch_size=cfg.min_micro_batch_size,
+            min_micro_batch_size=cfg.min_micro,
             factor=cfg.batch_factor,
         )
     return Decision(
@@ -370,7 +370,7 @@ def _batch_rule(obs: EpochObservation, cfg: AdaptConfig, score: float) -> tuple[
             "peak before: kept"
         )
     if score > cfg.memory_high_frac:
-        new = max(cfg.min_micro_batch_size, micro // factor)
+        new = max(cfg.min_micro, micro // factor)
         if new >= micro:
             return [], f"{tag} > {cfg.memory_high_frac}, but the micro-batch is at its minimum"
         why = (

@@ -43,7 +43,7 @@ def memory(
 
     from edgetrain.config import load_config
     from edgetrain.memory import compress_activations, render_memory_report, report
-    from edgetrain.train.api import config_task, prepare, resolve_device
+    from edgetrain.train.api import config_task, load_pretrained, prepare, resolve_device
     from edgetrain.train.data import eval_loader
     from edgetrain.train.optim import build_optimizer, param_dtype
     from edgetrain.units import format_bytes
@@ -53,6 +53,8 @@ def memory(
         overrides.append(f"budget.memory={budget}")
     cfg = load_config(config, overrides=overrides)
     data, model = prepare(cfg)
+    if cfg.init_from is not None:  # a fine-tuning plan selects from the pre-trained weights
+        load_pretrained(model, cfg.init_from, which=cfg.init_from_which)
     device = resolve_device(cfg.device)
     if cfg.budget.memory_bytes is not None:
         _plan(cfg, data, model, device)
@@ -87,8 +89,8 @@ def _plan(cfg: Any, data: Any, model: Any, device: Any) -> None:
     from rich.table import Table
 
     from edgetrain.adapt import make_meter
-    from edgetrain.adapt.levers import measure_lever_costs
-    from edgetrain.adapt.planner import Levers, make_plan
+    from edgetrain.adapt.levers import auto_min_micro, measure_lever_costs
+    from edgetrain.adapt.planner import Levers, make_plan_preferring
     from edgetrain.adapt.probe import probe_batch
     from edgetrain.memory.allocator import configure_for_run
     from edgetrain.train.api import config_task
@@ -113,7 +115,8 @@ def _plan(cfg: Any, data: Any, model: Any, device: Any) -> None:
     batch = task.to_device(probe_batch(data.train, cfg.batch_size, data.collate_fn), device, dtype)
     meter = make_meter(device)
     meter.start(sum(p.numel() * p.element_size() for p in model.parameters()))
-    min_micro = min(cfg.adapt.min_micro_batch_size, cfg.batch_size)
+    auto = cfg.adapt.min_micro_batch_size == "auto"
+    min_micro = min(cfg.adapt.min_micro, cfg.batch_size)  # probes start there
     err.print(
         f"probing {len(candidates)} lever set(s) at batch {cfg.batch_size} on {device} "
         f"(allocator: {allocator.get('mode', 'keep')})...",
@@ -133,13 +136,21 @@ def _plan(cfg: Any, data: Any, model: Any, device: Any) -> None:
         progress=lambda lv: err.print(f"  {lv.describe()}", highlight=False),
     )
     del batch
-    plan = make_plan(
+    # with batch-norm, micro-batches of 16 and more first (adapt.min_micro_batch_size: auto)
+    plan, held = make_plan_preferring(
         measured.costs,
         budget_bytes=budget,
         batch_size=cfg.batch_size,
         limit_frac=limit_frac,
+        preferred_min=auto_min_micro(model) if auto else min_micro,
         min_micro=min_micro,
     )  # PlanError (exit 2) names the smallest reachable budget
+    if not held:
+        err.print(
+            f"no plan at micro-batch {auto_min_micro(model)} or more (the automatic minimum "
+            "for batch-norm models): smaller micro-batches, noisier batch statistics",
+            highlight=False,
+        )
     table = Table(
         title=f"memory plan for budget.memory {format_bytes(budget)} "
         f"(fitted to {limit_frac:.0%}: {format_bytes(plan.limit_bytes)}; {meter.source})",

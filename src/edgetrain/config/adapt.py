@@ -91,7 +91,9 @@ class AdaptConfig(Section):
     memory_high_frac: float = Field(0.75, gt=0, le=1)  # above: shrink the micro-batch
     memory_low_frac: float = Field(0.5, ge=0, lt=1)  # below: grow the micro-batch, then the batch
     batch_factor: int = Field(2, ge=2)  # micro-batch and batch change by this factor
-    min_micro_batch_size: int = Field(1, ge=1)
+    # the smallest micro-batch a budget fit or a shrink may choose; auto: 16 for a model
+    # with batch-norm (batch statistics of fewer samples cost accuracy), else 1
+    min_micro_batch_size: int | Literal["auto"] = "auto"
     # the effective batch may grow up to this (None: never above the configured batch_size)
     max_batch_size: int | None = Field(None, ge=1)
     # edgetrain: the learning rate x lr_factor after `patience` epochs whose validation
@@ -116,6 +118,19 @@ class AdaptConfig(Section):
                 f"adapt.max_lr must be >= adapt.min_lr ({self.min_lr}), got {self.max_lr}"
             )
         return self
+
+    @field_validator("min_micro_batch_size")
+    @classmethod
+    def _min_micro(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"must be 'auto' or an integer >= 1, got {value}")
+        return value
+
+    @property
+    def min_micro(self) -> int:
+        """``min_micro_batch_size`` as a number (auto: 1 until the controller sees the model)."""
+        value = self.min_micro_batch_size
+        return value if isinstance(value, int) else 1
 
 
 class PruneConfig(Section):

@@ -54,7 +54,11 @@ class RowFreezer:
     """
 
     def __init__(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, *, mask_only: bool = False
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        *,
+        mask_only: bool = False,
     ) -> None:
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self.optimizer = optimizer
@@ -62,10 +66,15 @@ class RowFreezer:
         self._frozen_rows: dict[str, torch.Tensor] = {}  # partial: indices of frozen rows
         self._dropped: list[str] = []  # mask_only: fully frozen but differentiated
         self._saved: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
-        self._handles = [
-            optimizer.register_step_pre_hook(self._before_step),
-            optimizer.register_step_post_hook(self._after_step),
-        ]
+        # no optimizer (memory probes, which never step): requires_grad only
+        self._handles = (
+            [
+                optimizer.register_step_pre_hook(self._before_step),
+                optimizer.register_step_post_hook(self._after_step),
+            ]
+            if optimizer is not None
+            else []
+        )
 
     def apply(self, rows: Mapping[str, torch.Tensor]) -> FreezeStats:
         """Train the rows marked True in ``rows`` (param name -> bool mask); freeze the rest."""
@@ -94,8 +103,11 @@ class RowFreezer:
         log.debug("freeze: %s", stats)
         return stats
 
-    def _state_rows(self, p: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        state = self.optimizer.state.get(p, {})
+    @staticmethod
+    def _state_rows(
+        optimizer: torch.optim.Optimizer, p: torch.Tensor, idx: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        state = optimizer.state.get(p, {})
         return {
             k: v.index_select(0, idx)
             for k, v in state.items()
@@ -111,14 +123,14 @@ class RowFreezer:
                 p = self.params[name]
                 if p.grad is not None:
                     p.grad.index_fill_(0, idx, 0.0)
-                self._saved[name] = (p.index_select(0, idx), self._state_rows(p, idx))
+                self._saved[name] = (p.index_select(0, idx), self._state_rows(optimizer, p, idx))
 
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         with torch.no_grad():
             for name, (weights, states) in self._saved.items():
                 p, idx = self.params[name], self._frozen_rows[name]
                 p.index_copy_(0, idx, weights)
-                for k, v in self.optimizer.state.get(p, {}).items():
+                for k, v in optimizer.state.get(p, {}).items():
                     if not (torch.is_tensor(v) and v.shape == p.shape):
                         continue
                     if k in states:

@@ -51,6 +51,7 @@ from edgetrain.adapt.planner import (
     PlanError,
     PlanOption,
     make_plan,
+    make_plan_preferring,
     shifted,
 )
 from edgetrain.adapt.state import to_plain
@@ -159,18 +160,22 @@ def fixed_levers(cfg: TrainConfig) -> dict[str, Any]:
 def plan_candidates(cfg: TrainConfig, model: nn.Module, step_in_backward_ok: bool) -> list[Levers]:
     """The lever sets a plan for ``cfg`` considers (none with ``budget.levers:
     micro_batch``); ``step_in_backward_ok``: the optimizer step may move into backward."""
-    from edgetrain.adapt.levers import candidate_levers
+    from edgetrain.adapt.levers import SPARSE_CANDIDATES, candidate_levers
 
     if cfg.budget.levers != "auto":
         return []
     fixed = fixed_levers(cfg)
+    lossy = cfg.budget.lossy == "allow"
+    # a static sparse update: only for fine-tuning, only where the config sets none itself
+    finetune = cfg.init_from is not None and cfg.sparse_update.scheme == "full"
     return candidate_levers(
         model=model,
         activations=fixed.get("activations"),
         recompute=fixed.get("recompute"),
         optimizer_in_backward=fixed.get("optimizer_in_backward"),
-        lossy=cfg.budget.lossy == "allow",
+        lossy=lossy,
         step_in_backward_ok=step_in_backward_ok,
+        sparse=SPARSE_CANDIDATES if lossy and finetune else (),
     )
 
 
@@ -259,6 +264,7 @@ class AdaptiveCallback(Callback):
         self._step_in_backward: Callback | None = None  # OptimizerInBackward, when planned
         self._fits: dict[Levers, BudgetFit] = {}
         self._blocks: list[str] = []  # the blocks the planned levers recompute
+        self._rows: dict[str, torch.Tensor] | None = None  # a resumed sparse plan's rows
 
     # the controller's state, by its old names
     @property
@@ -340,6 +346,11 @@ class AdaptiveCallback(Callback):
             budget = state.config.budget.memory_bytes
             self.controller = BudgetController(adapt, budget, self.controller.state)
         ctl = self.controller
+        from edgetrain.adapt.levers import auto_min_micro
+
+        levers = ctl.state.levers  # resumed: a sparse plan's batch-norm is frozen
+        frozen = levers is not None and levers.frozen_norm
+        ctl.resolve_min_micro(1 if frozen else auto_min_micro(state.model))
         ctl.require_validation(self.has_validation)
         if self.meter is None:
             self.meter = make_meter(state.device)
@@ -399,14 +410,16 @@ class AdaptiveCallback(Callback):
             "budget_bytes": budget,
             "batch_size": state.task.size(batch),
             "limit_frac": ctl.limit_frac,
-            "min_micro": min_micro,
         }
 
         try:
             # the set with the fewest levers first: if it runs the whole batch, nothing is faster
             costs = self._measure_costs(state, batch, candidates[-1:])
             try:
-                whole = make_plan(costs, **plan_args).micro_batch_size >= state.batch_size
+                plan = make_plan(
+                    costs, **plan_args, min_micro=ctl.cfg.min_micro, norm_min_micro=min_micro
+                )
+                whole = plan.micro_batch_size >= state.batch_size
             except PlanError:
                 whole = False
             if not whole:
@@ -417,7 +430,13 @@ class AdaptiveCallback(Callback):
                 f"{min_micro} runs out of device memory ({exc})"
             ) from exc
         try:
-            plan = make_plan(costs, **plan_args)
+            plan, held = make_plan_preferring(
+                costs, **plan_args, preferred_min=min_micro, min_micro=ctl.cfg.min_micro
+            )
+            if plan.levers.frozen_norm:  # running statistics: any micro-batch computes alike
+                ctl.resolve_min_micro(1)
+            elif not held:
+                ctl.relax_min_micro(state.batch_size, "no memory plan fits")
         except PlanError as exc:  # exit 2, naming the smallest budget a plan reaches
             static = next(iter(self._fits.values())).static
             if budget < static.total_bytes:
@@ -444,7 +463,7 @@ class AdaptiveCallback(Callback):
             sets,
             meter=self.meter,
             limit_bytes=ctl.limit_bytes,
-            start=ctl.min_micro(state.batch_size),
+            start=min(ctl.cfg.min_micro, state.batch_size),  # below an automatic minimum too
             autocast=lambda: autocast(state.config.precision, state.device),
             seed=state.config.seed,
             skip=set(self._fixed(state.config)) - {"activations"},
@@ -460,11 +479,29 @@ class AdaptiveCallback(Callback):
 
         self._remove_levers(state)
         skip = set(self._fixed(state.config))
-        self._levers = apply_levers(state.model, levers, seed=state.config.seed, skip=skip)
+        rows, self._rows = self._rows, None
+        self._levers = apply_levers(
+            state.model,
+            levers,
+            seed=state.config.seed,
+            skip=skip,
+            task=state.task,
+            example=lambda: self._example(state),
+            optimizer=state.optimizer,
+            rows=rows if levers.sparse < 1 else None,
+        )
         self._blocks = self._levers.blocks
         if levers.optimizer_in_backward and "optimizer_in_backward" not in skip:
             self._step_in_backward = OptimizerInBackward()
             self._step_in_backward.on_fit_start(state)
+
+    def _example(self, state: TrainState) -> Any:
+        """Two training samples on the device (a sparse lever's selection runs them)."""
+        if self.probe_data is None:
+            raise EdgeTrainError("a sparse plan needs training samples (probe_data)")
+        dtype = next(state.model.parameters()).dtype
+        batch = probe_batch(self.probe_data, 2, state.collate_fn)
+        return state.task.to_device(batch, state.device, dtype)
 
     def _remove_levers(self, state: TrainState) -> None:
         if self._levers is not None:
@@ -742,7 +779,14 @@ class AdaptiveCallback(Callback):
 
     # -- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return self.controller.state.to_dict()
+        out = self.controller.state.to_dict()
+        handle = self._levers
+        if handle is not None and handle.rows is not None:
+            # a sparse plan's rows, chosen before training (the weights differ on resume)
+            out["sparse_rows"] = {k: v.detach().cpu() for k, v in handle.rows.items()}
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        self._rows = state.pop("sparse_rows", None)
         self.controller.state = BudgetState.from_dict(state)
