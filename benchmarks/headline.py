@@ -75,9 +75,16 @@ step and ``--steps`` timed steps. Columns:
   training, paired by seed and averaged over ``--seeds`` seeds (``metric`` names it:
   ``test_acc`` for the image workloads, ``test_token_acc`` for gpt; the test split, final
   weights). Each is an ``edgetrain.train.train`` run of the workload's config (the
-  ``pytorch`` row: nothing else; the ``edgetrain:F`` rows: the plan's levers as config
-  keys ``micro_batch_size``, ``activations``, ``recompute``, ``optimizer_in_backward``).
-  ``metric_value``: the row's own mean.
+  ``pytorch`` row: nothing else; the ``edgetrain:*`` rows: the plan's levers as config
+  keys ``micro_batch_size``, ``activations``, ``recompute``, ``optimizer_in_backward``;
+  a plan with a sparse update, which no config key reproduces because it also freezes
+  batch-norm statistics, trains with the row's budget itself, ``budget.lossy: allow``,
+  so the planner inside training chooses). ``metric_value``: the row's own mean.
+
+Fine-tuning (``transfer``, pre-trained weights via ``init_from``): the plans may also
+update a static share of the parameters (``Levers.sparse``, 50/25/10%; lossy codecs still
+only with ``--lossy``); exact sets come first, so a sparse update is taken only where no
+full update fits.
 
 The step is forward, loss, backward and the optimizer step (and ``zero_grad``).
 
@@ -735,7 +742,7 @@ def fill_metrics(model: str, rows: list[Row], methods: list[str], args: argparse
         by_method[BASELINE].metric_seeds = len(done)
     for method in methods:
         row, plan = by_method.get(method), plans.get(method)
-        if row is None or plan is None or "error" in plan or plan_fraction(method) is None:
+        if row is None or plan is None or "error" in plan or not is_plan(method):
             continue
         if plan["levers"].get("sparse", 1.0) < 1:
             # a sparse plan also freezes batch-norm statistics, which no config key sets:
@@ -817,6 +824,9 @@ def judge(rows: list[Row]) -> None:
                 unmeasured = True
             elif r.mem_ratio >= fl.mem_ratio:
                 fails.append(f"mem {r.mem_ratio:.2f}x>=floor's {fl.mem_ratio:.2f}x")
+            worst = -(GOAL_FT_ACC if r.model in FINETUNE else GOAL_ACC)
+            if r.metric_delta is not None and r.metric_delta < worst:
+                fails.append(f"acc {r.metric_delta:+.2f}pt<{worst:g}")
         elif r.mem_ratio > GOAL_MEM or r.time_ratio > GOAL_TIME:  # one lever alone
             fails.append(f"mem {r.mem_ratio:.2f}x, time {r.time_ratio:.2f}x")
         if fails:

@@ -58,6 +58,12 @@ def test_parse_override_reads_yaml_values():
         (["prefetch_factor=2"], "prefetch_factor needs num_workers >= 1"),
         (["monitor.interval_s=0"], "monitor.interval_s must be > 0"),
         (["precision=fp8"], "precision must be one of"),
+        (
+            ["adapt.min_micro_batch_size=0"],
+            "adapt.min_micro_batch_size must be 'auto' or an integer >= 1, got 0",
+        ),
+        (["adapt.min_micro_batch_size=few"], "integer >= 1, got 'few'"),
+        (["budget.lossy=maybe"], "budget.lossy must be one of 'forbid' or 'allow', got 'maybe'"),
     ],
 )
 def test_bad_values_name_key_rule_and_value(overrides, message):

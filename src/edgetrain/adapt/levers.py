@@ -307,8 +307,10 @@ def measure_lever_costs(
             continue
         if progress is not None:
             progress(levers)
-        # the first set probed runs the calibration pass (what a whole logical batch holds
-        # beyond a single pass); the others start probing near its choice (fewer probes)
+        # every set runs the calibration pass (what a whole logical batch holds beyond a
+        # single pass: it differs by set, and a plan's smallest budget must hold when the
+        # controller measures the chosen set again); the sets after the first start
+        # probing near the first one's choice (fewer probes)
         first = start
         if calibrated is not None and limit_bytes is not None:
             reach = calibrated.memory.largest_micro_batch(limit_bytes, size)
@@ -329,7 +331,7 @@ def measure_lever_costs(
                 start=min(first, size),
                 autocast=autocast,
                 context=handle.forward_context,
-                calibrate=calibrated is None,
+                calibrate=True,
             )
         fits[levers] = fit
         if calibrated is None:

@@ -29,6 +29,7 @@ from edgetrain.units import format_bytes
 __all__ = [
     "LOSSLESS_CODECS",
     "MIN_SAVING_FRAC",
+    "SMALLEST_SLACK_FRAC",
     "TIE_FRAC",
     "LeverCost",
     "Levers",
@@ -49,6 +50,10 @@ TIE_FRAC = 0.03
 # a lever set is taken only if it saves at least this fraction of the base set's peak
 # at the same micro-batch (a lever that saves nothing measurable only costs time)
 MIN_SAVING_FRAC = 0.02
+# the smallest budget a refusal names is this much above the bare prediction, so that a
+# second run's measurements (the resident size moves by some 100 KiB to a few MiB from
+# process to process on CPU) still find a plan at it
+SMALLEST_SLACK_FRAC = 0.03
 
 
 @dataclass(frozen=True, order=True)
@@ -374,7 +379,9 @@ def make_plan(
         costs, key=lambda c: _smallest(c, batch_size, own_min(c.levers), limit_frac)
     )
     smallest = _smallest(smallest_cost, batch_size, own_min(smallest_cost.levers), limit_frac)
-    smallest_bytes = math.ceil(smallest) if math.isfinite(smallest) else 0
+    smallest_bytes = (
+        math.ceil(smallest * (1 + SMALLEST_SLACK_FRAC)) if math.isfinite(smallest) else 0
+    )
     if not fitting:
         reach = (
             f"the smallest any reaches is {format_bytes(smallest_bytes)} ({smallest_bytes} "

@@ -119,12 +119,14 @@ class AdaptConfig(Section):
             )
         return self
 
-    @field_validator("min_micro_batch_size")
+    @field_validator("min_micro_batch_size", mode="before")
     @classmethod
-    def _min_micro(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value < 1:
-            raise ValueError(f"must be 'auto' or an integer >= 1, got {value}")
-        return value
+    def _min_micro(cls, value: Any) -> Any:
+        if value == "auto" or (type(value) is int and value >= 1):
+            return value
+        raise ValueError(
+            f"adapt.min_micro_batch_size must be 'auto' or an integer >= 1, got {value!r}"
+        )
 
     @property
     def min_micro(self) -> int:

@@ -126,6 +126,8 @@ def _describe(error: Mapping[str, Any], data: Mapping[str, Any]) -> str:
     key = _key(loc)
     kind = error["type"]
     value = _lookup(data, loc)
+    if value is None and error.get("input") is not None:  # a union's branch: not a data key
+        value = error["input"]
     if kind == "extra_forbidden":
         return f"unknown key '{key}'{suggest(str(loc[-1]), _fields_at(loc))}"
     ctx = error.get("ctx") or {}
