@@ -7,6 +7,9 @@ For one model, data set, logical batch and memory budget, trains:
 - ``fixed m``: ``micro_batch_size: m`` for every power of two m up to the batch (same
   logical batch, so the same learning up to floating-point rounding).
 
+Every run has the same ``cpu_allocator`` (``--allocator``, default ``release``: what a
+budget run gets on CPU with ``auto``), so that only the micro-batch differs.
+
 Each run is a fresh process (on CPU the resident size keeps what earlier work touched, so
 runs in one process would measure each other). Every run measures its peak memory the
 same way the controller does (``edgetrain.adapt.meters``: on CPU the RSS high-water mark
@@ -126,6 +129,9 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
         f"device={spec['device']}",
         "monitor.enabled=false",
         f"out={spec['out']}",
+        # every run with the same CPU allocator (a budget run's auto is release): the
+        # comparison is of micro-batches, not of allocators
+        f"cpu_allocator={spec.get('allocator', 'release')}",
     ]
     if spec.get("image_size"):
         overrides.append(f"image_size={spec['image_size']}")
@@ -210,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels", type=int)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--budget", default="64MiB")
+    parser.add_argument(
+        "--allocator", default="release", choices=("release", "keep"),
+        help="cpu_allocator of every run (default release: what a budget run gets on CPU)",
+    )  # fmt: skip
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--micros", help="fixed micro-batches, e.g. 16,32,64 (default: 2^k)")
@@ -249,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                     "channels": args.channels,
                     "batch_size": args.batch_size,
                     "budget": args.budget,
+                    "allocator": args.allocator,
                     "epochs": epochs,
                     "device": args.device,
                     "threads": args.threads,
