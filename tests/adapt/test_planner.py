@@ -215,6 +215,8 @@ def test_batch_norm_sets_prefer_micro_batches_of_16_and_frozen_norms_are_exempt(
     # 30 MiB, limit 27: plain fits 17 >= 16: the preference holds, exact wins
     plan, held = make_plan_preferring(costs, budget_bytes=30 * MiB, batch_size=32, preferred_min=16)
     assert held and plan.levers == PLAIN and plan.micro_batch_size == 17
+    # the smallest budget named is that of any micro-batch (sparse at 1: 5 MiB / 0.9 + 3%)
+    assert plan.smallest_bytes == math.ceil(5 * MiB / 0.9 * (1 + SMALLEST_SLACK_FRAC))
     # 20 MiB, limit 18: plain fits only 8 (< 16); the sparse set (running statistics) is
     # exempt and fits 14: taken, the preference held
     plan, held = make_plan_preferring(costs, budget_bytes=20 * MiB, batch_size=32, preferred_min=16)

@@ -442,11 +442,14 @@ def make_plan_preferring(
     }
     preferred = min(max(preferred_min, min_micro), batch_size)
     try:
-        return make_plan(costs, **args, norm_min_micro=preferred), True
+        plan = make_plan(costs, **args, norm_min_micro=preferred)
     except PlanError:
         if preferred <= min_micro:
             raise
-    return make_plan(costs, **args), False
+        return make_plan(costs, **args), False
+    if preferred > min_micro:  # the smallest budget any plan reaches: below the preference
+        plan = replace(plan, smallest_bytes=make_plan(costs, **args).smallest_bytes)
+    return plan, True
 
 
 def shifted(
