@@ -264,7 +264,8 @@ class AdaptiveCallback(Callback):
         self._step_in_backward: Callback | None = None  # OptimizerInBackward, when planned
         self._fits: dict[Levers, BudgetFit] = {}
         self._blocks: list[str] = []  # the blocks the planned levers recompute
-        self._rows: dict[str, torch.Tensor] | None = None  # a resumed sparse plan's rows
+        self._rows: dict[str, torch.Tensor] | None = None  # a sparse plan's rows
+        self._rows_share: float | None = None  # ... and its share
 
     # the controller's state, by its old names
     @property
@@ -479,7 +480,9 @@ class AdaptiveCallback(Callback):
 
         self._remove_levers(state)
         skip = set(self._fixed(state.config))
-        rows, self._rows = self._rows, None
+        # a sparse share keeps the rows chosen before training (resumed, or re-applied
+        # after a re-plan's probes): the trained weights would select others
+        rows = self._rows if self._rows_share == levers.sparse else None
         self._levers = apply_levers(
             state.model,
             levers,
@@ -490,6 +493,7 @@ class AdaptiveCallback(Callback):
             optimizer=state.optimizer,
             rows=rows if levers.sparse < 1 else None,
         )
+        self._rows, self._rows_share = self._levers.rows, levers.sparse
         self._blocks = self._levers.blocks
         if levers.optimizer_in_backward and "optimizer_in_backward" not in skip:
             self._step_in_backward = OptimizerInBackward()
@@ -780,13 +784,14 @@ class AdaptiveCallback(Callback):
     # -- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         out = self.controller.state.to_dict()
-        handle = self._levers
-        if handle is not None and handle.rows is not None:
+        if self._rows is not None:
             # a sparse plan's rows, chosen before training (the weights differ on resume)
-            out["sparse_rows"] = {k: v.detach().cpu() for k, v in handle.rows.items()}
+            out["sparse_rows"] = {k: v.detach().cpu() for k, v in self._rows.items()}
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         state = dict(state)
         self._rows = state.pop("sparse_rows", None)
         self.controller.state = BudgetState.from_dict(state)
+        levers = self.controller.state.levers
+        self._rows_share = levers.sparse if levers is not None and self._rows else None
