@@ -45,6 +45,7 @@ from edgetrain.adapt import (
     probe_batch,
 )
 from edgetrain.adapt.planner import (
+    TIE_FRAC,
     LeverCost,
     Levers,
     Plan,
@@ -177,6 +178,20 @@ def plan_candidates(cfg: TrainConfig, model: nn.Module, step_in_backward_ok: boo
         step_in_backward_ok=step_in_backward_ok,
         sparse=SPARSE_CANDIDATES if lossy and finetune else (),
     )
+
+
+def _unbeatable(plan: Plan, base: LeverCost) -> bool:
+    """Whether no other lever set can beat ``plan`` (the base set's) by more than a tie.
+
+    Levers add work per sample (recomputation, codecs) or none (the step in backward, timed
+    as its base), so the fastest any set can be is the base set's per-sample time at one
+    step per logical batch. If the base plan's accumulation steps cost less than
+    :data:`~edgetrain.adapt.planner.TIE_FRAC` over that (on a CPU a step costs next to
+    nothing), probing the other sets cannot change the choice, and would only leave
+    their residue (kernel caches, heap) in the process the budget measures."""
+    batch = plan.batch_size
+    best = base.time.batch_seconds(batch, batch)
+    return plan.chosen.batch_seconds <= best * (1 + TIE_FRAC)
 
 
 def plan_rows(plan: Plan, *, epoch: int, step: int, why: str = "") -> list[dict[str, Any]]:
@@ -414,16 +429,17 @@ class AdaptiveCallback(Callback):
         }
 
         try:
-            # the set with the fewest levers first: if it runs the whole batch, nothing is faster
+            # the set with the fewest levers first: if no other set can be faster than it
+            # by more than a tie, nothing else is probed (see _unbeatable)
             costs = self._measure_costs(state, batch, candidates[-1:])
             try:
                 plan = make_plan(
                     costs, **plan_args, min_micro=ctl.cfg.min_micro, norm_min_micro=min_micro
                 )
-                whole = plan.micro_batch_size >= state.batch_size
+                settled = _unbeatable(plan, costs[0])
             except PlanError:
-                whole = False
-            if not whole:
+                settled = False
+            if not settled:
                 costs = self._measure_costs(state, batch, candidates[:-1]) + costs
         except torch.OutOfMemoryError as exc:
             raise EdgeTrainError(
