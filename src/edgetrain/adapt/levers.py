@@ -31,7 +31,6 @@ import torch
 from torch import nn
 
 from edgetrain.adapt.measurements import BudgetFit
-from edgetrain.adapt.memory_model import MemoryModel
 from edgetrain.adapt.meters import MemoryMeter
 from edgetrain.adapt.planner import LeverCost, Levers, Plan, TimeModel, make_plan
 from edgetrain.adapt.probe import AutocastFactory, fit_memory_model, probe_step, static_bytes
@@ -301,7 +300,7 @@ def measure_lever_costs(
         base = replace(lv, optimizer_in_backward=False)
         if base not in order:
             order.append(base)
-    calibrated = next((f for f in fits.values() if f.calibration is not None), None)
+    reference = next(iter(fits.values()), None)  # the first set measured
     for levers in order:
         if levers in fits:
             continue
@@ -312,8 +311,8 @@ def measure_lever_costs(
         # controller measures the chosen set again); the sets after the first start
         # probing near the first one's choice (fewer probes)
         first = start
-        if calibrated is not None and limit_bytes is not None:
-            reach = calibrated.memory.largest_micro_batch(limit_bytes, size)
+        if reference is not None and limit_bytes is not None:
+            reach = reference.memory.largest_micro_batch(limit_bytes, size)
             first = max(start, 1 << max(0, (reach // 2).bit_length() - 1))
         with contextlib.ExitStack() as stack:
             try:
@@ -331,19 +330,14 @@ def measure_lever_costs(
                 start=min(first, size),
                 autocast=autocast,
                 context=handle.forward_context,
-                calibrate=True,
             )
         fits[levers] = fit
-        if calibrated is None:
-            calibrated = fit
-    overhead = calibrated.overhead_bytes if calibrated is not None else 0.0
+        if reference is None:
+            reference = fit
 
     def cost_of(levers: Levers) -> LeverCost:
         fit = fits[levers]
-        memory = fit.memory
-        if fit.calibration is None and overhead:
-            memory = MemoryModel(memory.static_bytes + overhead, memory.per_sample_bytes)
-        return LeverCost(levers, memory, _time_model(fit), fit.ceiling)
+        return LeverCost(levers, fit.memory, _time_model(fit), fit.ceiling)
 
     costs = [cost_of(lv) for lv in order if lv in candidates and lv in fits]
     for levers in candidates:

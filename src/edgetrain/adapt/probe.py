@@ -272,7 +272,6 @@ def fit_memory_model(
     autocast: AutocastFactory = contextlib.nullcontext,
     is_oom: Callable[[BaseException], bool] | None = None,
     context: AutocastFactory = contextlib.nullcontext,
-    calibrate: bool = True,
     free_grads: bool = False,
 ) -> BudgetFit:
     """Probe at ``start`` (at least 2), 2x, 4x, ... while the next size is cautiously
@@ -298,8 +297,6 @@ def fit_memory_model(
         is_oom: whether an exception is an out-of-memory error (default: torch's); such
             a probe ends probing and sets ``ceiling``.
         context: entered around each forward (an activation codec's hooks).
-        calibrate: run the calibration pass (a whole logical batch); without it the
-            model is the single passes' envelope (quicker: for comparing lever sets).
         free_grads: passes without accumulation free each gradient when it is ready
             (``optimizer_in_backward``; see :func:`probe_step`).
     """
@@ -357,7 +354,7 @@ def fit_memory_model(
             break
         micro = nxt
     # a whole logical batch at the last size: what training holds beyond a single pass
-    calibration = run(micro, whole_batch=True) if calibrate else None
+    calibration = run(micro, whole_batch=True)
     overhead = 0.0
     if calibration is not None:
         single = next(p for p in probes if p.micro_batch_size == micro)

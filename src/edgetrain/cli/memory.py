@@ -95,6 +95,7 @@ def _plan(cfg: Any, data: Any, model: Any, device: Any) -> None:
     from edgetrain.memory.allocator import configure_for_run
     from edgetrain.train.api import config_task
     from edgetrain.train.features.budget import plan_candidates
+    from edgetrain.train.features.optim_backward import refusal_for
     from edgetrain.train.optim import autocast, build_optimizer, param_dtype
     from edgetrain.units import format_bytes
 
@@ -103,12 +104,7 @@ def _plan(cfg: Any, data: Any, model: Any, device: Any) -> None:
     model = model.to(device=device, dtype=dtype)
     optimizer = build_optimizer(model.parameters(), cfg)
     task = config_task(cfg, data.info)
-    step_ok = (
-        cfg.grad_clip_norm is None
-        and cfg.precision != "fp16"
-        and cfg.on_nonfinite != "skip"
-        and cfg.sparse_update.scheme == "full"
-    )
+    step_ok = refusal_for(cfg, optimizer) is None
     candidates = plan_candidates(cfg, model, step_ok) or [Levers()]
     budget = int(cfg.budget.memory_bytes)
     limit_frac = 1 - cfg.adapt.margin

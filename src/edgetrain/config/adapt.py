@@ -29,7 +29,9 @@ class BudgetConfig(Section):
     # also recomputation, the activation codecs and the optimizer step inside backward,
     # whichever fits with the least measured slowdown (levers the config sets are kept)
     levers: Literal["micro_batch", "auto"] = "auto"
-    # lossy activation codecs (bf16, int8, int4, int2) may be chosen by the planner
+    # levers that change what trains may be chosen by the planner when no exact one fits:
+    # lossy activation codecs (bf16, int8) and, when fine-tuning (init_from), a static
+    # sparse update of a share of the parameters
     lossy: Literal["forbid", "allow"] = "forbid"
 
     @field_validator("memory", mode="before")

@@ -390,14 +390,7 @@ class AdaptiveCallback(Callback):
         self._record_summary(state)
 
     def _fit_budget(self, state: TrainState) -> None:
-        if self.probe_data is None:
-            raise EdgeTrainError(
-                "budget.memory needs training samples to probe the memory per micro-batch: "
-                "pass probe_data to AdaptiveCallback (adapt_callbacks(config, train_data))"
-            )
-        dtype = next(state.model.parameters()).dtype
-        batch = probe_batch(self.probe_data, state.batch_size, state.collate_fn)
-        batch = state.task.to_device(batch, state.device, dtype)
+        batch = self._samples(state, state.batch_size)
         try:
             self._plan(state, batch)
             outcome = self._fit_and_verify(state, batch)
@@ -505,7 +498,7 @@ class AdaptiveCallback(Callback):
             seed=state.config.seed,
             skip=skip,
             task=state.task,
-            example=lambda: self._example(state),
+            example=lambda: self._samples(state, 2),
             optimizer=state.optimizer,
             rows=rows if levers.sparse < 1 else None,
         )
@@ -515,12 +508,16 @@ class AdaptiveCallback(Callback):
             self._step_in_backward = OptimizerInBackward()
             self._step_in_backward.on_fit_start(state)
 
-    def _example(self, state: TrainState) -> Any:
-        """Two training samples on the device (a sparse lever's selection runs them)."""
+    def _samples(self, state: TrainState, size: int) -> Any:
+        """The first ``size`` training samples as one batch on the device (probes; two for
+        a sparse lever's selection)."""
         if self.probe_data is None:
-            raise EdgeTrainError("a sparse plan needs training samples (probe_data)")
+            raise EdgeTrainError(
+                "budget.memory needs training samples to probe the memory per micro-batch: "
+                "pass probe_data to AdaptiveCallback (adapt_callbacks(config, train_data))"
+            )
         dtype = next(state.model.parameters()).dtype
-        batch = probe_batch(self.probe_data, 2, state.collate_fn)
+        batch = probe_batch(self.probe_data, size, state.collate_fn)
         return state.task.to_device(batch, state.device, dtype)
 
     def _remove_levers(self, state: TrainState) -> None:
@@ -569,9 +566,7 @@ class AdaptiveCallback(Callback):
             # set again now, so that all of them measure what the first probes missed
             self._remove_levers(state)
             self._fits = {}
-            dtype = next(state.model.parameters()).dtype
-            batch = probe_batch(self.probe_data, state.batch_size, state.collate_fn)
-            batch = state.task.to_device(batch, state.device, dtype)
+            batch = self._samples(state, state.batch_size)
             try:
                 corrected = self._measure_costs(state, batch, self._candidates(state))
             finally:

@@ -22,7 +22,7 @@ Any other backward (with accumulation, a probe's) leaves the gradients alone.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.hooks import RemovableHandle
@@ -30,7 +30,10 @@ from torch.utils.hooks import RemovableHandle
 from edgetrain.errors import EdgeTrainError
 from edgetrain.train.callbacks import Callback, TrainState
 
-__all__ = ["OptimizerInBackward", "per_parameter_optimizers", "refusal"]
+if TYPE_CHECKING:
+    from edgetrain.config import TrainConfig
+
+__all__ = ["OptimizerInBackward", "per_parameter_optimizers", "refusal", "refusal_for"]
 
 _NAME = "optimizer_in_backward"
 
@@ -166,33 +169,39 @@ def _param_ids(optimizer: torch.optim.Optimizer) -> tuple[int, ...]:
 
 def _check(state: TrainState) -> None:
     """One line for each setting that needs every gradient before the step."""
-    cfg = state.config
-    if cfg.grad_clip_norm is not None:
-        raise EdgeTrainError(f"{_NAME} cannot clip gradients: unset grad_clip_norm")
-    if cfg.precision == "fp16":
-        raise EdgeTrainError(f"{_NAME} cannot scale fp16 losses: use precision bf16 or fp32")
-    if cfg.on_nonfinite == "skip":
-        raise EdgeTrainError(
-            f"{_NAME} steps before the loss is checked: use on_nonfinite stop or continue"
-        )
-    if cfg.sparse_update.scheme != "full":
-        raise EdgeTrainError(f"{_NAME} cannot be combined with sparse_update")
-    if isinstance(state.optimizer, torch.optim.LBFGS):
-        raise EdgeTrainError(f"{_NAME} cannot step LBFGS (it needs a closure)")
-    _check_hooks(state.optimizer)
+    why = refusal_for(state.config, state.optimizer)
+    if why is not None:
+        raise EdgeTrainError(why)
 
 
 def refusal(state: TrainState) -> str | None:
     """Why the optimizer step cannot move into backward for this run (None: it can)."""
-    try:
-        _check(state)
-    except EdgeTrainError as exc:
-        return str(exc)
+    return refusal_for(state.config, state.optimizer)
+
+
+def refusal_for(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> str | None:
+    """Why the optimizer step cannot move into backward with ``cfg`` and ``optimizer``
+    (None: it can): each setting that needs every gradient before the step."""
+    if cfg.grad_clip_norm is not None:
+        return f"{_NAME} cannot clip gradients: unset grad_clip_norm"
+    if cfg.precision == "fp16":
+        return f"{_NAME} cannot scale fp16 losses: use precision bf16 or fp32"
+    if cfg.on_nonfinite == "skip":
+        return f"{_NAME} steps before the loss is checked: use on_nonfinite stop or continue"
+    if cfg.sparse_update.scheme != "full":
+        return f"{_NAME} cannot be combined with sparse_update"
+    if isinstance(optimizer, torch.optim.LBFGS):
+        return f"{_NAME} cannot step LBFGS (it needs a closure)"
+    return _hooks_refusal(optimizer)
+
+
+def _hooks_refusal(optimizer: torch.optim.Optimizer) -> str | None:
+    if optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks:
+        return f"{_NAME}: the optimizer has step hooks, which per-parameter steps would skip"
     return None
 
 
 def _check_hooks(optimizer: torch.optim.Optimizer) -> None:
-    if optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks:
-        raise EdgeTrainError(
-            f"{_NAME}: the optimizer has step hooks, which per-parameter steps would skip"
-        )
+    why = _hooks_refusal(optimizer)
+    if why is not None:
+        raise EdgeTrainError(why)
