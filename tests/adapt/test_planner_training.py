@@ -304,26 +304,3 @@ def test_a_sparse_lever_freezes_batch_norm_statistics_and_gives_them_back():
     assert bn.training and all(p.requires_grad for p in model.parameters())
     model(x)
     assert not torch.equal(bn.running_mean, mean)
-
-
-def test_other_sets_are_probed_only_where_they_could_be_faster():
-    from edgetrain.adapt.memory_model import MemoryModel
-    from edgetrain.adapt.planner import LeverCost, Levers, TimeModel, make_plan
-    from edgetrain.train.features.budget import _unbeatable
-
-    def _cost(static_mib, per_sample_mib, step_s, sample_s):
-        memory = MemoryModel(static_mib * MiB, per_sample_mib * MiB)
-        return LeverCost(Levers(), memory, TimeModel(step_s, sample_s))
-
-    # steps nearly free (a CPU): 4 accumulation steps cost under the tie margin over the
-    # best any lever could do (one step at the same per-sample time): nothing else probed
-    free_steps = _cost(10, 1, step_s=0.0, sample_s=0.01)
-    plan = make_plan([free_steps], budget_bytes=30 * MiB, batch_size=64)
-    assert plan.accum_steps == 4 and _unbeatable(plan, free_steps)
-    # expensive steps (a GPU): 3 extra steps of 50 ms could be saved: probe the others
-    costly = _cost(10, 1, step_s=0.05, sample_s=0.01)
-    plan = make_plan([costly], budget_bytes=30 * MiB, batch_size=64)
-    assert not _unbeatable(plan, costly)
-    # the whole batch: nothing can beat it
-    plan = make_plan([costly], budget_bytes=100 * MiB, batch_size=64)
-    assert plan.accum_steps == 1 and _unbeatable(plan, costly)

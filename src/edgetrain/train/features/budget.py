@@ -45,7 +45,6 @@ from edgetrain.adapt import (
     probe_batch,
 )
 from edgetrain.adapt.planner import (
-    TIE_FRAC,
     LeverCost,
     Levers,
     Plan,
@@ -178,20 +177,6 @@ def plan_candidates(cfg: TrainConfig, model: nn.Module, step_in_backward_ok: boo
         step_in_backward_ok=step_in_backward_ok,
         sparse=SPARSE_CANDIDATES if lossy and finetune else (),
     )
-
-
-def _unbeatable(plan: Plan, base: LeverCost) -> bool:
-    """Whether no other lever set can beat ``plan`` (the base set's) by more than a tie.
-
-    Levers add work per sample (recomputation, codecs) or none (the step in backward, timed
-    as its base), so the fastest any set can be is the base set's per-sample time at one
-    step per logical batch. If the base plan's accumulation steps cost less than
-    :data:`~edgetrain.adapt.planner.TIE_FRAC` over that (on a CPU a step costs next to
-    nothing), probing the other sets cannot change the choice, and would only leave
-    their residue (kernel caches, heap) in the process the budget measures."""
-    batch = plan.batch_size
-    best = base.time.batch_seconds(batch, batch)
-    return plan.chosen.batch_seconds <= best * (1 + TIE_FRAC)
 
 
 def plan_rows(plan: Plan, *, epoch: int, step: int, why: str = "") -> list[dict[str, Any]]:
@@ -422,17 +407,16 @@ class AdaptiveCallback(Callback):
         }
 
         try:
-            # the set with the fewest levers first: if no other set can be faster than it
-            # by more than a tie, nothing else is probed (see _unbeatable)
+            # the set with the fewest levers first: if it runs the whole batch, nothing is faster
             costs = self._measure_costs(state, batch, candidates[-1:])
             try:
                 plan = make_plan(
                     costs, **plan_args, min_micro=ctl.cfg.min_micro, norm_min_micro=min_micro
                 )
-                settled = _unbeatable(plan, costs[0])
+                whole = plan.micro_batch_size >= state.batch_size
             except PlanError:
-                settled = False
-            if not settled:
+                whole = False
+            if not whole:
                 costs = self._measure_costs(state, batch, candidates[:-1]) + costs
         except torch.OutOfMemoryError as exc:
             raise EdgeTrainError(
