@@ -46,7 +46,7 @@ def test_budget_fits_the_micro_batch_and_keeps_the_effective_batch(tmp_path):
     decisions = pd.read_csv(result.run_dir / "decisions.csv")
     first = decisions.iloc[0]
     assert (first.epoch, first.parameter, first.old, first.new) == (0, "micro_batch_size", 32, 16)
-    assert "probed micro-batches 2, 4, 8, 16;" in first.reason
+    assert "probed micro-batches 2, 8, 16;" in first.reason
     history = result.history
     assert history.micro_batch_size.tolist() == [16, 16]
     assert history.accum_steps.tolist() == [2, 2]

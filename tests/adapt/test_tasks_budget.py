@@ -58,7 +58,7 @@ def _check_budget_run(result, batch_size: int = 32) -> pd.DataFrame:
         batch_size,
         16,
     )
-    assert "probed micro-batches 2, 4, 8, 16;" in first.reason
+    assert "probed micro-batches 2, 8, 16;" in first.reason
     assert result.history.micro_batch_size.tolist() == [16] * len(result.history)
     assert result.history.accum_steps.tolist() == [batch_size // 16] * len(result.history)
     adapt = result.summary["adapt"]
@@ -207,7 +207,7 @@ def test_fit_memory_model_on_regression_and_model_loss_batches():
     meter = BatchMeter(reg, static_bytes=10 * MiB, per_sample_bytes=MiB)
     batch = (torch.randn(32, 10), torch.randn(32))
     fit_ = fit_memory_model(reg, opt, RegressionTask(), batch, meter=meter, limit_bytes=27 * MiB)
-    assert [p.micro_batch_size for p in fit_.probes][:4] == [2, 4, 8, 16]
+    assert [p.micro_batch_size for p in fit_.probes] == [2, 8, 16]  # 16 of 17 fitting, evened
     assert fit_.static.optimizer_state_bytes > 0  # Adam's state, from a real step
 
     lm = TinyLM()

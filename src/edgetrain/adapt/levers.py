@@ -33,7 +33,13 @@ from torch import nn
 from edgetrain.adapt.measurements import BudgetFit
 from edgetrain.adapt.meters import MemoryMeter
 from edgetrain.adapt.planner import LeverCost, Levers, Plan, TimeModel, make_plan
-from edgetrain.adapt.probe import AutocastFactory, fit_memory_model, probe_step, static_bytes
+from edgetrain.adapt.probe import (
+    AutocastFactory,
+    fit_memory_model,
+    isolated,
+    probe_step,
+    static_bytes,
+)
 from edgetrain.errors import EdgeTrainError
 from edgetrain.memory.recompute import find_blocks
 from edgetrain.tasks import Task
@@ -313,24 +319,44 @@ def measure_lever_costs(
         first = start
         if reference is not None and limit_bytes is not None:
             reach = reference.memory.largest_micro_batch(limit_bytes, size)
-            first = max(start, 1 << max(0, (reach // 2).bit_length() - 1))
-        with contextlib.ExitStack() as stack:
-            try:
-                handle = stack.enter_context(_applied(model, levers, seed, skip, task, batch))
-            except EdgeTrainError as exc:  # a share below what the head alone costs
-                log.info("memory plan: %s not considered: %s", levers.describe(), exc)
-                continue
-            fit = fit_memory_model(
-                model,
-                optimizer,
-                task,
-                batch,
-                meter=meter,
-                limit_bytes=limit_bytes,
-                start=min(first, size),
-                autocast=autocast,
-                context=handle.forward_context,
+            # a size the first set probed too: their times compare at the same size
+            first = max(
+                [
+                    start,
+                    *(
+                        p.micro_batch_size
+                        for p in reference.probes
+                        if p.micro_batch_size <= reach // 2
+                    ),
+                ]
             )
+
+        def probe_set(levers: Levers = levers, first: int = first) -> BudgetFit | None:
+            with contextlib.ExitStack() as stack:
+                try:
+                    handle = stack.enter_context(_applied(model, levers, seed, skip, task, batch))
+                except EdgeTrainError as exc:  # a share below what the head alone costs
+                    log.info("memory plan: %s not considered: %s", levers.describe(), exc)
+                    return None
+                return fit_memory_model(
+                    model,
+                    optimizer,
+                    task,
+                    batch,
+                    meter=meter,
+                    limit_bytes=limit_bytes,
+                    start=min(first, size),
+                    autocast=autocast,
+                    context=handle.forward_context,
+                    timed=True,
+                    isolate=False,  # already in its own copy
+                )
+
+        # each set in its own copy of the process: what one leaves behind is not measured
+        # as another's (see edgetrain.adapt.isolate)
+        fit = isolated(meter, probe_set, f"probe steps of {levers.describe()}")
+        if fit is None:
+            continue
         fits[levers] = fit
         if reference is None:
             reference = fit
@@ -346,7 +372,11 @@ def measure_lever_costs(
         base = cost_of(_base(levers))
         if base.ceiling is not None and base.ceiling <= size:
             continue  # the whole batch does not run: no step in backward
-        accounted = _accounted_grad_free(model, optimizer, task, batch)
+        accounted = isolated(
+            meter,
+            lambda: _accounted_grad_free(model, optimizer, task, batch),
+            "the gradients' exact bytes",
+        )
         hopeless = limit_bytes is not None and base.predict_bytes(size, size) - accounted > (
             limit_bytes
         )
@@ -356,7 +386,13 @@ def measure_lever_costs(
             continue
         if progress is not None:
             progress(levers)
-        free = _grad_free_bytes(model, task, batch, levers, meter, autocast, seed, skip, accounted)
+        free = isolated(
+            meter,
+            lambda levers=levers, accounted=accounted: _grad_free_bytes(
+                model, task, batch, levers, meter, autocast, seed, skip, accounted
+            ),
+            f"probe steps of {levers.describe()}",
+        )
         costs.append(
             LeverCost(
                 levers,
@@ -380,7 +416,7 @@ def _accounted_grad_free(
     model: nn.Module, optimizer: torch.optim.Optimizer | None, task: Task, batch: Any
 ) -> int:
     """Exact gradient bytes less the largest parameter's (which must exist at once)."""
-    static = static_bytes(model, optimizer, task, task.split(batch, 0, 1))
+    static = static_bytes(model, optimizer, task, batch, size=2)
     params = [p for p in model.parameters() if p.requires_grad]
     largest = max((p.numel() * p.element_size() for p in params), default=0)
     return max(0, static.grad_bytes - largest)

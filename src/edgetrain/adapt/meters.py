@@ -106,6 +106,9 @@ class ProcessMemoryMeter:
     """
 
     source = "cpu:rss-above-baseline"
+    #: what probe steps leave resident would count against the budget: probes run in a
+    #: forked copy of the process (:mod:`edgetrain.adapt.isolate`)
+    isolate_probes = True
 
     def __init__(
         self,

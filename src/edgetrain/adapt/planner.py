@@ -22,7 +22,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from edgetrain.adapt.memory_model import MemoryModel
+from edgetrain.adapt.memory_model import MemoryModel, even_micro_batch
 from edgetrain.errors import EdgeTrainError
 from edgetrain.units import format_bytes
 
@@ -200,14 +200,16 @@ class LeverCost:
         return peak
 
     def largest_micro_batch(self, limit_bytes: float, batch_size: int, min_micro: int) -> int:
-        """The largest micro-batch in [min_micro, batch] predicted under the limit; 0 if none."""
+        """The largest micro-batch in [min_micro, batch] predicted under the limit, evened
+        out (:func:`~edgetrain.adapt.memory_model.even_micro_batch`); 0 if none."""
         upper = batch_size if self.ceiling is None else min(batch_size, self.ceiling - 1)
         if self.levers.optimizer_in_backward:  # steps in backward only without accumulation
             if upper < batch_size:
                 return 0
             return batch_size if self.predict_bytes(batch_size, batch_size) <= limit_bytes else 0
         micro = self.memory.largest_micro_batch(limit_bytes, upper)
-        return micro if micro >= min_micro else 0
+        # evened out (as the controller trains it): the same steps at less memory
+        return even_micro_batch(batch_size, micro, min_micro) if micro >= min_micro else 0
 
 
 @dataclass(frozen=True)

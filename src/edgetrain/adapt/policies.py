@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from edgetrain.adapt.memory_model import MemoryModel
+from edgetrain.adapt.memory_model import MemoryModel, even_micro_batch
 from edgetrain.adapt.scores import (
     accuracy_score,
     clamp_lr,
@@ -198,7 +198,7 @@ def fit_to_budget(
     best = max(min_micro_batch_size, model.largest_micro_batch(limit, upper=upper))
     best = min(best, batch_size)
     # as many micro-batches as `best` needs, but of equal size: same steps, less memory
-    best = max(min_micro_batch_size, math.ceil(batch_size / _accum(batch_size, best)))
+    best = max(min_micro_batch_size, even_micro_batch(batch_size, best))
     predicted = model.predict_bytes(best)
     why = (
         f"micro-batch predicted within {_pct(limit_frac)} of the budget "

@@ -15,14 +15,14 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from edgetrain.adapt.measurements import BudgetFit, Probe, StaticBytes
-from edgetrain.adapt.memory_model import MemoryModel
+from edgetrain.adapt.memory_model import MemoryModel, even_micro_batch
 from edgetrain.adapt.meters import MemoryMeter
 from edgetrain.memory import SavedTensorCounter, report, unique_bytes
 from edgetrain.tasks import Task
@@ -34,6 +34,7 @@ __all__ = [
     "StaticBytes",
     "accounted_model",
     "fit_memory_model",
+    "isolated",
     "measure_logical_batch",
     "probe_batch",
     "probe_step",
@@ -42,7 +43,14 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: Each probe is this many times the last. On CPU every new size leaves its kernels
+#: resident (oneDNN's primitive cache, about 1 MiB per size on vgg11), which counts
+#: against the budget: 4x probes half as many sizes as doubling, and the probe of the final
+#: choice closes the gap between rungs.
+LADDER = 4
+
 AutocastFactory = Callable[[], contextlib.AbstractContextManager[Any]]
+_T = TypeVar("_T")
 
 
 def probe_batch(
@@ -72,12 +80,30 @@ def _count(task: Task, batch: Any) -> int | torch.Tensor:
     return total
 
 
+def isolated(meter: MemoryMeter | None, probes: Callable[[], _T], what: str) -> _T:
+    """``probes()`` in a forked copy of the process where ``meter`` says that what probes
+    leave resident would count against the budget (``isolate_probes``: the CPU meter; see
+    :mod:`edgetrain.adapt.isolate`), else in this process."""
+    if getattr(meter, "isolate_probes", False):
+        from edgetrain.adapt.isolate import run_forked
+
+        return run_forked(probes, what=what)
+    return probes()
+
+
 def static_bytes(
-    model: nn.Module, optimizer: torch.optim.Optimizer | None, task: Task, batch: Any
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    task: Task,
+    batch: Any,
+    size: int = 1,
 ) -> StaticBytes:
-    """Exact static bytes from one real step on the first sample of ``batch`` (restored
-    afterwards)."""
-    rep = report(model, optimizer, task.split(batch, 0, 1), task=task)
+    """Exact static bytes from one real step on the first ``size`` samples of ``batch``
+    (restored afterwards). Any size gives the same bytes; probes pass the size they probe
+    first, so that the step adds no kernels of a size training never runs."""
+    n = task.size(batch)
+    part = task.split(batch, 0, max(1, min(size, n))) if size < n else batch
+    rep = report(model, optimizer, part, task=task)
     return StaticBytes(rep.param_bytes, rep.buffer_bytes, rep.grad_bytes, rep.optimizer_state_bytes)
 
 
@@ -129,6 +155,7 @@ def probe_step(
     evaluate: bool = False,
     context: AutocastFactory = contextlib.nullcontext,
     free_grads: bool = False,
+    repeat: int = 1,
 ) -> Probe:
     """Training forward/backward on ``batch`` as the loop runs it, measured and undone.
 
@@ -149,6 +176,9 @@ def probe_step(
             accumulation, as ``optimizer_in_backward`` does after its step (the weights
             are not stepped: the probe's memory is that of the real step, its weights
             unchanged).
+        repeat: run the pass this many times (gradients freed in between); the peak is
+            over all of them, the time the least: a size's first pass also compiles its
+            kernels (oneDNN on CPU), which training pays once, not per step.
 
     Raises:
         torch.OutOfMemoryError: as raised by the pass (after restoring).
@@ -170,16 +200,21 @@ def probe_step(
         meter.reset_peak()
     try:
         model.train()
-        started = time.perf_counter()
+        seconds = math.inf
         with SavedTensorCounter(model) as counter:
-            for lo in range(0, n, micro):
-                part = task.split(batch, lo, min(lo + micro, n)) if micro < n else batch
-                with autocast(), context():
-                    out = task.forward(model, part)
-                loss = task.loss_sum(out, part) / total
-                loss.backward()
-                del out, loss, part
-        seconds = time.perf_counter() - started
+            for run in range(max(1, repeat)):
+                if run:
+                    for p in saved.params:
+                        p.grad = None
+                started = time.perf_counter()
+                for lo in range(0, n, micro):
+                    part = task.split(batch, lo, min(lo + micro, n)) if micro < n else batch
+                    with autocast(), context():
+                        out = task.forward(model, part)
+                    loss = task.loss_sum(out, part) / total
+                    loss.backward()
+                    del out, loss, part
+                seconds = min(seconds, time.perf_counter() - started)
         if evaluate:
             model.eval()
             with torch.no_grad(), autocast():
@@ -273,16 +308,19 @@ def fit_memory_model(
     is_oom: Callable[[BaseException], bool] | None = None,
     context: AutocastFactory = contextlib.nullcontext,
     free_grads: bool = False,
+    timed: bool = False,
+    isolate: bool = True,
 ) -> BudgetFit:
-    """Probe at ``start`` (at least 2), 2x, 4x, ... while the next size is cautiously
-    predicted to fit.
+    """Probe at ``start`` (at least 2), 4x, 16x, ... (:data:`LADDER`) while the next size
+    is cautiously predicted to fit.
 
     One unmeasured pass first takes the one-time costs (lazy allocations). Doubling stops
     before a size whose prediction, with at least twice the saved bytes per sample as
     slope, passes ``limit_bytes``. A calibration pass then runs the whole probe batch at
     the last size as the loop would (accumulating micro-batches, then an evaluation
     forward): what it holds beyond the single pass raises the model. One more probe
-    checks the largest size that model allows below the next power of two, so the final
+    checks the largest size that model allows below the next rung, evened out as training
+    runs it (:func:`~edgetrain.adapt.memory_model.even_micro_batch`), so the final
     choice is measured, not extrapolated, and no probe is larger than it.
 
     Args:
@@ -299,10 +337,37 @@ def fit_memory_model(
         context: entered around each forward (an activation codec's hooks).
         free_grads: passes without accumulation free each gradient when it is ready
             (``optimizer_in_backward``; see :func:`probe_step`).
+        timed: the probes' times will be compared (the planner): each size runs twice
+            and keeps the faster, so a size's one-time kernel compilation is not timed.
+        isolate: probe in a forked copy of the process where the meter asks for it
+            (:func:`isolated`); False when the caller already is one.
     """
+    if isolate:
+        return isolated(
+            meter,
+            lambda: fit_memory_model(
+                model,
+                optimizer,
+                task,
+                batch,
+                meter=meter,
+                limit_bytes=limit_bytes,
+                start=start,
+                autocast=autocast,
+                is_oom=is_oom,
+                context=context,
+                free_grads=free_grads,
+                timed=timed,
+                isolate=False,
+            ),
+            "probe steps",
+        )
     oom = is_oom or (lambda exc: isinstance(exc, torch.OutOfMemoryError))
-    static = static_bytes(model, optimizer, task, batch)
     size = task.size(batch)
+    # never probe at 1 when 2 is possible: a batch of one can take other kernels and
+    # measure far less than training at 1 needs (micro-batch 1 is extrapolated instead)
+    micro = max(1, min(max(start, 2), size))
+    static = static_bytes(model, optimizer, task, batch, size=micro)
     missing = _missing_state_bytes(static, optimizer)
     probes: list[Probe] = []
     ceiling: int | None = None
@@ -322,6 +387,7 @@ def fit_memory_model(
                 evaluate=whole_batch,
                 context=context,
                 free_grads=free_grads,
+                repeat=2 if timed and not whole_batch else 1,
             )
         except Exception as exc:
             if not oom(exc) or not probes:
@@ -338,44 +404,50 @@ def fit_memory_model(
             probes.append(probe)
         return probe is not None
 
-    # never probe at 1 when 2 is possible: a batch of one can take other kernels and
-    # measure far less than training at 1 needs (micro-batch 1 is extrapolated instead)
-    micro = max(1, min(max(start, 2), size))
     first = task.split(batch, 0, micro) if micro < size else batch
     probe_step(model, task, first, meter=None, autocast=autocast, context=context)  # warm-up
     del first
     one(micro)
     while True:
-        nxt = min(size, micro * 2)
+        nxt = min(size, micro * LADDER)
         cautious = _model(static, probes, cautious=True)
         if nxt == micro or (limit_bytes is not None and cautious.predict_bytes(nxt) > limit_bytes):
             break
         if not one(nxt):
             break
         micro = nxt
-    # a whole logical batch at the last size: what training holds beyond a single pass
-    calibration = run(micro, whole_batch=True)
+    limit = math.inf if limit_bytes is None else limit_bytes
+
+    def within(overhead: float = 0.0) -> int:
+        """The largest size probed within the limit (0: none)."""
+        return max(
+            (p.micro_batch_size for p in probes if p.peak_bytes(static) + overhead <= limit),
+            default=0,
+        )
+
+    # a whole logical batch at the largest size within the limit (else the last): what
+    # training holds beyond a single pass
+    calibrated = within() or micro
+    calibration = run(calibrated, whole_batch=True)
     overhead = 0.0
     if calibration is not None:
-        single = next(p for p in probes if p.micro_batch_size == micro)
+        single = next(p for p in probes if p.micro_batch_size == calibrated)
         overhead = max(0.0, calibration.peak_bytes(static) - single.peak_bytes(static))
-    limit = math.inf if limit_bytes is None else limit_bytes
     if limit_bytes is not None:
-        # never probe above the final choice: on CPU the resident size keeps what the
-        # largest pass touched, so the last probe is the largest
-        upper = min(size, 2 * micro, (ceiling or size + 1) - 1)
+        # the largest size the model allows below the next rung, evened out as training
+        # runs it (same steps, less memory, one size of step), measured unless it was
+        upper = min(size, LADDER * micro, (ceiling or size + 1) - 1)
         candidate = _model(static, probes, overhead_bytes=overhead).largest_micro_batch(
             limit, upper
         )
-        if candidate > micro:
+        candidate = even_micro_batch(size, candidate)
+        probed = {p.micro_batch_size for p in probes}
+        if candidate > within(overhead) and candidate not in probed:
             one(candidate)
     if meter is not None:
         meter.reset_peak()
     memory = _model(static, probes, overhead_bytes=overhead)
-    verified = max(
-        (p.micro_batch_size for p in probes if p.peak_bytes(static) + overhead <= limit),
-        default=0,
-    )
+    verified = within(overhead)
     measured = [
         p.measured_bytes - missing
         for p in [*probes, *([calibration] if calibration else [])]
