@@ -49,6 +49,11 @@ log = logging.getLogger(__name__)
 #: choice closes the gap between rungs.
 LADDER = 4
 
+#: A timed probe pass shorter than this runs again (the faster time counts): kernel
+#: compilation on a size's first pass is a few ms per layer, a large share only of short
+#: passes.
+REPEAT_BELOW_S = 0.5
+
 AutocastFactory = Callable[[], contextlib.AbstractContextManager[Any]]
 _T = TypeVar("_T")
 
@@ -176,9 +181,11 @@ def probe_step(
             accumulation, as ``optimizer_in_backward`` does after its step (the weights
             are not stepped: the probe's memory is that of the real step, its weights
             unchanged).
-        repeat: run the pass this many times (gradients freed in between); the peak is
-            over all of them, the time the least: a size's first pass also compiles its
-            kernels (oneDNN on CPU), which training pays once, not per step.
+        repeat: run the pass up to this many times (gradients freed in between) while
+            the passes are short (:data:`REPEAT_BELOW_S`); the peak is over all of them,
+            the time the least: a size's first pass also compiles its kernels (oneDNN on
+            CPU), which training pays once, not per step, and which weighs only on short
+            passes.
 
     Raises:
         torch.OutOfMemoryError: as raised by the pass (after restoring).
@@ -204,6 +211,8 @@ def probe_step(
         with SavedTensorCounter(model) as counter:
             for run in range(max(1, repeat)):
                 if run:
+                    if seconds >= REPEAT_BELOW_S:
+                        break
                     for p in saved.params:
                         p.grad = None
                 started = time.perf_counter()
