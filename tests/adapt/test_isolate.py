@@ -32,8 +32,39 @@ def test_the_result_comes_back_and_side_effects_stay_in_the_copy():
         return os.getpid(), torch.get_num_threads()
 
     pid, threads = run_forked(probe)
-    assert pid != os.getpid() and threads == 1  # a child, on one thread
+    assert pid != os.getpid()  # a child
+    # with the threads of this process where OpenMP could be paused, else one
+    assert threads == (torch.get_num_threads() if isolate._libgomps() else 1)
     assert seen == []  # its change to the list was its own
+
+
+CHILD_THREADS = """
+import torch
+from edgetrain.adapt.isolate import run_forked
+torch.set_num_threads(2)
+conv = torch.nn.Conv2d(3, 32, 3)
+x = torch.randn(16, 3, 32, 32)
+conv(x).sum().backward()  # this process's OpenMP pool now has its threads
+for _ in range(2):
+    print(run_forked(lambda: (conv(x).sum().backward(), torch.get_num_threads())[1]))
+conv(x).sum().backward()  # and here again, after the pause
+print("done")
+"""
+
+
+@linux_only
+def test_the_copy_runs_parallel_regions_after_this_process_used_its_threads():
+    """GNU OpenMP's pool does not survive fork(): unpaused, the child's first parallel
+    region waits forever for threads it does not have (run in a subprocess, with a
+    timeout, so that a regression fails instead of hanging the suite)."""
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD_THREADS], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.split()
+    assert lines[-1] == "done" and len(lines) == 3
 
 
 @linux_only
