@@ -556,19 +556,33 @@ class AdaptiveCallback(Callback):
             finally:
                 del batch
                 self._apply(state, levers)
+        from edgetrain.adapt.levers import auto_min_micro
+
+        # the batch-norm preference as before training (a sparse plan had set the minimum
+        # to 1 for its frozen statistics; a set that trains them needs it back)
+        preferred = ctl.cfg.min_micro
+        if ctl.cfg.min_micro_batch_size == "auto":
+            preferred = min(auto_min_micro(state.model), state.batch_size)
         try:
-            plan = make_plan(
+            plan, held = make_plan_preferring(
                 corrected,
                 budget_bytes=ctl.budget_bytes,
                 batch_size=state.batch_size,
                 limit_frac=ctl.limit_frac,
-                min_micro=ctl.min_micro(state.batch_size),
+                preferred_min=preferred,
+                min_micro=ctl.cfg.min_micro,
             )
         except EdgeTrainError:
             return False  # nothing fits: the controller shrinks as it can
         ctl.state.plan_costs = corrected
         if plan.levers == levers:
             return False
+        if plan.levers.frozen_norm:
+            ctl.resolve_min_micro(1)
+        else:
+            ctl.resolve_min_micro(preferred)
+            if not held:
+                ctl.relax_min_micro(state.batch_size, "no memory plan fits")
         chosen = next(c for c in corrected if c.levers == plan.levers)
         fit = self._fits.get(plan.levers)
         ctl.adopt_levers(
