@@ -41,6 +41,7 @@ import pickle
 import signal
 import sys
 import traceback
+import warnings
 from array import array
 from collections.abc import Callable
 from typing import TypeVar
@@ -159,6 +160,11 @@ def _child(fn: Callable[[], T], write_fd: int, pages: list[int], threads: bool) 
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_DFL)  # not the run's handlers (checkpoints)
         _die_with_parent()
+        # silent: a lock another thread of the parent held at the fork (a progress bar's
+        # console) is never released here, so nothing may write through one
+        logging.disable(logging.CRITICAL)
+        warnings.simplefilter("ignore")
+        sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (the child exits)
         if not threads:
             torch.set_num_threads(1)  # before any parallel region (see the module doc)
         _map_pages(pages)
