@@ -700,16 +700,25 @@ def _run_name(extra: dict[str, Any]) -> str:
 
 
 def train_metric(cfg: dict[str, Any], out: Path) -> float | None:
-    """The test metric (points) of one training run, or None if it failed."""
-    from edgetrain.train import train
+    """The test metric (points) of one training run, or None if it failed.
 
-    cfg = {**cfg, "out": str(out)}
-    try:
-        result = train(cfg, overwrite=True, progress=False)
-    except Exception as exc:
-        print(f"  training failed ({out.name}): {exc}")
+    Each run is ``edgetrain train`` in a fresh process, as a user runs it: a process that
+    trained before holds other memory (heap arenas, huge pages, kernel caches), and a
+    budget run's probes measured 50 MiB too little after six trainings in one process.
+    """
+    import yaml
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    config = out.parent / f"{out.name}.yaml"
+    config.write_text(yaml.safe_dump({**cfg, "out": str(out)}))
+    cmd = [sys.executable, "-m", "edgetrain", "train", str(config), "--overwrite", "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        print(f"  training failed ({out.name}): {lines[-1] if lines else proc.returncode}")
         return None
-    test = result.summary.get("test") or {}
+    summary = json.loads((out / "summary.json").read_text())
+    test = summary.get("test") or {}
     key = "test_token_acc" if cfg.get("data") == "pycorpus" else "test_acc"
     value = test.get(key)
     return None if value is None else 100.0 * float(value)
