@@ -320,16 +320,8 @@ def measure_lever_costs(
         if reference is not None and limit_bytes is not None:
             reach = reference.memory.largest_micro_batch(limit_bytes, size)
             # a size the first set probed too: their times compare at the same size
-            first = max(
-                [
-                    start,
-                    *(
-                        p.micro_batch_size
-                        for p in reference.probes
-                        if p.micro_batch_size <= reach // 2
-                    ),
-                ]
-            )
+            shared = [p.micro_batch_size for p in reference.probes]
+            first = max([start, *(m for m in shared if m <= reach // 2)])
 
         def probe_set(levers: Levers = levers, first: int = first) -> BudgetFit | None:
             with contextlib.ExitStack() as stack:
@@ -366,17 +358,19 @@ def measure_lever_costs(
         return LeverCost(levers, fit.memory, _time_model(fit), fit.ceiling)
 
     costs = [cost_of(lv) for lv in order if lv in candidates and lv in fits]
+    accounted: int | None = None  # the same for every set: computed once, when needed
     for levers in candidates:
         if not levers.optimizer_in_backward:
             continue
         base = cost_of(_base(levers))
         if base.ceiling is not None and base.ceiling <= size:
             continue  # the whole batch does not run: no step in backward
-        accounted = isolated(
-            meter,
-            lambda: _accounted_grad_free(model, optimizer, task, batch),
-            "the gradients' exact bytes",
-        )
+        if accounted is None:
+            accounted = isolated(
+                meter,
+                lambda: _accounted_grad_free(model, optimizer, task, batch),
+                "the gradients' exact bytes",
+            )
         hopeless = limit_bytes is not None and base.predict_bytes(size, size) - accounted > (
             limit_bytes
         )

@@ -43,10 +43,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Each probe is this many times the last. On CPU every new size leaves its kernels
-#: resident (oneDNN's primitive cache, about 1 MiB per size on vgg11), which counts
-#: against the budget: 4x probes half as many sizes as doubling, and the probe of the final
-#: choice closes the gap between rungs.
+#: Each probe is this many times the last: half as many sizes as doubling (planning
+#: time: every lever set is probed, each in its own forked copy on CPU), and the probe of
+#: the final choice closes the gap between rungs.
 LADDER = 4
 
 #: A timed probe pass shorter than this runs again (the faster time counts): kernel
@@ -346,8 +345,9 @@ def fit_memory_model(
         context: entered around each forward (an activation codec's hooks).
         free_grads: passes without accumulation free each gradient when it is ready
             (``optimizer_in_backward``; see :func:`probe_step`).
-        timed: the probes' times will be compared (the planner): each size runs twice
-            and keeps the faster, so a size's one-time kernel compilation is not timed.
+        timed: the probes' times will be compared (the planner): short passes run twice
+            and keep the faster (``probe_step``'s ``repeat``), so a size's one-time kernel
+            compilation is not timed.
         isolate: probe in a forked copy of the process where the meter asks for it
             (:func:`isolated`); False when the caller already is one.
     """
