@@ -304,3 +304,57 @@ def test_a_sparse_lever_freezes_batch_norm_statistics_and_gives_them_back():
     assert bn.training and all(p.requires_grad for p in model.parameters())
     model(x)
     assert not torch.equal(bn.running_mean, mean)
+
+
+class LateMeter(LeverMeter):
+    """Once ``armed`` (after the plan), recomputed blocks 'measure' ``late`` bytes more
+    (``everything``: every set does): what the planner's probes did not see for a set."""
+
+    def __init__(self, *args, late: float, everything: bool = False) -> None:
+        super().__init__(*args)
+        self.late, self.everything, self.armed = int(late * MiB), everything, False
+
+    def peak_bytes(self) -> int:
+        hit = self.armed and (self.everything or bool(recomputed_blocks(self.model)))
+        return super().peak_bytes() + (self.late if hit else 0)
+
+
+class ArmAfterPlan(AdaptiveCallback):
+    def _log_plan(self, state, plan, **kwargs) -> None:
+        super()._log_plan(state, plan, **kwargs)
+        self.meter.armed = True
+
+
+def test_a_planned_set_the_controller_measures_over_the_budget_is_replaced(tmp_path):
+    model = two_blocks()
+    # as in the first test, recomputation is planned at 32 x 1 (7.2 MiB of 10); the
+    # controller's own probes then measure it 6.5 MiB higher: over the budget even at
+    # micro-batch 1 (10.6 MiB). Before, training exited 2; now that set's cost is raised
+    # and the next plan (the micro-batch alone, 4 or 5 samples) trains within the budget
+    meter = LateMeter(model, 4, 1, 0.1, late=6.5)
+    cb = ArmAfterPlan(probe_data=Blobs(), meter=meter)
+    result = _fit(model, tmp_path / "r", [cb], {"memory": "10MiB"}, epochs=2)
+    assert cb.controller.state.levers.describe() == "micro-batch only"
+    assert result.history.micro_batch_size.tolist()[0] in (4, 5)
+    assert recomputed_blocks(model) == []
+    rows = _plan_rows(result.run_dir)
+    chosen = rows[rows.chosen == "plan"]
+    # the sets that add levers to recomputation were raised alike; the codec saves nothing
+    assert chosen.new.tolist() == ["recompute=all", "micro-batch only"]
+    assert chosen.reason.iloc[1].startswith("re-plan: recompute=all measured")
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["adapt"]["within_budget"] is True
+    assert summary["adapt"]["plan"]["describe"] == "micro-batch only"
+
+
+def test_when_every_set_measures_over_the_budget_training_stops_with_the_rule(tmp_path):
+    from edgetrain.adapt.interface import BudgetUnmetError
+
+    model = two_blocks()
+    meter = LateMeter(model, 4, 1, 0.1, late=6.5, everything=True)
+    cb = ArmAfterPlan(probe_data=Blobs(), meter=meter)
+    with pytest.raises(BudgetUnmetError, match=r"is below the .* measured for micro-batch 1"):
+        _fit(model, tmp_path / "r", [cb], {"memory": "10MiB"})
+    rows = _plan_rows(tmp_path / "r")
+    assert (rows.chosen == "plan").sum() >= 2  # the first plan and at least one re-plan
+    assert recomputed_blocks(model) == []

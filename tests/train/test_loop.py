@@ -439,3 +439,28 @@ def test_out_of_memory_without_a_handler_propagates(tmp_path):
 
     with pytest.raises(torch.OutOfMemoryError):
         edgetrain.fit(Always(), Blobs(), epochs=1, batch_size=32, out=tmp_path / "a", **QUIET)
+
+
+def test_a_callers_subclass_of_a_default_callback_runs_instead_of_it(tmp_path):
+    from edgetrain.config import MonitorConfig
+    from edgetrain.train.features.monitor import MonitorCallback
+
+    class CountingMonitor(MonitorCallback):
+        """A monitor that counts its epochs (a unique callback: only one may be active)."""
+
+        def __init__(self) -> None:
+            super().__init__(MonitorConfig(interval_s=0.05))
+            self.epochs = 0
+
+        def on_epoch_end(self, state: TrainState) -> None:
+            super().on_epoch_end(state)
+            self.epochs += 1
+
+    mine = CountingMonitor()
+    # the monitor is on by default: before, the default came first and the caller's
+    # subclass was dropped as a second monitor
+    res = edgetrain.fit(
+        tiny_net(), Blobs(), epochs=2, out=tmp_path / "r", progress=False, callbacks=[mine]
+    )
+    assert mine.epochs == 2
+    assert res.history.energy_source.notna().all()

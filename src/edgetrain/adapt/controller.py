@@ -19,7 +19,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from edgetrain.adapt.interface import BudgetDecision, ControllerError, Measure, Settings
+from edgetrain.adapt.interface import (
+    BudgetDecision,
+    BudgetUnmetError,
+    ControllerError,
+    Measure,
+    Settings,
+)
 from edgetrain.adapt.measurements import BudgetFit, Probe, StaticBytes
 from edgetrain.adapt.memory_model import MemoryModel
 from edgetrain.adapt.planner import Levers
@@ -288,8 +294,9 @@ class BudgetController:
         :meth:`_verify`). ``epoch``: the epochs already trained.
 
         Raises:
-            EdgeTrainError: the budget is below the static bytes, or below the peak
-                measured at the smallest micro-batch.
+            EdgeTrainError: the budget is below the static bytes.
+            BudgetUnmetError: the budget is below the peak measured at the smallest
+                micro-batch.
         """
         budget = self.require_budget()
         min_micro = self.min_micro(settings.batch_size)
@@ -301,12 +308,14 @@ class BudgetController:
             min_micro = self.min_micro(settings.batch_size)
             needed = fit.memory.predict_bytes(min_micro)
         if needed > budget:
-            raise EdgeTrainError(
+            raise BudgetUnmetError(
                 f"budget.memory {format_bytes(budget)} ({budget} bytes) is below the "
                 f"{format_bytes(needed)} ({needed} bytes) measured for micro-batch {min_micro} "
                 f"(static bytes {format_bytes(static.total_bytes)}, the rest runtime and "
                 f"activations); raise it to at least "
-                f"{format_bytes(needed / (1 - self.cfg.margin))}"
+                f"{format_bytes(needed / (1 - self.cfg.margin))}",
+                needed_bytes=needed,
+                micro_batch_size=min_micro,
             )
         state = self.state
         state.static, state.memory, state.ceiling = static, fit.memory, fit.ceiling

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgetrain.adapt.policies import Decision
+from edgetrain.errors import EdgeTrainError
 
-__all__ = ["BudgetDecision", "ControllerError", "Measure", "Settings"]
+__all__ = ["BudgetDecision", "BudgetUnmetError", "ControllerError", "Measure", "Settings"]
 
 # the peak of one whole logical batch at a micro-batch: bytes, -1 (ran out of memory) or
 # None (the meter has no reading)
@@ -21,6 +22,18 @@ Measure = Callable[[int], int | None]
 
 class ControllerError(RuntimeError):
     """The controller was asked for something its state cannot give (a caller's bug)."""
+
+
+class BudgetUnmetError(EdgeTrainError):
+    """The probes before training measured more than the budget at the smallest
+    micro-batch allowed: ``needed_bytes`` at ``micro_batch_size`` (the training callback
+    re-plans with that set's cost corrected before it gives up; see ``docs/design.md``,
+    "Memory planner")."""
+
+    def __init__(self, message: str, *, needed_bytes: int, micro_batch_size: int) -> None:
+        super().__init__(message)
+        self.needed_bytes = needed_bytes
+        self.micro_batch_size = micro_batch_size
 
 
 @dataclass(frozen=True)

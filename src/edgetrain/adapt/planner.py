@@ -40,6 +40,7 @@ __all__ = [
     "make_plan",
     "make_plan_preferring",
     "shifted",
+    "within",
 ]
 
 LOSSLESS_CODECS = frozenset({"none", "lossless"})
@@ -290,7 +291,7 @@ def _smallest(cost: LeverCost, batch_size: int, min_micro: int, limit_frac: floa
     return cost.predict_bytes(micro, batch_size) / limit_frac
 
 
-def _within(smaller: Levers, larger: Levers) -> bool:
+def within(smaller: Levers, larger: Levers) -> bool:
     """Whether ``smaller`` turns a subset of ``larger``'s levers (and not all of them)."""
     parts = (
         smaller.activations in ("none", larger.activations),
@@ -308,7 +309,7 @@ def _adds_work(smaller: Levers, larger: Levers) -> bool:
         smaller.sparse == larger.sparse
         and smaller.optimizer_in_backward == larger.optimizer_in_backward
     )
-    return same and _within(smaller, larger)
+    return same and within(smaller, larger)
 
 
 def _seconds(cost: LeverCost, costs: Sequence[LeverCost], batch_size: int, micro: int) -> float:
@@ -331,7 +332,7 @@ def _pays(
     if not micro:
         return False
     for other in costs:
-        if other is cost or not _within(other.levers, cost.levers):
+        if other is cost or not within(other.levers, cost.levers):
             continue
         theirs = other.predict_bytes(micro, batch_size)
         if theirs - peak < MIN_SAVING_FRAC * theirs:

@@ -237,8 +237,12 @@ def _logger_callbacks(config: TrainConfig, user: list[Callback]) -> list[Callbac
         return []
     from edgetrain.train.features.loggers import logger_callbacks
 
-    given = {type(cb) for cb in user}
-    return [cb for cb in logger_callbacks(config.log) if type(cb) not in given]
+    return [cb for cb in logger_callbacks(config.log) if not _given(cb, user)]
+
+
+def _given(default: Callback, user: list[Callback]) -> bool:
+    """Whether the caller passes a callback of ``default``'s kind (or a subclass of it)."""
+    return any(isinstance(cb, type(default)) for cb in user)
 
 
 @dataclass
@@ -337,9 +341,9 @@ def _run(
 
             # the probe set is the first probe_size training samples, in order, un-augmented
             defaults.append(SparseUpdateCallback(config.sparse_update, data.train))
-        # a callback the caller passes replaces the default of the same kind (e.g. a custom meter)
-        given = {type(cb) for cb in user}
-        defaults = [cb for cb in defaults if type(cb) not in given]
+        # a callback the caller passes replaces the default of its kind (e.g. a custom meter,
+        # or a subclass)
+        defaults = [cb for cb in defaults if not _given(cb, user)]
         # the loggers last (before the writer): every feature and the caller's callbacks have
         # filled the epoch's row by then
         chain = CallbackList([*defaults, *user, *loggers])

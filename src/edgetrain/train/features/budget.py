@@ -44,6 +44,7 @@ from edgetrain.adapt import (
     measure_logical_batch,
     probe_batch,
 )
+from edgetrain.adapt.interface import BudgetUnmetError
 from edgetrain.adapt.planner import (
     LeverCost,
     Levers,
@@ -53,6 +54,7 @@ from edgetrain.adapt.planner import (
     make_plan,
     make_plan_preferring,
     shifted,
+    within,
 )
 from edgetrain.adapt.state import to_plain
 from edgetrain.config import AdaptConfig, TrainConfig
@@ -88,6 +90,10 @@ ADAPT_COLUMNS: tuple[str, ...] = (
     "baseline_rss_bytes",
     "source",
 )
+
+#: before training, how many times a planned lever set that the controller's own probes
+#: measure above the budget is replaced by another (each time that set's cost is raised)
+MAX_UNMET_REPLANS = 4
 
 MEMORY_DEFINITION = {
     "cpu:rss-above-baseline": (
@@ -378,7 +384,17 @@ class AdaptiveCallback(Callback):
         batch = self._samples(state, state.batch_size)
         try:
             self._plan(state, batch)
-            outcome = self._fit_and_verify(state, batch)
+            tries = 0
+            while True:
+                try:
+                    outcome = self._fit_and_verify(state, batch)
+                    break
+                except BudgetUnmetError as unmet:
+                    # the planned set measured more here than in the planner's probes:
+                    # another set (each re-plan raises the one that failed)
+                    tries += 1
+                    if tries > MAX_UNMET_REPLANS or not self._replan_unmet(state, unmet):
+                        raise
         finally:
             del batch
         self._act(state, outcome)
@@ -423,14 +439,33 @@ class AdaptiveCallback(Callback):
                 f"budget.memory {format_bytes(budget)}: a probe step at micro-batch "
                 f"{min_micro} runs out of device memory ({exc})"
             ) from exc
+        self._choose(state, costs, preferred_min=min_micro)
+
+    def _choose(
+        self, state: TrainState, costs: list[LeverCost], *, preferred_min: int, why: str = ""
+    ) -> None:
+        """Plan on ``costs``, apply the chosen set and log the plan.
+
+        Raises:
+            PlanError: no set fits (exit 2, naming the smallest budget a plan reaches).
+        """
+        ctl = self.controller
+        budget = ctl.require_budget()
         try:
             plan, held = make_plan_preferring(
-                costs, **plan_args, preferred_min=min_micro, min_micro=ctl.cfg.min_micro
+                costs,
+                budget_bytes=budget,
+                batch_size=state.batch_size,
+                limit_frac=ctl.limit_frac,
+                preferred_min=preferred_min,
+                min_micro=ctl.cfg.min_micro,
             )
             if plan.levers.frozen_norm:  # running statistics: any micro-batch computes alike
                 ctl.resolve_min_micro(1)
-            elif not held:
-                ctl.relax_min_micro(state.batch_size, "no memory plan fits")
+            else:
+                ctl.resolve_min_micro(preferred_min)
+                if not held:
+                    ctl.relax_min_micro(state.batch_size, "no memory plan fits")
         except PlanError as exc:  # exit 2, naming the smallest budget a plan reaches
             static = next(iter(self._fits.values())).static
             if budget < static.total_bytes:
@@ -442,7 +477,43 @@ class AdaptiveCallback(Callback):
         self.plan = plan
         ctl.state.levers, ctl.state.plan_costs = plan.levers, costs
         self._apply(state, plan.levers)
-        self._log_plan(state, plan, epoch=len(state.history))
+        self._log_plan(state, plan, epoch=len(state.history), why=why)
+
+    def _replan_unmet(self, state: TrainState, unmet: BudgetUnmetError) -> bool:
+        """The controller's probes of the planned set measured more than the budget at its
+        smallest micro-batch, where the planner's probes had predicted it within: plan
+        again with that set's memory raised by the difference (the others keep theirs:
+        each is measured again when chosen). True if another set was taken and applied."""
+        ctl = self.controller
+        levers, costs = ctl.state.levers, ctl.state.plan_costs
+        current = next((c for c in costs or () if c.levers == levers), None)
+        if levers is None or current is None:
+            return False
+        drift = unmet.needed_bytes - current.predict_bytes(unmet.micro_batch_size, state.batch_size)
+        if drift <= 0:
+            return False
+        # the sets that add levers to it are raised alike (what the probes missed for its
+        # levers is there with more levers too); the others are measured when chosen
+        corrected = [
+            shifted([c], levers, drift)[0] if c.levers == levers or within(levers, c.levers) else c
+            for c in costs or ()
+        ]
+        from edgetrain.adapt.levers import auto_min_micro
+
+        preferred = ctl.cfg.min_micro
+        if ctl.cfg.min_micro_batch_size == "auto":
+            preferred = min(auto_min_micro(state.model), state.batch_size)
+        why = (
+            f"re-plan: {levers.describe()} measured {format_bytes(unmet.needed_bytes)} at "
+            f"micro-batch {unmet.micro_batch_size} before training, "
+            f"{format_bytes(drift)} above its plan"
+        )
+        try:
+            self._choose(state, corrected, preferred_min=preferred, why=why)
+        except PlanError:
+            ctl.state.plan_costs = corrected
+            return False
+        return ctl.state.levers != levers
 
     def _measure_costs(self, state: TrainState, batch: Any, sets: list[Levers]) -> list[LeverCost]:
         """Probe ``sets`` on ``batch`` (see :func:`edgetrain.adapt.levers.measure_lever_costs`)."""
