@@ -84,7 +84,11 @@ def test_the_state_round_trips_through_plain_types():
     saved = ctl.state.to_dict()
     assert _plain_only(saved)
     assert saved["points"] == [[16, 31.0 * MiB]]
-    assert saved["memory"] == {"static_bytes": 15.0 * MiB, "per_sample_bytes": 1.0 * MiB}
+    assert saved["memory"] == {
+        "static_bytes": 15.0 * MiB,
+        "per_sample_bytes": 1.0 * MiB,
+        "single_bytes": None,
+    }
     assert BudgetState.from_dict(saved) == ctl.state
 
 

@@ -53,6 +53,25 @@ def test_largest_micro_batch():
 def test_round_trip():
     model = MemoryModel(1.5, 2.5)
     assert MemoryModel.from_dict(model.to_dict()) == model
+    assert "single_bytes" not in model.to_dict()  # as before micro-batch 1 was measured
+    single = MemoryModel(1.5, 2.5, single_bytes=3.0)
+    assert MemoryModel.from_dict(single.to_dict()) == single
+
+
+def test_micro_batch_one_measured_below_the_line_is_kept_apart():
+    line = MemoryModel(static_bytes=100, per_sample_bytes=10)  # 110 at 1, 120 at 2
+    model = line.with_single(95.0)
+    assert model.predict_bytes(1) == 95 and model.predict_bytes(2) == 120
+    assert model.largest_micro_batch(100, upper=64) == 1  # the line alone: 0 (110 > 100)
+    assert line.largest_micro_batch(100, upper=64) == 0
+    assert model.largest_micro_batch(130, upper=64) == 3
+    # measured above the line: the line is raised to it, as by any point above it
+    above = line.with_single(115.0)
+    assert above.single_bytes is None and above.predict_bytes(1) == 115
+    assert above.predict_bytes(2) == 125
+    # a correction raises every prediction alike
+    raised = model.raised(7.0)
+    assert raised.predict_bytes(1) == 102 and raised.predict_bytes(2) == 127
 
 
 BUILT_IN = [

@@ -127,3 +127,47 @@ def test_fit_memory_model_stops_at_an_out_of_memory_probe():
     )
     assert fit.ceiling == 32  # 2, 8, then 32 ran out of memory
     assert [p.micro_batch_size for p in fit.probes] == [2, 8]
+
+
+class OneSampleMeter(BatchMeter):
+    """A batch of one 'measures' ``discount`` bytes less than the line through larger
+    batches (on CPU, oneDNN's batch-1 kernels touch less library code)."""
+
+    def __init__(self, *args, discount: int) -> None:
+        super().__init__(*args)
+        self.discount = discount
+
+    def peak_bytes(self) -> int:
+        return super().peak_bytes() - (self.discount if self.largest == 1 else 0)
+
+
+@pytest.mark.parametrize("isolate", [True, False])
+def test_micro_batch_one_is_measured_when_two_does_not_fit(isolate):
+    model = tiny_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(64, 2, 4, 4), torch.randint(0, 3, (64,))
+    meter = OneSampleMeter(model, 10 * MiB, MiB, discount=3 * MiB)
+    fit = fit_memory_model(
+        model, opt, ClassificationTask(), (x, y), meter=meter, limit_bytes=11.5 * MiB,
+        isolate=isolate,
+    )  # fmt: skip
+    # 2 measures 12 MiB (over 11.5); the line through it says 1 needs about 12 MiB too,
+    # but a whole logical batch at 1 measures 8 MiB: it fits, and was measured
+    assert [p.micro_batch_size for p in fit.probes] == [2]
+    assert fit.single is not None and fit.single.micro_batch_size == 1
+    assert fit.memory.predict_bytes(1) == pytest.approx(8 * MiB, rel=0.01)
+    assert fit.memory.predict_bytes(2) >= 12 * MiB
+    assert fit.verified == 1
+    # where 2 fits, 1 is not probed (the line decides)
+    roomy = fit_memory_model(
+        model, opt, ClassificationTask(), (x, y), meter=meter, limit_bytes=40 * MiB
+    )
+    assert roomy.single is None and roomy.memory.single_bytes is None
+    # and where 1 measures more than the line, the line is raised to it
+    heavy = OneSampleMeter(model, 10 * MiB, MiB, discount=-2 * MiB)
+    fit = fit_memory_model(
+        model, opt, ClassificationTask(), (x, y), meter=heavy, limit_bytes=11.5 * MiB
+    )
+    assert fit.single is not None and fit.memory.single_bytes is None
+    assert fit.memory.predict_bytes(1) == pytest.approx(13 * MiB, rel=0.01)
+    assert fit.verified == 0

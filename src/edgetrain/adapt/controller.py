@@ -256,11 +256,15 @@ class BudgetController:
             return
         extra = state.overhead_bytes
         points = [(p.micro_batch_size, p.peak_bytes(state.static) + extra) for p in state.probes]
+        single = state.memory.single_bytes
         state.memory = MemoryModel.envelope(
             points + state.points,
             state.memory.per_sample_bytes,
             static_floor=state.static.total_bytes,
         )
+        if single is not None:  # micro-batch 1 measured apart: training's steps there raise it
+            ones = [peak for micro, peak in state.points if micro == 1]
+            state.memory = state.memory.with_single(max([single, *ones]))
 
     @property
     def _slope(self) -> float:

@@ -62,3 +62,4 @@ class BudgetFit:
     calibration: Probe | None = None  # a whole logical batch at the last doubled size
     overhead_bytes: float = 0.0  # calibration minus the single pass at its size
     probe_peak_bytes: int | None = None  # the largest peak the probes themselves reached
+    single: Probe | None = None  # a whole logical batch at micro-batch 1 (memory.single_bytes)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 __all__ = ["MemoryModel", "even_micro_batch", "merge_points"]
@@ -47,14 +47,39 @@ class MemoryModel:
             gradients, optimizer state, workspaces, runtime overhead).
         per_sample_bytes: bytes each sample of the micro-batch adds (saved activations
             and the temporaries of backward).
+        single_bytes: the peak measured for micro-batch 1 where it lies below the line
+            (None: the line holds there too). A batch of one takes other kernels: on CPU
+            oneDNN's batch-1 paths leave about 21 MiB of library code untouched on vgg11,
+            so training at 1 needs less than the line through 2, 8, ... predicts (see
+            ``docs/design.md``, "Memory planner").
     """
 
     static_bytes: float
     per_sample_bytes: float
+    single_bytes: float | None = None
 
     def predict_bytes(self, micro_batch_size: int) -> int:
         """Predicted peak bytes at ``micro_batch_size``."""
+        if micro_batch_size == 1 and self.single_bytes is not None:
+            return math.ceil(self.single_bytes)
+        return self._line(micro_batch_size)
+
+    def _line(self, micro_batch_size: int) -> int:
         return math.ceil(self.static_bytes + self.per_sample_bytes * micro_batch_size)
+
+    def with_single(self, peak_bytes: float) -> MemoryModel:
+        """The model with ``peak_bytes`` measured at micro-batch 1: kept apart where it
+        lies below the line (:attr:`single_bytes`), else the line is raised to it (as
+        any point above the envelope raises it)."""
+        line = self._line(1)
+        if peak_bytes < line:
+            return replace(self, single_bytes=float(peak_bytes))
+        return MemoryModel(self.static_bytes + (peak_bytes - line), self.per_sample_bytes)
+
+    def raised(self, delta_bytes: float) -> MemoryModel:
+        """Every prediction ``delta_bytes`` higher."""
+        single = None if self.single_bytes is None else self.single_bytes + delta_bytes
+        return MemoryModel(self.static_bytes + delta_bytes, self.per_sample_bytes, single)
 
     def largest_micro_batch(self, limit_bytes: float, upper: int) -> int:
         """The largest micro-batch in [1, upper] predicted to stay within ``limit_bytes``; 0 if none."""
@@ -116,8 +141,16 @@ class MemoryModel:
         return cls(max(static_floor, intercept), max(0.0, per_sample_bytes))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"static_bytes": self.static_bytes, "per_sample_bytes": self.per_sample_bytes}
+        out = {"static_bytes": self.static_bytes, "per_sample_bytes": self.per_sample_bytes}
+        if self.single_bytes is not None:
+            out["single_bytes"] = self.single_bytes
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MemoryModel:
-        return cls(float(data["static_bytes"]), float(data["per_sample_bytes"]))
+        single = data.get("single_bytes")
+        return cls(
+            float(data["static_bytes"]),
+            float(data["per_sample_bytes"]),
+            None if single is None else float(single),
+        )

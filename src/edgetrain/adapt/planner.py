@@ -487,6 +487,5 @@ def shifted(
     delta = max(0.0, float(measured_minus_predicted))
     out = []
     for cost in costs:
-        memory = MemoryModel(cost.memory.static_bytes + delta, cost.memory.per_sample_bytes)
-        out.append(replace(cost, memory=memory))
+        out.append(replace(cost, memory=cost.memory.raised(delta)))
     return out

@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import torch
@@ -276,6 +277,17 @@ def measure_logical_batch(
     )
 
 
+def _needs_single(
+    memory: MemoryModel, limit_bytes: float | None, meter: MemoryMeter | None, start: int, size: int
+) -> bool:
+    """Whether micro-batch 1 must be measured: it is allowed, the probes never ran it, and
+    the line says 2 does not fit (then 1 is the only choice, and the line's prediction
+    there decides between a plan and exit 2)."""
+    if limit_bytes is None or meter is None or start > 1 or size < 2:
+        return False
+    return memory.predict_bytes(2) > limit_bytes
+
+
 def _model(
     static: StaticBytes,
     probes: Sequence[Probe],
@@ -318,6 +330,7 @@ def fit_memory_model(
     free_grads: bool = False,
     timed: bool = False,
     isolate: bool = True,
+    single: bool = True,
 ) -> BudgetFit:
     """Probe at ``start`` (at least 2), 4x, 16x, ... (:data:`LADDER`) while the next size
     is cautiously predicted to fit.
@@ -329,7 +342,10 @@ def fit_memory_model(
     forward): what it holds beyond the single pass raises the model. One more probe
     checks the largest size that model allows below the next rung, evened out as training
     runs it (:func:`~edgetrain.adapt.memory_model.even_micro_batch`), so the final
-    choice is measured, not extrapolated, and no probe is larger than it.
+    choice is measured, not extrapolated, and no probe is larger than it. Where that
+    model says micro-batch 2 does not fit and 1 is allowed (``start`` 1), a whole logical
+    batch at 1 is measured too (:attr:`MemoryModel.single_bytes`): a batch of one takes
+    other kernels, and the line through the larger sizes over-predicts it.
 
     Args:
         model, optimizer: what will be trained (restored after each probe).
@@ -350,9 +366,11 @@ def fit_memory_model(
             compilation is not timed.
         isolate: probe in a forked copy of the process where the meter asks for it
             (:func:`isolated`); False when the caller already is one.
+        single: measure micro-batch 1 where needed (above); False when the caller does
+            (in a copy of its own).
     """
     if isolate:
-        return isolated(
+        fit = isolated(
             meter,
             lambda: fit_memory_model(
                 model,
@@ -368,9 +386,21 @@ def fit_memory_model(
                 free_grads=free_grads,
                 timed=timed,
                 isolate=False,
+                single=False,
             ),
             "probe steps",
         )
+        if not _needs_single(fit.memory, limit_bytes, meter, start, task.size(batch)):
+            return fit
+        # in a copy of its own: after larger sizes' kernels it would count their code too
+        at_one = isolated(
+            meter,
+            lambda: _probe_single(
+                model, optimizer, task, batch, fit.static, meter, autocast, context, free_grads
+            ),
+            "probe at micro-batch 1",
+        )
+        return _with_single(fit, at_one, limit_bytes, _missing_state_bytes(fit.static, optimizer))
     oom = is_oom or (lambda exc: isinstance(exc, torch.OutOfMemoryError))
     size = task.size(batch)
     # never probe at 1 when 2 is possible: a batch of one can take other kernels and
@@ -440,8 +470,8 @@ def fit_memory_model(
     calibration = run(calibrated, whole_batch=True)
     overhead = 0.0
     if calibration is not None:
-        single = next(p for p in probes if p.micro_batch_size == calibrated)
-        overhead = max(0.0, calibration.peak_bytes(static) - single.peak_bytes(static))
+        one_pass = next(p for p in probes if p.micro_batch_size == calibrated)
+        overhead = max(0.0, calibration.peak_bytes(static) - one_pass.peak_bytes(static))
     if limit_bytes is not None:
         # the largest size the model allows below the next rung, evened out as training
         # runs it (same steps, less memory, one size of step), measured unless it was
@@ -456,19 +486,74 @@ def fit_memory_model(
     if meter is not None:
         meter.reset_peak()
     memory = _model(static, probes, overhead_bytes=overhead)
-    verified = within(overhead)
     measured = [
         p.measured_bytes - missing
         for p in [*probes, *([calibration] if calibration else [])]
         if p.measured_bytes is not None
     ]
-    return BudgetFit(
+    fit = BudgetFit(
         static,
         tuple(probes),
         memory,
         ceiling,
-        verified,
+        within(overhead),
         calibration,
         overhead,
         max(measured, default=None),
     )
+    if not single or not _needs_single(memory, limit_bytes, meter, start, size):
+        return fit
+    at_one = _probe_single(
+        model, optimizer, task, batch, static, meter, autocast, context, free_grads
+    )
+    return _with_single(fit, at_one, limit_bytes, missing)
+
+
+def _probe_single(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    task: Task,
+    batch: Any,
+    static: StaticBytes,
+    meter: MemoryMeter | None,
+    autocast: AutocastFactory,
+    context: AutocastFactory,
+    free_grads: bool,
+) -> Probe | None:
+    """A whole logical ``batch`` at micro-batch 1, as the loop runs it (None: it failed)."""
+    try:
+        probe = probe_step(
+            model,
+            task,
+            batch,
+            meter=meter,
+            missing_bytes=_missing_state_bytes(static, optimizer),
+            autocast=autocast,
+            micro_batch_size=1,
+            evaluate=True,
+            context=context,
+            free_grads=free_grads,
+        )
+    except (RuntimeError, ValueError) as exc:  # out of memory; batch-norm's one value
+        log.info("no probe at micro-batch 1 (%s); it is extrapolated", exc)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return None
+    finally:
+        if meter is not None:
+            meter.reset_peak()
+    return probe
+
+
+def _with_single(
+    fit: BudgetFit, at_one: Probe | None, limit_bytes: float | None, missing_bytes: int
+) -> BudgetFit:
+    """``fit`` with micro-batch 1 measured (:meth:`MemoryModel.with_single`)."""
+    if at_one is None or at_one.measured_bytes is None:
+        return fit
+    memory = fit.memory.with_single(at_one.peak_bytes(fit.static))
+    verified = fit.verified
+    if limit_bytes is not None and memory.predict_bytes(1) <= limit_bytes:
+        verified = max(verified, 1)
+    peak = max(fit.probe_peak_bytes or 0, at_one.measured_bytes - missing_bytes)
+    return replace(fit, memory=memory, verified=verified, probe_peak_bytes=peak, single=at_one)
