@@ -957,6 +957,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown method(s) {bad}; known: {', '.join(ALL_METHODS)}, edgetrain:F")
     args.seeds = args.seeds or 3
     args.pretrain_epochs = args.pretrain_epochs or 6
+    for out in (args.csv_path, args.json_path):  # before the runs: a missing folder lost them
+        if out:
+            os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     metric_models = models if args.metric_models is None else args.metric_models
     args.plan_tables, args.init_from = {}, None
     import torch

@@ -171,3 +171,20 @@ def test_micro_batch_one_is_measured_when_two_does_not_fit(isolate):
     assert fit.single is not None and fit.memory.single_bytes is None
     assert fit.memory.predict_bytes(1) == pytest.approx(13 * MiB, rel=0.01)
     assert fit.verified == 0
+
+
+def test_the_planner_measures_micro_batch_one_of_each_set_that_needs_it():
+    from edgetrain.adapt.levers import measure_lever_costs
+    from edgetrain.adapt.planner import Levers
+
+    model = tiny_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(64, 2, 4, 4), torch.randint(0, 3, (64,))
+    meter = OneSampleMeter(model, 10 * MiB, MiB, discount=3 * MiB)
+    measured = measure_lever_costs(
+        model, opt, ClassificationTask(), (x, y), [Levers(), Levers(activations="lossless")],
+        meter=meter, limit_bytes=11.5 * MiB,
+    )  # fmt: skip
+    for cost in measured.costs:
+        assert cost.predict_bytes(1, 64) == pytest.approx(8 * MiB, rel=0.01), cost.levers
+        assert measured.fits[cost.levers].single is not None

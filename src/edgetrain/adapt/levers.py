@@ -35,6 +35,7 @@ from edgetrain.adapt.meters import MemoryMeter
 from edgetrain.adapt.planner import LeverCost, Levers, Plan, TimeModel, make_plan
 from edgetrain.adapt.probe import (
     AutocastFactory,
+    add_single,
     fit_memory_model,
     isolated,
     probe_step,
@@ -278,6 +279,20 @@ def _applied(
         handle.remove()
 
 
+@contextlib.contextmanager
+def _forward_context(
+    model: nn.Module,
+    levers: Levers,
+    seed: int | None,
+    skip: Collection[str],
+    task: Task,
+    batch: Any,
+) -> Iterator[AutocastFactory]:
+    """``levers`` applied; yields the forward's context (the codec's hooks)."""
+    with _applied(model, levers, seed, skip, task, batch) as handle:
+        yield handle.forward_context
+
+
 def measure_lever_costs(
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None,
@@ -342,6 +357,7 @@ def measure_lever_costs(
                     context=handle.forward_context,
                     timed=True,
                     isolate=False,  # already in its own copy
+                    single=False,  # in a copy of its own, below
                 )
 
         # each set in its own copy of the process: what one leaves behind is not measured
@@ -349,6 +365,18 @@ def measure_lever_costs(
         fit = isolated(meter, probe_set, f"probe steps of {levers.describe()}")
         if fit is None:
             continue
+        fit = add_single(
+            fit,
+            model,
+            optimizer,
+            task,
+            batch,
+            meter=meter,
+            limit_bytes=limit_bytes,
+            start=min(first, size),
+            autocast=autocast,
+            prepare=lambda levers=levers: _forward_context(model, levers, seed, skip, task, batch),
+        )
         fits[levers] = fit
         if reference is None:
             reference = fit

@@ -34,6 +34,7 @@ __all__ = [
     "Probe",
     "StaticBytes",
     "accounted_model",
+    "add_single",
     "fit_memory_model",
     "isolated",
     "measure_logical_batch",
@@ -390,17 +391,19 @@ def fit_memory_model(
             ),
             "probe steps",
         )
-        if not _needs_single(fit.memory, limit_bytes, meter, start, task.size(batch)):
-            return fit
-        # in a copy of its own: after larger sizes' kernels it would count their code too
-        at_one = isolated(
-            meter,
-            lambda: _probe_single(
-                model, optimizer, task, batch, fit.static, meter, autocast, context, free_grads
-            ),
-            "probe at micro-batch 1",
+        return add_single(
+            fit,
+            model,
+            optimizer,
+            task,
+            batch,
+            meter=meter,
+            limit_bytes=limit_bytes,
+            start=start,
+            autocast=autocast,
+            context=context,
+            free_grads=free_grads,
         )
-        return _with_single(fit, at_one, limit_bytes, _missing_state_bytes(fit.static, optimizer))
     oom = is_oom or (lambda exc: isinstance(exc, torch.OutOfMemoryError))
     size = task.size(batch)
     # never probe at 1 when 2 is possible: a batch of one can take other kernels and
@@ -507,6 +510,47 @@ def fit_memory_model(
         model, optimizer, task, batch, static, meter, autocast, context, free_grads
     )
     return _with_single(fit, at_one, limit_bytes, missing)
+
+
+def add_single(
+    fit: BudgetFit,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    task: Task,
+    batch: Any,
+    *,
+    meter: MemoryMeter | None,
+    limit_bytes: float | None,
+    start: int = 1,
+    autocast: AutocastFactory = contextlib.nullcontext,
+    context: AutocastFactory = contextlib.nullcontext,
+    free_grads: bool = False,
+    prepare: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+) -> BudgetFit:
+    """``fit`` (made with ``single=False``) with micro-batch 1 measured where it needs it
+    (see :func:`fit_memory_model`), in a forked copy of its own where the meter asks for
+    it: after larger sizes' kernels the copy would count their library code too.
+    ``prepare``: entered in the copy around the probe (a lever set applied); what it
+    yields, if not None, is the forward's context (the set's codec)."""
+    if not _needs_single(fit.memory, limit_bytes, meter, start, task.size(batch)):
+        return fit
+
+    def probe() -> Probe | None:
+        with prepare() as forward_context:
+            return _probe_single(
+                model,
+                optimizer,
+                task,
+                batch,
+                fit.static,
+                meter,
+                autocast,
+                forward_context or context,
+                free_grads,
+            )
+
+    at_one = isolated(meter, probe, "probe at micro-batch 1")
+    return _with_single(fit, at_one, limit_bytes, _missing_state_bytes(fit.static, optimizer))
 
 
 def _probe_single(
