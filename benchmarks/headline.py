@@ -340,6 +340,8 @@ def plan_child(spec: dict[str, Any]) -> None:
         ),
         meter=meter,
         limit_bytes=LIMIT_FRAC * max(budgets.values()),
+        # the smallest budget asked for: micro-batch 1 measured, not extrapolated
+        always_single=bool(spec["want_min"]),
     )
     plan_s = time.perf_counter() - started
 

@@ -188,3 +188,12 @@ def test_the_planner_measures_micro_batch_one_of_each_set_that_needs_it():
     for cost in measured.costs:
         assert cost.predict_bytes(1, 64) == pytest.approx(8 * MiB, rel=0.01), cost.levers
         assert measured.fits[cost.levers].single is not None
+    # where 2 fits, 1 is measured only when the smallest budget is asked for
+    roomy = dict(meter=meter, limit_bytes=40 * MiB)
+    lazy = measure_lever_costs(model, opt, ClassificationTask(), (x, y), [Levers()], **roomy)
+    assert lazy.fits[Levers()].single is None
+    keen = measure_lever_costs(
+        model, opt, ClassificationTask(), (x, y), [Levers()], **roomy, always_single=True
+    )
+    assert keen.fits[Levers()].single is not None
+    assert keen.costs[0].predict_bytes(1, 64) == pytest.approx(8 * MiB, rel=0.01)

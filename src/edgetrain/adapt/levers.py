@@ -308,12 +308,15 @@ def measure_lever_costs(
     progress: Callable[[Levers], None] | None = None,
     skip: Collection[str] = (),
     known: dict[Levers, BudgetFit] | None = None,
+    always_single: bool = False,
 ) -> MeasuredCosts:
     """Probe every set in ``candidates`` (module doc); ``batch`` is one logical batch on
     the model's device. Sets with the optimizer step in backward reuse the probes of
     the same set without it, plus one probe at the whole batch with gradients freed.
     ``skip``: levers already in effect (not applied again); ``known``: fits measured
-    before (reused, not probed again)."""
+    before (reused, not probed again); ``always_single``: micro-batch 1 measured for
+    every set, also where 2 fits ``limit_bytes`` (for the smallest budget any plan
+    reaches; :func:`~edgetrain.adapt.probe.add_single`)."""
     fits: dict[Levers, BudgetFit] = dict(known or {})
     size = task.size(batch)
     order = [lv for lv in candidates if not lv.optimizer_in_backward]
@@ -376,6 +379,7 @@ def measure_lever_costs(
             start=min(first, size),
             autocast=autocast,
             prepare=lambda levers=levers: _forward_context(model, levers, seed, skip, task, batch),
+            always=always_single,
         )
         fits[levers] = fit
         if reference is None:

@@ -282,11 +282,11 @@ def _needs_single(
     memory: MemoryModel, limit_bytes: float | None, meter: MemoryMeter | None, start: int, size: int
 ) -> bool:
     """Whether micro-batch 1 must be measured: it is allowed, the probes never ran it, and
-    the line says 2 does not fit (then 1 is the only choice, and the line's prediction
-    there decides between a plan and exit 2)."""
-    if limit_bytes is None or meter is None or start > 1 or size < 2:
+    the line says 2 does not fit under ``limit_bytes`` (then 1 is the only choice, and
+    the prediction there decides between a plan and exit 2); None: whatever the limit."""
+    if meter is None or start > 1 or size < 2:
         return False
-    return memory.predict_bytes(2) > limit_bytes
+    return limit_bytes is None or memory.predict_bytes(2) > limit_bytes
 
 
 def _model(
@@ -504,7 +504,11 @@ def fit_memory_model(
         overhead,
         max(measured, default=None),
     )
-    if not single or not _needs_single(memory, limit_bytes, meter, start, size):
+    if (
+        not single
+        or limit_bytes is None
+        or not _needs_single(memory, limit_bytes, meter, start, size)
+    ):
         return fit
     at_one = _probe_single(
         model, optimizer, task, batch, static, meter, autocast, context, free_grads
@@ -526,13 +530,18 @@ def add_single(
     context: AutocastFactory = contextlib.nullcontext,
     free_grads: bool = False,
     prepare: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+    always: bool = False,
 ) -> BudgetFit:
     """``fit`` (made with ``single=False``) with micro-batch 1 measured where it needs it
     (see :func:`fit_memory_model`), in a forked copy of its own where the meter asks for
     it: after larger sizes' kernels the copy would count their library code too.
     ``prepare``: entered in the copy around the probe (a lever set applied); what it
-    yields, if not None, is the forward's context (the set's codec)."""
-    if not _needs_single(fit.memory, limit_bytes, meter, start, task.size(batch)):
+    yields, if not None, is the forward's context (the set's codec). ``always``: also
+    where 2 fits (the smallest budget any plan reaches is asked for)."""
+    if limit_bytes is None and not always:
+        return fit
+    limit = None if always else limit_bytes
+    if not _needs_single(fit.memory, limit, meter, start, task.size(batch)):
         return fit
 
     def probe() -> Probe | None:
