@@ -192,8 +192,12 @@ def test_the_planner_measures_micro_batch_one_of_each_set_that_needs_it():
     roomy = dict(meter=meter, limit_bytes=40 * MiB)
     lazy = measure_lever_costs(model, opt, ClassificationTask(), (x, y), [Levers()], **roomy)
     assert lazy.fits[Levers()].single is None
+    # every set, also one whose ladder started higher (at a size the first set probed)
+    sets = [Levers(), Levers(activations="lossless")]
     keen = measure_lever_costs(
-        model, opt, ClassificationTask(), (x, y), [Levers()], **roomy, always_single=True
+        model, opt, ClassificationTask(), (x, y), sets, **roomy, always_single=True
     )
-    assert keen.fits[Levers()].single is not None
-    assert keen.costs[0].predict_bytes(1, 64) == pytest.approx(8 * MiB, rel=0.01)
+    assert min(p.micro_batch_size for p in keen.fits[sets[1]].probes) > 2
+    for cost in keen.costs:
+        assert keen.fits[cost.levers].single is not None, cost.levers
+        assert cost.predict_bytes(1, 64) == pytest.approx(8 * MiB, rel=0.01)

@@ -376,7 +376,7 @@ def measure_lever_costs(
             batch,
             meter=meter,
             limit_bytes=limit_bytes,
-            start=min(first, size),
+            start=start,  # the smallest allowed, wherever its ladder began
             autocast=autocast,
             prepare=lambda levers=levers: _forward_context(model, levers, seed, skip, task, batch),
             always=always_single,
