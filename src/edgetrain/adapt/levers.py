@@ -255,8 +255,15 @@ class MeasuredCosts:
     fits: dict[Levers, BudgetFit]
 
 
-def _time_model(fit: BudgetFit) -> TimeModel:
+def _time_model(fit: BudgetFit, batch_size: int) -> TimeModel:
+    """Seconds per step against the micro-batch, fitted to the timed probes and, where
+    micro-batch 1 was measured (a whole logical batch of ``batch_size`` steps), to its
+    mean step: the line through 2, 8, ... alone can put a step's fixed cost at 0 and
+    predict micro-batch 1 as fast as the whole batch."""
     points = [(p.micro_batch_size, p.seconds) for p in fit.probes if p.seconds is not None]
+    single = fit.single
+    if single is not None and single.seconds is not None and batch_size > 0:
+        points.append((1, single.seconds / batch_size))
     return TimeModel.fit(points) if points else TimeModel(0.0, 0.0)
 
 
@@ -387,7 +394,7 @@ def measure_lever_costs(
 
     def cost_of(levers: Levers) -> LeverCost:
         fit = fits[levers]
-        return LeverCost(levers, fit.memory, _time_model(fit), fit.ceiling)
+        return LeverCost(levers, fit.memory, _time_model(fit, size), fit.ceiling)
 
     costs = [cost_of(lv) for lv in order if lv in candidates and lv in fits]
     accounted: int | None = None  # the same for every set: computed once, when needed
