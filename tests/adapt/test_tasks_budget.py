@@ -215,3 +215,22 @@ def test_fit_memory_model_on_regression_and_model_loss_batches():
     batch = collate(Sentences(n=32).items)
     fit_ = fit_memory_model(lm, None, ModelLossTask(), batch, meter=meter, limit_bytes=27 * MiB)
     assert fit_.verified >= 16 and fit_.memory.predict_bytes(fit_.verified) <= 27 * MiB
+
+
+def test_micro_batch_one_is_measured_on_regression_and_dict_batches():
+    # 2 samples 'measure' 12 MiB, over the 11.5 MiB limit: a whole logical batch at 1 is
+    # measured (11 MiB) for a regression model and a dict-batch model with its own loss
+    reg = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 1))
+    meter = BatchMeter(reg, static_bytes=10 * MiB, per_sample_bytes=MiB)
+    batch = (torch.randn(32, 10), torch.randn(32))
+    opt = torch.optim.Adam(reg.parameters())
+    fit_ = fit_memory_model(reg, opt, RegressionTask(), batch, meter=meter, limit_bytes=11.5 * MiB)
+    assert fit_.single is not None and fit_.verified == 1
+    assert fit_.memory.predict_bytes(1) == pytest.approx(11 * MiB, rel=0.01)
+
+    lm = TinyLM()
+    meter = BatchMeter(lm, static_bytes=10 * MiB, per_sample_bytes=MiB)
+    batch = collate(Sentences(n=32).items)
+    fit_ = fit_memory_model(lm, None, ModelLossTask(), batch, meter=meter, limit_bytes=11.5 * MiB)
+    assert fit_.single is not None and fit_.verified == 1
+    assert fit_.memory.predict_bytes(1) == pytest.approx(11 * MiB, rel=0.01)

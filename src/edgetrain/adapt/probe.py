@@ -370,6 +370,25 @@ def fit_memory_model(
         single: measure micro-batch 1 where needed (above); False when the caller does
             (in a copy of its own).
     """
+
+    def with_single(fit: BudgetFit, in_a_copy: bool) -> BudgetFit:
+        if not single:
+            return fit
+        return add_single(
+            fit,
+            model,
+            optimizer,
+            task,
+            batch,
+            meter=meter,
+            limit_bytes=limit_bytes,
+            start=start,
+            autocast=autocast,
+            context=context,
+            free_grads=free_grads,
+            isolate=in_a_copy,
+        )
+
     if isolate:
         fit = isolated(
             meter,
@@ -391,19 +410,8 @@ def fit_memory_model(
             ),
             "probe steps",
         )
-        return add_single(
-            fit,
-            model,
-            optimizer,
-            task,
-            batch,
-            meter=meter,
-            limit_bytes=limit_bytes,
-            start=start,
-            autocast=autocast,
-            context=context,
-            free_grads=free_grads,
-        )
+        # micro-batch 1 in a copy of its own (after the ladder, this one holds its code)
+        return with_single(fit, in_a_copy=True)
     oom = is_oom or (lambda exc: isinstance(exc, torch.OutOfMemoryError))
     size = task.size(batch)
     # never probe at 1 when 2 is possible: a batch of one can take other kernels and
@@ -504,16 +512,7 @@ def fit_memory_model(
         overhead,
         max(measured, default=None),
     )
-    if (
-        not single
-        or limit_bytes is None
-        or not _needs_single(memory, limit_bytes, meter, start, size)
-    ):
-        return fit
-    at_one = _probe_single(
-        model, optimizer, task, batch, static, meter, autocast, context, free_grads
-    )
-    return _with_single(fit, at_one, limit_bytes, missing)
+    return with_single(fit, in_a_copy=False)
 
 
 def add_single(
@@ -531,11 +530,12 @@ def add_single(
     free_grads: bool = False,
     prepare: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
     always: bool = False,
+    isolate: bool = True,
 ) -> BudgetFit:
     """``fit`` (made with ``single=False``) with micro-batch 1 measured where it needs it
     (see :func:`fit_memory_model`), in a forked copy of its own where the meter asks for
-    it: after larger sizes' kernels the copy would count their library code too.
-    ``prepare``: entered in the copy around the probe (a lever set applied); what it
+    it (``isolate``): after larger sizes' kernels the copy would count their library
+    code too. ``prepare``: entered around the probe (a lever set applied); what it
     yields, if not None, is the forward's context (the set's codec). ``always``: also
     where 2 fits (the smallest budget any plan reaches is asked for)."""
     if limit_bytes is None and not always:
@@ -545,57 +545,32 @@ def add_single(
         return fit
 
     def probe() -> Probe | None:
-        with prepare() as forward_context:
-            return _probe_single(
-                model,
-                optimizer,
-                task,
-                batch,
-                fit.static,
-                meter,
-                autocast,
-                forward_context or context,
-                free_grads,
-            )
-
-    at_one = isolated(meter, probe, "probe at micro-batch 1")
-    return _with_single(fit, at_one, limit_bytes, _missing_state_bytes(fit.static, optimizer))
-
-
-def _probe_single(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer | None,
-    task: Task,
-    batch: Any,
-    static: StaticBytes,
-    meter: MemoryMeter | None,
-    autocast: AutocastFactory,
-    context: AutocastFactory,
-    free_grads: bool,
-) -> Probe | None:
-    """A whole logical ``batch`` at micro-batch 1, as the loop runs it (None: it failed)."""
-    try:
-        probe = probe_step(
-            model,
-            task,
-            batch,
-            meter=meter,
-            missing_bytes=_missing_state_bytes(static, optimizer),
-            autocast=autocast,
-            micro_batch_size=1,
-            evaluate=True,
-            context=context,
-            free_grads=free_grads,
-        )
-    except (RuntimeError, ValueError) as exc:  # out of memory; batch-norm's one value
-        log.info("no probe at micro-batch 1 (%s); it is extrapolated", exc)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        return None
-    finally:
-        if meter is not None:
+        """A whole logical batch at micro-batch 1, as the loop runs it (None: it failed)."""
+        assert meter is not None  # _needs_single
+        try:
+            with prepare() as forward_context:
+                return measure_logical_batch(
+                    model,
+                    optimizer,
+                    task,
+                    batch,
+                    1,
+                    static=fit.static,
+                    meter=meter,
+                    autocast=autocast,
+                    context=forward_context or context,
+                    free_grads=free_grads,
+                )
+        except (RuntimeError, ValueError) as exc:  # out of memory; batch-norm's one value
+            log.info("no probe at micro-batch 1 (%s); it is extrapolated", exc)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return None
+        finally:
             meter.reset_peak()
-    return probe
+
+    at_one = isolated(meter, probe, "probe at micro-batch 1") if isolate else probe()
+    return _with_single(fit, at_one, limit_bytes, _missing_state_bytes(fit.static, optimizer))
 
 
 def _with_single(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -479,6 +480,17 @@ class AdaptiveCallback(Callback):
         self._apply(state, plan.levers)
         self._log_plan(state, plan, epoch=len(state.history), why=why)
 
+    def _preferred_min(self, state: TrainState) -> int:
+        """The smallest micro-batch a plan prefers: with ``min_micro_batch_size: auto``
+        16 for batch-norm models (see ``docs/design.md``, "Memory planner"), else the
+        configured minimum."""
+        from edgetrain.adapt.levers import auto_min_micro
+
+        cfg = self.controller.cfg
+        if cfg.min_micro_batch_size == "auto":
+            return min(auto_min_micro(state.model), state.batch_size)
+        return cfg.min_micro
+
     def _replan_unmet(self, state: TrainState, unmet: BudgetUnmetError) -> bool:
         """The controller's probes of the planned set measured more than the budget at its
         smallest micro-batch, where the planner's probes had predicted it within: plan
@@ -495,21 +507,18 @@ class AdaptiveCallback(Callback):
         # the sets that add levers to it are raised alike (what the probes missed for its
         # levers is there with more levers too); the others are measured when chosen
         corrected = [
-            shifted([c], levers, drift)[0] if c.levers == levers or within(levers, c.levers) else c
+            replace(c, memory=c.memory.raised(drift))
+            if c.levers == levers or within(levers, c.levers)
+            else c
             for c in costs or ()
         ]
-        from edgetrain.adapt.levers import auto_min_micro
-
-        preferred = ctl.cfg.min_micro
-        if ctl.cfg.min_micro_batch_size == "auto":
-            preferred = min(auto_min_micro(state.model), state.batch_size)
         why = (
             f"re-plan: {levers.describe()} measured {format_bytes(unmet.needed_bytes)} at "
             f"micro-batch {unmet.micro_batch_size} before training, "
             f"{format_bytes(drift)} above its plan"
         )
         try:
-            self._choose(state, corrected, preferred_min=preferred, why=why)
+            self._choose(state, corrected, preferred_min=self._preferred_min(state), why=why)
         except PlanError:
             ctl.state.plan_costs = corrected
             return False
@@ -627,13 +636,9 @@ class AdaptiveCallback(Callback):
             finally:
                 del batch
                 self._apply(state, levers)
-        from edgetrain.adapt.levers import auto_min_micro
-
         # the batch-norm preference as before training (a sparse plan had set the minimum
         # to 1 for its frozen statistics; a set that trains them needs it back)
-        preferred = ctl.cfg.min_micro
-        if ctl.cfg.min_micro_batch_size == "auto":
-            preferred = min(auto_min_micro(state.model), state.batch_size)
+        preferred = self._preferred_min(state)
         try:
             plan, held = make_plan_preferring(
                 corrected,
