@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -38,7 +37,7 @@ from torch import nn
 
 from edgetrain.memory import MODES, CompressionContext, bitmap_break_even, compress_activations
 from edgetrain.zoo import build_model
-from procmem import parse_or_run_child, peak_rss_bytes, reset_peak_rss
+from procmem import parse_or_run_child, peak_rss_bytes, reset_peak_rss, run_json_child
 
 MODELS = ("cnn", "vgg11", "resnet18", "mobilenetv2")
 EXTRA_CASES = ("vgg11@s50", "vgg11@s70", "vgg11-pruned")
@@ -180,15 +179,8 @@ def child(spec: dict[str, Any]) -> None:
 
 
 def peak_rss(spec: dict[str, Any]) -> int | None:
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
-    # a fixed mmap threshold makes glibc return freed blocks >= 128 KiB to the OS, so
-    # RSS follows live memory instead of keeping the heap's high-water mark
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-    if done.returncode != 0:
-        print(f"  peak RSS child failed for {spec['case']}/{spec['mode']}: {done.stderr[-300:]}")
-        return None
-    return int(json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_bytes"])
+    out = run_json_child(__file__, spec, f"{spec['case']}/{spec['mode']}")
+    return None if out is None else int(out["peak_rss_bytes"])
 
 
 # -- the benchmark ----------------------------------------------------------------------

@@ -37,8 +37,11 @@ The plans: one planning subprocess per model measures every candidate lever set 
 (``edgetrain.adapt.levers.measure_lever_costs``: probe steps at growing micro-batches up
 to 0.9 x the largest budget asked for, as ``plan_memory`` probes; ``budget.lossy``: forbid
 unless ``--lossy``) and ``edgetrain.adapt.planner.make_plan`` chooses for each budget
-(``plan_memory`` is these two calls; one measurement serves every budget). Its time is
-the ``plan_s`` column. The planning never runs in a measured process: each ``edgetrain:*``
+(``plan_memory`` is these two calls; one measurement serves every budget). With
+``--low-precision-state`` every full-update set is also offered with its optimizer state
+kept in bfloat16 (``optimizer_state: bf16``, the opt-in lever for the static floor; its
+memory is the fp32 set's less the state's exact saving, its time the fp32 set's), taken
+only where no exact set fits. Its time is the ``plan_s`` column. The planning never runs in a measured process: each ``edgetrain:*``
 row's process applies the chosen plan (``apply_levers``: recomputation on the model, the
 codec's saved-tensor hooks around each forward; the optimizer step in backward through
 the ``optimizer_in_backward`` hooks; the micro-batch with gradient accumulation).
@@ -120,7 +123,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from procmem import parse_or_run_child, peak_rss_bytes, reset_peak_rss, status_bytes
+from procmem import (
+    parse_or_run_child,
+    peak_rss_bytes,
+    reset_peak_rss,
+    run_json_child,
+    status_bytes,
+)
 
 MODELS = ("resnet18", "mobilenetv2", "vgg11", "gpt", "transfer")
 QUICK_MODELS = ("resnet18", "gpt", "transfer")
@@ -155,6 +164,15 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 #: accuracy runs, full mode: epochs and batches per epoch (None: all) by workload
 METRIC_EPOCHS = {"gpt": (3, 100), "transfer": (6, None)}
 METRIC_EPOCHS_CNN = (10, None)
+#: the gpt workload's model and data as training config keys
+GPT_CONFIG: dict[str, Any] = {
+    "model": "gpt",
+    "model_args": {"d_model": 128, "n_layers": 2, "n_heads": 4},
+    "data": "pycorpus",
+    "data_args": {"max_bytes": 200_000, "seq_len": 64},
+    "preprocessing": "none",
+    "split": [0.9, 0.05, 0.05],
+}
 
 
 @dataclass
@@ -337,6 +355,7 @@ def plan_child(spec: dict[str, Any]) -> None:
             model=model,
             lossy=spec["lossy"],
             sparse=SPARSE_CANDIDATES if spec["model"] in FINETUNE else (),
+            low_state=spec.get("low_state", False),  # --low-precision-state
         ),
         meter=meter,
         limit_bytes=LIMIT_FRAC * max(budgets.values()),
@@ -387,8 +406,8 @@ def child(spec: dict[str, Any]) -> None:
     import torch
 
     from edgetrain.memory import SavedTensorCounter, compress_activations, unique_bytes
+    from edgetrain.memory.optimizer_state import per_parameter_optimizers
     from edgetrain.memory.recompute import apply_recompute
-    from edgetrain.train.features.optim_backward import per_parameter_optimizers
 
     if spec["method"] == "plan":
         plan_child(spec)
@@ -418,7 +437,7 @@ def child(spec: dict[str, Any]) -> None:
             model, Levers(**levers), seed=0, task=task, optimizer=opt,
             example=lambda: (xs[0][:2], ys[0][:2]),
         )  # fmt: skip
-        ctx = handle.codec
+        ctx = handle.codec  # (and a LowPrecisionState on opt where the plan keeps bf16 state)
     if method in ("checkpoint", "recompute+int8"):
         apply_recompute(model, "all")
     if method == "recompute+int8":
@@ -432,11 +451,17 @@ def child(spec: dict[str, Any]) -> None:
     )
     stepping = [False]
     if in_backward:
+        from edgetrain.memory.optimizer_state import installed
+
+        low = installed(opt)  # the plan keeps bf16 state: its per-parameter step
         for p, single, _group in per_parameter_optimizers(opt):
 
             def hook(t: torch.Tensor, single: torch.optim.Optimizer = single) -> None:
                 if stepping[0]:
-                    single.step()
+                    if low is not None:
+                        low.step_parameter(t, single)
+                    else:
+                        single.step()
                     t.grad = None
 
             p.register_post_accumulate_grad_hook(hook)
@@ -508,13 +533,7 @@ def child(spec: dict[str, Any]) -> None:
 
 
 def run_child(spec: dict[str, Any]) -> dict[str, Any] | None:
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-    if done.returncode != 0:
-        print(f"  child failed for {spec['model']}/{spec['method']}: {done.stderr[-500:]}")
-        return None
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_json_child(__file__, spec, f"{spec['model']}/{spec['method']}")
 
 
 # -- the memory and time table ----------------------------------------------------------
@@ -573,6 +592,7 @@ def run_model(model: str, methods: list[str], args: argparse.Namespace) -> list[
             budgets[BASELINE] = base or 1 << 30
         print(f"  {model}: planning for {', '.join(budgets)} ...", flush=True)
         out = run_child({**spec, "method": "plan", "budgets": budgets, "lossy": args.lossy,
+                         "low_state": args.low_precision_state,
                          "want_min": AT_MIN in order})  # fmt: skip
         if out is not None:
             print(f"  {model}: planned in {out['plan_s']:.0f} s", flush=True)
@@ -662,12 +682,7 @@ def train_config(model: str, args: argparse.Namespace, seed: int) -> dict[str, A
     sgd = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "batch_size": batch_size(model)}
     if model == "gpt":
         return {
-            "model": "gpt",
-            "model_args": {"d_model": 128, "n_layers": 2, "n_heads": 4},
-            "data": "pycorpus",
-            "data_args": {"max_bytes": 200_000, "seq_len": 64},
-            "preprocessing": "none",
-            "split": [0.9, 0.05, 0.05],
+            **GPT_CONFIG,
             **sgd,
             "lr": 0.1,  # SGD on the byte model: 0.01 barely leaves the unigram in 3 epochs
             **common,
@@ -684,6 +699,7 @@ def plan_config(plan: dict[str, Any], batch: int) -> dict[str, Any]:
         "activations": lv["activations"] if lv["activations"] != "none" else "off",
         "recompute": lv["recompute"],
         "optimizer_in_backward": lv["optimizer_in_backward"],
+        "optimizer_state": lv.get("state", "fp32"),
     }
 
 
@@ -698,6 +714,8 @@ def _run_name(extra: dict[str, Any]) -> str:
         parts.append(extra["activations"])
     if extra["optimizer_in_backward"]:
         parts.append("in-backward")
+    if extra.get("optimizer_state", "fp32") != "fp32":
+        parts.append(f"{extra['optimizer_state']}-state")
     return "-".join(parts) or "plain"
 
 
@@ -920,6 +938,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="subprocesses per method (ABBA)")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--lossy", action="store_true", help="plans may use lossy codecs")
+    parser.add_argument(
+        "--low-precision-state", action="store_true",
+        help="plans may keep the optimizer state in bf16 (optimizer_state: bf16)",
+    )  # fmt: skip
     parser.add_argument("--seeds", type=int, default=None, help="accuracy seeds (full: 3)")
     parser.add_argument("--epochs", type=int, default=None, help="accuracy runs' epochs")
     parser.add_argument("--max-batches", type=int, default=None, help="per accuracy epoch")
@@ -972,7 +994,8 @@ def main(argv: list[str] | None = None) -> int:
         f"machine: {machine}, {os.cpu_count()} cpus, {platform.platform()}; python "
         f"{platform.python_version()}, torch {torch.__version__}, threads {args.threads}, "
         f"device cpu, {args.steps} timed steps after 1 warm-up, {args.rounds} round(s); "
-        f"plans {'may' if args.lossy else 'may not'} use lossy codecs"
+        f"plans {'may' if args.lossy else 'may not'} use lossy codecs, "
+        f"{'may' if args.low_precision_state else 'may not'} keep bf16 optimizer state"
     )
     metric_note = ", ".join(
         f"{m} {train_config(m, args, 0)['epochs']} epochs"

@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["parse_or_run_child", "peak_rss_bytes", "reset_peak_rss", "status_bytes"]
+__all__ = [
+    "parse_or_run_child",
+    "peak_rss_bytes",
+    "reset_peak_rss",
+    "run_json_child",
+    "status_bytes",
+]
 
 
 def parse_or_run_child(
@@ -60,3 +69,16 @@ def peak_rss_bytes() -> int:
     if peak is not None:
         return peak
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def run_json_child(script: str, spec: dict[str, Any], what: str) -> dict[str, Any] | None:
+    """Run ``script --child SPEC`` in a fresh process with glibc's mmap threshold at 128 KiB
+    (RSS then follows live memory) and return the JSON its last stdout line holds; None
+    (and a line naming ``what``) if it failed."""
+    cmd = [sys.executable, os.path.abspath(script), "--child", json.dumps(spec)]
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+    if done.returncode != 0:
+        print(f"  child failed for {what}: {done.stderr[-500:]}")
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -35,7 +35,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -49,7 +48,7 @@ from torch import nn
 
 from edgetrain.memory import CompressionContext, compress_activations
 from edgetrain.zoo import build_model, load_dataset
-from procmem import parse_or_run_child, reset_peak_rss, status_bytes
+from procmem import parse_or_run_child, reset_peak_rss, run_json_child, status_bytes
 
 CASES = ("gpt", "gpt-drop0.1")
 MODES = ("none", "lossless", "bf16", "int8")
@@ -167,13 +166,8 @@ def child(spec: dict[str, Any]) -> None:
 
 
 def peak_growth(spec: dict[str, Any]) -> int | None:
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-    if done.returncode != 0:
-        print(f"  peak child failed for {spec['case']}/{spec['mode']}: {done.stderr[-300:]}")
-        return None
-    return json.loads(done.stdout.strip().splitlines()[-1])["growth"]
+    out = run_json_child(__file__, spec, f"{spec['case']}/{spec['mode']}")
+    return None if out is None else int(out["growth"])
 
 
 # -- the benchmark ------------------------------------------------------------------------

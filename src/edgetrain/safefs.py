@@ -13,7 +13,10 @@ Three rules (docs/design.md, "Files and safety"):
   is named in the error (process id and host).
 - **Atomic, strict files.** Whole files are written to a temporary file and renamed over
   the old one (no ``.tmp`` left behind on failure); JSON is strict (non-finite numbers are
-  written as ``null``, never as ``NaN``). OS errors become one-line
+  written as ``null``, never as ``NaN``). A stop signal that arrives while a file is
+  being written (through :func:`interrupt`, edgetrain's SIGTERM/SIGINT handlers) takes
+  effect when the write is done (:func:`interrupts_deferred`): raised inside
+  ``torch.save``, it broke the zip writer and the run ended with an internal error. OS errors become one-line
   :class:`~edgetrain.errors.EdgeTrainError` messages naming the path and the reason.
 
 This module imports no torch: the reports and the CLI use it too.
@@ -48,6 +51,8 @@ __all__ = [
     "clear_dir",
     "dumps_strict",
     "fsync_dir",
+    "interrupt",
+    "interrupts_deferred",
     "is_owned",
     "mark_dir",
     "os_error_message",
@@ -116,6 +121,35 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
+# writes in progress (interrupts_deferred) and the stop signals that arrived meanwhile
+_writing = 0
+_pending: list[int] = []
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Around a file write: :func:`interrupt` (a signal handler's) waits until the write is
+    done, then raises ``KeyboardInterrupt`` as it would have."""
+    global _writing
+    _writing += 1
+    try:
+        yield
+    finally:
+        _writing -= 1
+        if not _writing and _pending:
+            _pending.clear()
+            raise KeyboardInterrupt
+
+
+def interrupt() -> None:
+    """For a stop signal's handler: raise ``KeyboardInterrupt`` now, or after the file
+    write in progress (:func:`interrupts_deferred`)."""
+    if _writing:
+        _pending.append(1)
+        return
+    raise KeyboardInterrupt
+
+
 def atomic_write_bytes(path: str | Path, data: bytes, *, sync_dir: bool = False) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory and a rename.
 
@@ -124,17 +158,18 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, sync_dir: bool = False)
     durable across a power cut (fsync of the directory).
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with interrupts_deferred():  # a stop signal: after the rename
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
     if sync_dir:
         fsync_dir(path.parent)
 

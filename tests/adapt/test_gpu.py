@@ -85,3 +85,36 @@ def test_cuda_budget_is_measured_with_the_allocator(tmp_path):
     assert adapt["memory_source"] == "cuda:max-allocated"
     assert adapt["within_budget"] is True and adapt["budget_violations"] == 0
     assert result.history.micro_batch_size.iloc[0] < 256
+
+
+def test_bf16_optimizer_state_on_cuda_saves_allocated_memory():
+    """optimizer_state: bf16 on the GPU: the state is stored in bfloat16 on the device
+    and max_memory_allocated over a step falls by about the bytes saved."""
+    from edgetrain.memory.optimizer_state import LowPrecisionState
+
+    device = torch.device("cuda")
+    peaks = {}
+    for state in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(2048, 2048, bias=False).to(device)  # 16 MiB of weights
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        if state == "bf16":
+            LowPrecisionState(opt)
+        x = torch.randn(64, 2048, device=device)
+        for _ in range(2):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+        peaks[state] = torch.cuda.max_memory_allocated(device)
+        moments = [v for s in opt.state.values() for v in s.values() if v.numel() > 1]
+        assert all(v.is_cuda for v in moments)
+        assert {v.dtype for v in moments} == {torch.float32 if state == "fp32" else torch.bfloat16}
+        del model, opt, moments
+        torch.cuda.empty_cache()
+    saved = peaks["fp32"] - peaks["bf16"]
+    assert saved >= 12 * MiB  # 16 MiB of the two moments' 32, less the slices' transients

@@ -245,3 +245,48 @@ def test_batch_norm_sets_prefer_micro_batches_of_16_and_frozen_norms_are_exempt(
     assert not held and plan.levers == PLAIN and plan.micro_batch_size == 8
     with pytest.raises(PlanError):
         make_plan_preferring(costs, budget_bytes=5 * MiB, batch_size=32, preferred_min=16)
+
+
+def test_low_precision_optimizer_state_is_the_least_lossy_lever():
+    state = Levers(state="bf16")
+    assert state.lossy and state.count == 1 and state.short() == "bf16 state"
+    assert state.describe() == "optimizer_state=bf16"
+    int8, half = Levers(activations="int8"), Levers(sparse=0.5)
+    costs = [
+        cost(PLAIN, 10, 1),
+        cost(int8, 10, 0.2),
+        cost(half, 6, 1),
+        cost(state, 8, 1),
+        cost(Levers(activations="int8", state="bf16"), 7, 0.2),
+    ]
+    # limit 9 MiB: nothing exact fits at 16 per micro-batch (10 + 16); all lossy sets
+    # fit something; the rounded state is taken first, though int8 fits more samples
+    plan = make_plan(costs, budget_bytes=10 * MiB, batch_size=16)
+    assert plan.levers == state and plan.micro_batch_size == 1
+    # where the state alone does not fit, a codec (+ the state where it pays) is next
+    plan = make_plan(costs, budget_bytes=9 * MiB, batch_size=16)
+    assert plan.levers == Levers(activations="int8", state="bf16")
+    # a set with the state contains the one without it: the state must pay its way
+    same = [cost(PLAIN, 10, 1), cost(state, 10, 1)]
+    plan = make_plan(same, budget_bytes=40 * MiB, batch_size=16)
+    assert plan.levers == PLAIN
+    assert not next(o for o in plan.options if o.levers == state).saves
+    saved = BudgetState(levers=state, plan_costs=[cost(state, 8, 1)])
+    assert BudgetState.from_dict(saved.to_dict()) == saved  # checkpointed
+
+
+def test_a_measured_whole_batch_pass_bounds_the_step_in_backward_from_below():
+    # the line through small probes says 10 + 0.5 x 64 - 8 freed = 34 MiB at the whole
+    # batch; the whole-batch pass with gradients freed measured 50 MiB
+    low = cost(STEP, 10, 0.5, grad_free_bytes=8 * MiB)
+    measured = cost(STEP, 10, 0.5, grad_free_bytes=8 * MiB, whole_bytes=50 * MiB)
+    assert low.predict_bytes(64, 64) == 34 * MiB
+    assert measured.predict_bytes(64, 64) == 50 * MiB
+    assert measured.predict_bytes(32, 64) == 26 * MiB  # (no step in backward there)
+    costs = [cost(PLAIN, 10, 1), measured]
+    assert make_plan(costs, budget_bytes=45 * MiB, batch_size=64).levers == PLAIN
+    assert make_plan([cost(PLAIN, 10, 1), low], budget_bytes=45 * MiB, batch_size=64).levers == STEP
+    # drift and the bf16 state's saving move both
+    up = measured.raised(2 * MiB)
+    assert up.predict_bytes(64, 64) == 52 * MiB and up.predict_bytes(8, 64) == 16 * MiB
+    assert shifted([measured], STEP, 3 * MiB)[0].whole_bytes == 53 * MiB

@@ -10,6 +10,8 @@ probes did not see, set by a test to simulate drift).
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -17,7 +19,7 @@ import torch
 from torch import nn
 
 from conftest import QUIET, BatchMeter, Blobs
-from edgetrain.adapt.planner import PlanError
+from edgetrain.adapt.planner import Levers, PlanError
 from edgetrain.errors import EdgeTrainError
 from edgetrain.memory.recompute import recomputed_blocks
 from edgetrain.train import Callback, TrainState, fit
@@ -358,3 +360,96 @@ def test_when_every_set_measures_over_the_budget_training_stops_with_the_rule(tm
     rows = _plan_rows(tmp_path / "r")
     assert (rows.chosen == "plan").sum() >= 2  # the first plan and at least one re-plan
     assert recomputed_blocks(model) == []
+
+
+def wide_head(seed: int = 0) -> nn.Module:
+    """two_blocks with a 2 MiB hidden layer in the head: 2 MiB of SGD momentum."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()),
+        nn.Sequential(nn.Flatten(), nn.Linear(128, 4096, bias=False), nn.Linear(4096, 3)),
+    )
+
+
+class StateDtypes(Callback):
+    """Records the dtypes of the optimizer's momentum at each step's end."""
+
+    def __init__(self) -> None:
+        self.seen: set[torch.dtype] = set()
+
+    def on_batch_end(self, state: TrainState) -> None:
+        for s in state.optimizer.state.values():
+            self.seen.add(s["momentum_buffer"].dtype)
+
+
+def test_low_precision_optimizer_state_is_planned_when_nothing_exact_fits(tmp_path):
+    """The static floor: recomputation saves nothing here (factor 1), the codecs nothing
+    the fake meter sees; only bf16 momentum (1 MiB less, exact accounting) goes below
+    the smallest budget the exact sets reach, and only with budget.lossy: allow."""
+    settings = {"optimizer": "sgd", "momentum": 0.9}
+
+    def planned(out, budget, record=None):
+        model = wide_head()
+        meter = LeverMeter(model, static=4, per_sample=0.2, factor=1.0)
+        cb = AdaptiveCallback(probe_data=Blobs(), meter=meter)
+        callbacks = [cb] if record is None else [cb, record]
+        return cb, _fit(model, tmp_path / out, callbacks, budget, **settings)
+
+    def smallest(out, budget):
+        with pytest.raises(EdgeTrainError, match="smallest") as info:
+            planned(out, budget)
+        return int(re.search(r"smallest .*?\((\d+) bytes", str(info.value)).group(1))
+
+    exact_smallest = smallest("exact", {"memory": "6MiB"})
+    lossy_smallest = smallest("lossy", {"memory": "4.5MiB", "lossy": "allow"})
+    # half of the momentum's bytes (behind the 10% margin and the 5% slack)
+    saved = (exact_smallest - lossy_smallest) * 0.9 / 1.05
+    momentum = sum(p.numel() for p in wide_head().parameters()) * 4
+    assert saved == pytest.approx(momentum / 2, abs=8)
+    record = StateDtypes()
+    budget = {"memory": (exact_smallest + lossy_smallest) // 2, "lossy": "allow"}
+    cb, result = planned("fit", budget, record)
+    assert cb.plan is not None and cb.plan.levers.state == "bf16"
+    assert cb.plan.levers.short().endswith("bf16 state")
+    option = next(o for o in cb.plan.options if o.levers == cb.plan.levers)
+    assert not option.time_measured  # the fp32 set's time
+    assert record.seen == {torch.bfloat16}
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["adapt"]["plan"]["levers"]["state"] == "bf16"
+    assert summary["adapt"]["within_budget"] is True
+    rows = _plan_rows(result.run_dir)
+    assert rows[rows.chosen == "plan"].new.iloc[0] == "optimizer_state=bf16"
+
+
+def test_candidate_sets_with_low_precision_state():
+    from edgetrain.adapt.levers import candidate_levers
+
+    model = two_blocks()
+    exact = candidate_levers(model=model)
+    assert {lv.state for lv in exact} == {"fp32"}
+    lossy = candidate_levers(model=model, lossy=True, sparse=(0.5,))
+    full = [lv for lv in lossy if lv.sparse == 1]
+    assert {lv for lv in full if lv.state == "bf16"} == {
+        replace(lv, state="bf16") for lv in full if lv.state == "fp32"
+    }
+    assert [lv.state for lv in lossy if lv.sparse < 1] == ["fp32"]  # not with a sparse share
+    assert lossy[-1] == Levers()  # the fewest levers last
+    fixed = candidate_levers(model=model, lossy=True, state="bf16", sparse=(0.5,))
+    assert {lv.state for lv in fixed} == {"bf16"} and all(lv.sparse == 1 for lv in fixed)
+    assert candidate_levers(model=model, lossy=False, low_state=True)[-2] == Levers(state="bf16")
+
+
+def test_low_precision_state_the_config_sets_is_kept_and_measured(tmp_path):
+    model = wide_head()
+    meter = LeverMeter(model, static=4, per_sample=0.2, factor=0.1)
+    cb = AdaptiveCallback(probe_data=Blobs(), meter=meter)
+    record = StateDtypes()
+    settings = {"optimizer": "sgd", "momentum": 0.9, "optimizer_state": "bf16"}
+    _fit(model, tmp_path / "r", [cb, record], {"memory": "10MiB"}, **settings)
+    assert {o.levers.state for o in cb.plan.options} == {"bf16"}
+    assert all(o.time_measured for o in cb.plan.options if not o.levers.optimizer_in_backward)
+    # the probes measured it in effect: the static bytes count half the momentum
+    static = next(iter(cb._fits.values())).static
+    assert static.optimizer_state_bytes == sum(p.numel() for p in model.parameters()) * 2
+    assert record.seen == {torch.bfloat16}

@@ -452,3 +452,44 @@ def test_a_setup_error_leaves_the_run_directory_unlocked(tmp_path):
     assert DirLock.is_free(out)
     edgetrain.fit(torch.nn.Linear(4, 2), data, epochs=1, batch_size=4, out=out, overwrite=True,
                   progress=False, monitor={"enabled": False})  # fmt: skip
+
+
+def test_a_stop_signal_during_a_checkpoint_write_waits_for_it(tmp_path, monkeypatch):
+    """SIGTERM's handler (interrupt()) arriving inside torch.save: raised there, it broke
+    the zip writer and the run ended with an internal error instead of exit 143."""
+    import torch
+
+    from edgetrain.safefs import interrupt
+    from edgetrain.train.rundir import load_tensors, save_tensors
+
+    real_save = torch.save
+
+    def save(obj, f):
+        interrupt()  # the signal arrives while the file is being written
+        real_save(obj, f)
+
+    monkeypatch.setattr(torch, "save", save)
+    target = tmp_path / "last.pt"
+    with pytest.raises(KeyboardInterrupt):
+        save_tensors(target, {"w": torch.ones(3), "epoch": 2})
+    assert load_tensors(target, "checkpoint")["epoch"] == 2  # written whole first
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    with pytest.raises(KeyboardInterrupt):  # outside a write it stops at once
+        interrupt()
+
+
+def test_a_stop_signal_during_an_atomic_write_keeps_the_new_file(tmp_path, monkeypatch):
+    import edgetrain.safefs as safefs
+
+    real_fsync = safefs.os.fsync
+
+    def fsync(fd):
+        safefs.interrupt()
+        real_fsync(fd)
+
+    monkeypatch.setattr(safefs.os, "fsync", fsync)
+    target = tmp_path / "summary.json"
+    with pytest.raises(KeyboardInterrupt):
+        safefs.atomic_write_text(target, '{"status": "interrupted"}')
+    assert target.read_text() == '{"status": "interrupted"}'
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]

@@ -38,6 +38,7 @@ from edgetrain.adapt.probe import (
     add_single,
     fit_memory_model,
     isolated,
+    missing_state_bytes,
     probe_step,
     static_bytes,
 )
@@ -159,6 +160,11 @@ class LeverHandle:
             if levers.activations != "none" and "activations" not in skip
             else None
         )
+        self._state: Any = None  # a LowPrecisionState
+        if levers.state != "fp32" and "state" not in skip and optimizer is not None:
+            from edgetrain.memory.optimizer_state import STATE_DTYPES, LowPrecisionState
+
+            self._state = LowPrecisionState(optimizer, STATE_DTYPES[levers.state], seed=seed or 0)
 
     def forward_context(self) -> contextlib.AbstractContextManager[Any]:
         """The codec's hooks (a null context without a codec)."""
@@ -181,6 +187,9 @@ class LeverHandle:
         if self._recompute is not None:
             self._recompute.remove()
             self._recompute = None
+        if self._state is not None:
+            self._state.remove(restore=True)
+            self._state = None
         self.codec = None
 
     def __enter__(self) -> LeverHandle:
@@ -196,7 +205,9 @@ def apply_levers(model: nn.Module, levers: Levers, **options: Any) -> LeverHandl
     ("recompute", "activations": already applied by other means). A sparse lever selects
     its rows from ``example()`` (a small batch, run by ``task``) unless ``rows`` gives them
     (a resumed run: the selection made before training) and freezes the rest; with
-    ``optimizer`` its steps leave frozen rows alone. ``options``: :class:`LeverHandle`'s
+    ``optimizer`` its steps leave frozen rows alone; low-precision optimizer state
+    (``levers.state``) is kept on ``optimizer`` (given) until :meth:`LeverHandle.remove`
+    casts it back. ``options``: :class:`LeverHandle`'s
     keywords (``seed``, ``skip``, ``task``, ``example``, ``optimizer``, ``rows``)."""
     return LeverHandle(model, levers, **options)
 
@@ -210,12 +221,16 @@ def candidate_levers(
     lossy: bool = False,
     step_in_backward_ok: bool = True,
     sparse: Sequence[float] = (),
+    state: str | None = None,
+    low_state: bool | None = None,
 ) -> list[Levers]:
     """The lever sets a plan considers. A lever given (not None) is fixed to that value;
     recomputation only where the model has blocks; the optimizer step in backward only
     where ``step_in_backward_ok`` (no clipping, no fp16 scaling, no sparse updates...);
     ``sparse``: shares of the parameters a static sparse update may train (fine-tuning),
-    each a set of its own with the fixed levers. Sets are ordered from the most
+    each a set of its own with the fixed levers; ``state``: the optimizer state's dtype
+    fixed, else each full-update set also with bf16 state where ``low_state`` (default:
+    ``lossy``). Sets are ordered from the most
     memory-saving to plain (probes then run from the smallest peak up, so a CPU's
     resident memory reflects each set's own)."""
     if activations is not None:
@@ -230,9 +245,19 @@ def candidate_levers(
         steps = [optimizer_in_backward]
     else:
         steps = [False, True] if step_in_backward_ok else [False]
-    sets = [Levers(c, r, s) for c in codecs for r in recomputes for s in steps]
-    base = Levers(activations or "none", recompute or "none", bool(optimizer_in_backward))
-    if not base.optimizer_in_backward:  # the step in backward skips the freezer's hooks
+    if state is not None:
+        states = [state]
+    else:
+        states = ["fp32", "bf16"] if (lossy if low_state is None else low_state) else ["fp32"]
+    sets = [
+        Levers(c, r, s, state=t) for c in codecs for r in recomputes for s in steps for t in states
+    ]
+    base = Levers(
+        activations or "none", recompute or "none", bool(optimizer_in_backward), state=states[0]
+    )
+    # the step in backward skips the freezer's hooks; low-precision state would step
+    # before them (edgetrain.train.features.optim_state)
+    if not base.optimizer_in_backward and base.state == "fp32":
         sets += [replace(base, sparse=float(f)) for f in sparse if 0 < f < 1]
     rank = {"none": 0, "lossless": 1, "bf16": 2, "fp16": 2, "int8": 3, "int4": 4, "int2": 5}
     return sorted(
@@ -242,6 +267,7 @@ def candidate_levers(
             -(lv.recompute != "none"),
             -rank.get(lv.activations, 1),
             -int(lv.optimizer_in_backward),
+            -int(lv.state != "fp32"),
         ),
     )
 
@@ -326,9 +352,15 @@ def measure_lever_costs(
     reaches; :func:`~edgetrain.adapt.probe.add_single`)."""
     fits: dict[Levers, BudgetFit] = dict(known or {})
     size = task.size(batch)
-    order = [lv for lv in candidates if not lv.optimizer_in_backward]
+    # low-precision optimizer state not yet in effect: derived from its fp32 set
+    derive = "state" not in skip
+
+    def probed(lv: Levers) -> Levers:
+        return replace(lv, optimizer_in_backward=False, state="fp32" if derive else lv.state)
+
+    order = [lv for lv in candidates if probed(lv) == lv]
     for lv in candidates:
-        base = replace(lv, optimizer_in_backward=False)
+        base = probed(lv)
         if base not in order:
             order.append(base)
     reference = next(iter(fits.values()), None)  # the first set measured
@@ -397,9 +429,13 @@ def measure_lever_costs(
         return LeverCost(levers, fit.memory, _time_model(fit, size), fit.ceiling)
 
     costs = [cost_of(lv) for lv in order if lv in candidates and lv in fits]
+    low = [lv for lv in candidates if derive and lv.state != "fp32"]
+    saving = _state_saving(optimizer, {lv.state for lv in low})
     accounted: int | None = None  # the same for every set: computed once, when needed
     for levers in candidates:
-        if not levers.optimizer_in_backward:
+        if not levers.optimizer_in_backward or (derive and levers.state != "fp32"):
+            continue
+        if _base(levers) not in fits:
             continue
         base = cost_of(_base(levers))
         if base.ceiling is not None and base.ceiling <= size:
@@ -410,8 +446,13 @@ def measure_lever_costs(
                 lambda: _accounted_grad_free(model, optimizer, task, batch),
                 "the gradients' exact bytes",
             )
-        hopeless = limit_bytes is not None and base.predict_bytes(size, size) - accounted > (
-            limit_bytes
+        # (less the state's saving where a low-precision variant of the set is a candidate)
+        lower = max(
+            (saving[lv.state] for lv in low if replace(lv, state="fp32") == levers), default=0
+        )
+        hopeless = (
+            limit_bytes is not None
+            and base.predict_bytes(size, size) - accounted - lower > limit_bytes
         )
         if hopeless:
             # not even every gradient freed fits: not an option, and not a 'smallest
@@ -419,13 +460,15 @@ def measure_lever_costs(
             continue
         if progress is not None:
             progress(levers)
-        free = isolated(
+        free, whole = isolated(
             meter,
             lambda levers=levers, accounted=accounted: _grad_free_bytes(
                 model, task, batch, levers, meter, autocast, seed, skip, accounted
             ),
             f"probe steps of {levers.describe()}",
         )
+        if whole is not None:  # the state a real step holds that the probe did not
+            whole += missing_state_bytes(fits[_base(levers)].static, optimizer)
         costs.append(
             LeverCost(
                 levers,
@@ -434,7 +477,17 @@ def measure_lever_costs(
                 base.ceiling,
                 grad_free_bytes=free,
                 time_measured=False,
+                whole_bytes=whole,
             )
+        )
+    by_set = {c.levers: c for c in costs}
+    for levers in low:  # the fp32 set's memory less the state's saving, its time
+        exact = replace(levers, state="fp32")  # measured in this call, or known before
+        full = by_set.get(exact) or (cost_of(exact) if exact in fits else None)
+        if full is None:
+            continue
+        costs.append(
+            replace(full.raised(-saving[levers.state]), levers=levers, time_measured=False)
         )
     rank = {lv: i for i, lv in enumerate(candidates)}
     costs.sort(key=lambda c: rank[c.levers])
@@ -443,6 +496,20 @@ def measure_lever_costs(
 
 def _base(levers: Levers) -> Levers:
     return replace(levers, optimizer_in_backward=False)
+
+
+def _state_saving(
+    optimizer: torch.optim.Optimizer | None, dtypes: Collection[str]
+) -> dict[str, int]:
+    """Bytes of optimizer state each low-precision dtype saves (exact: see
+    :func:`~edgetrain.train.features.optim_state.state_saving_bytes`). Its memory is static:
+    it lowers every micro-batch's peak alike, so no probe is needed (the controller
+    measures the chosen set again before training)."""
+    from edgetrain.memory.optimizer_state import STATE_DTYPES, state_saving_bytes
+
+    if optimizer is None:
+        return dict.fromkeys(dtypes, 0)
+    return {name: state_saving_bytes(optimizer, STATE_DTYPES[name]) for name in dtypes}
 
 
 def _accounted_grad_free(
@@ -465,12 +532,13 @@ def _grad_free_bytes(
     seed: int | None,
     skip: Collection[str],
     accounted: int,
-) -> int:
+) -> tuple[int, int | None]:
     """Bytes the whole-batch step saves when gradients are freed as they are ready:
     measured (a probe with and without freeing) where the meter reads, else
-    ``accounted`` (the exact bytes)."""
+    ``accounted`` (the exact bytes); and the peak measured with freeing (None: no
+    reading)."""
     if meter is None:
-        return accounted
+        return accounted, None
     peaks = []
     with _applied(model, _base(levers), seed, skip, task, batch) as handle:
         for free in (False, True):
@@ -485,9 +553,9 @@ def _grad_free_bytes(
             )
             peaks.append(probe.measured_bytes)
     if peaks[0] is None or peaks[1] is None:
-        return accounted
+        return accounted, None
     # never more than the gradients' bytes: the rest is the meter's noise
-    return max(0, min(accounted, peaks[0] - peaks[1]))
+    return max(0, min(accounted, peaks[0] - peaks[1])), peaks[1]
 
 
 def plan_memory(

@@ -72,12 +72,16 @@ class Levers:
             tensors need no gradient, no optimizer state and, before the first trained
             layer, no saved activations. Offered when fine-tuning (``init_from``) with
             ``budget.lossy: allow``: it trains less of the model.
+        state: the dtype the optimizer state is kept in between steps ("fp32": as the
+            optimizer keeps it; "bf16": ``optimizer_state: bf16``, half its bytes, rounded
+            stochastically). Offered with ``budget.lossy: allow``; the least lossy lever.
     """
 
     activations: str = "none"
     recompute: str = "none"
     optimizer_in_backward: bool = False
     sparse: float = 1.0
+    state: str = "fp32"
 
     @property
     def count(self) -> int:
@@ -87,12 +91,13 @@ class Levers:
             + (self.recompute != "none")
             + int(self.optimizer_in_backward)
             + int(self.sparse < 1)
+            + int(self.state != "fp32")
         )
 
     @property
     def lossy(self) -> bool:
         """Whether training computes something else than without the levers."""
-        return self.activations not in LOSSLESS_CODECS or self.sparse < 1
+        return self.activations not in LOSSLESS_CODECS or self.sparse < 1 or self.state != "fp32"
 
     @property
     def frozen_norm(self) -> bool:
@@ -102,9 +107,11 @@ class Levers:
         return self.sparse < 1
 
     @property
-    def loss_rank(self) -> tuple[float, int]:
-        """Smaller loses less: the updated share first (more is better), then the codec."""
-        return (-self.sparse, CODEC_LOSS_RANK.get(self.activations, len(CODEC_LOSS_RANK)))
+    def loss_rank(self) -> tuple[float, int, int]:
+        """Smaller loses less: the updated share first (more is better), then the codec,
+        then the optimizer state (rounded state loses less than any lossy codec)."""
+        codec = CODEC_LOSS_RANK.get(self.activations, len(CODEC_LOSS_RANK))
+        return (-self.sparse, codec, int(self.state != "fp32"))
 
     def short(self) -> str:
         """Shortest text: 'recompute + int8 + step in backward', or 'micro-batch only'."""
@@ -117,6 +124,8 @@ class Levers:
             parts.append("step in backward")
         if self.sparse < 1:
             parts.append(f"sparse {self.sparse:.0%}")
+        if self.state != "fp32":
+            parts.append(f"{self.state} state")
         return " + ".join(parts) if parts else "micro-batch only"
 
     def describe(self) -> str:
@@ -130,6 +139,8 @@ class Levers:
             parts.append("optimizer_in_backward")
         if self.sparse < 1:
             parts.append(f"sparse_update=static {self.sparse:g}")
+        if self.state != "fp32":
+            parts.append(f"optimizer_state={self.state}")
         return " + ".join(parts) if parts else "micro-batch only"
 
 
@@ -185,6 +196,11 @@ class LeverCost:
             need not coexist (subtracted from the peak at micro-batch = batch only).
         time_measured: False when the time is taken from another set (a lever whose
             probe would change the weights); shown in the plan table.
+        whole_bytes: with ``levers.optimizer_in_backward``, the measured peak of a pass
+            over the whole batch with each gradient freed as it is ready (optimizer
+            state counted); the prediction at the whole batch is never below it (the
+            memory model's line, fitted to smaller probes, can pass under it: vgg11's
+            lossless set predicted 135 MiB where that pass measured 189).
     """
 
     levers: Levers
@@ -193,12 +209,20 @@ class LeverCost:
     ceiling: int | None = None
     grad_free_bytes: int = 0
     time_measured: bool = True
+    whole_bytes: int | None = None
 
     def predict_bytes(self, micro_batch_size: int, batch_size: int) -> int:
         peak = self.memory.predict_bytes(micro_batch_size)
         if self.levers.optimizer_in_backward and micro_batch_size >= batch_size:
             peak -= self.grad_free_bytes
+            if self.whole_bytes is not None:
+                peak = max(peak, self.whole_bytes)
         return peak
+
+    def raised(self, delta_bytes: float) -> LeverCost:
+        """Every prediction ``delta_bytes`` higher (lower where negative)."""
+        whole = None if self.whole_bytes is None else round(self.whole_bytes + delta_bytes)
+        return replace(self, memory=self.memory.raised(delta_bytes), whole_bytes=whole)
 
     def largest_micro_batch(self, limit_bytes: float, batch_size: int, min_micro: int) -> int:
         """The largest micro-batch in [min_micro, batch] predicted under the limit, evened
@@ -298,6 +322,7 @@ def within(smaller: Levers, larger: Levers) -> bool:
         smaller.recompute in ("none", larger.recompute),
         not smaller.optimizer_in_backward or larger.optimizer_in_backward,
         smaller.sparse in (1.0, larger.sparse),
+        smaller.state in ("fp32", larger.state),
     )
     return all(parts) and smaller != larger
 
@@ -487,5 +512,5 @@ def shifted(
     delta = max(0.0, float(measured_minus_predicted))
     out = []
     for cost in costs:
-        out.append(replace(cost, memory=cost.memory.raised(delta)))
+        out.append(cost.raised(delta))
     return out

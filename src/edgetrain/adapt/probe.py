@@ -38,6 +38,7 @@ __all__ = [
     "fit_memory_model",
     "isolated",
     "measure_logical_batch",
+    "missing_state_bytes",
     "probe_batch",
     "probe_step",
     "static_bytes",
@@ -119,7 +120,7 @@ def _state_tensors(optimizer: torch.optim.Optimizer | None) -> list[torch.Tensor
     return [v for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
 
 
-def _missing_state_bytes(static: StaticBytes, optimizer: torch.optim.Optimizer | None) -> int:
+def missing_state_bytes(static: StaticBytes, optimizer: torch.optim.Optimizer | None) -> int:
     """Optimizer state a real step holds that the optimizer does not have yet (its first
     step creates it); probes add it to what they measure."""
     return max(0, static.optimizer_state_bytes - unique_bytes(_state_tensors(optimizer)))
@@ -269,7 +270,7 @@ def measure_logical_batch(
         task,
         batch,
         meter=meter,
-        missing_bytes=_missing_state_bytes(static, optimizer),
+        missing_bytes=missing_state_bytes(static, optimizer),
         autocast=autocast,
         micro_batch_size=micro_batch_size,
         evaluate=True,
@@ -418,7 +419,7 @@ def fit_memory_model(
     # measure far less than training at 1 needs (micro-batch 1 is extrapolated instead)
     micro = max(1, min(max(start, 2), size))
     static = static_bytes(model, optimizer, task, batch, size=micro)
-    missing = _missing_state_bytes(static, optimizer)
+    missing = missing_state_bytes(static, optimizer)
     probes: list[Probe] = []
     ceiling: int | None = None
 
@@ -570,7 +571,7 @@ def add_single(
             meter.reset_peak()
 
     at_one = isolated(meter, probe, "probe at micro-batch 1") if isolate else probe()
-    return _with_single(fit, at_one, limit_bytes, _missing_state_bytes(fit.static, optimizer))
+    return _with_single(fit, at_one, limit_bytes, missing_state_bytes(fit.static, optimizer))
 
 
 def _with_single(

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.text import Text
 
 from edgetrain.errors import EdgeTrainError
-from edgetrain.safefs import os_error_message
+from edgetrain.safefs import interrupt, os_error_message
 
 __all__ = ["app", "main"]
 
@@ -206,7 +206,8 @@ _register_command_modules()
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     _SIGNAL.append(signum)
-    raise KeyboardInterrupt  # leave the run directory in a readable, resumable state
+    # leave the run directory in a readable, resumable state (after a file being written)
+    interrupt()
 
 
 def _interrupt_code() -> int:
@@ -230,6 +231,8 @@ def main(argv: list[str] | None = None) -> None:
         format="%(levelname)s %(name)s: %(message)s",
     )
     signal.signal(signal.SIGTERM, _on_sigterm)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_sigterm)  # Ctrl-C too waits for a file write
     try:
         rc = app(args=args, prog_name="edgetrain", standalone_mode=False)
         if isinstance(rc, int) and rc:

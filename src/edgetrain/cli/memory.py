@@ -176,7 +176,7 @@ def _plan(cfg: Any, data: Any, model: Any, device: Any) -> None:
     if any(o.fits and not o.time_measured for o in plan.options):
         out.print(
             "* time not probed (a probe may not step the weights): that of the same set "
-            "without the optimizer step in backward",
+            "without the optimizer step in backward or with fp32 optimizer state",
             highlight=False,
         )
     out.print(

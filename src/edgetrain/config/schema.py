@@ -102,6 +102,9 @@ class TrainConfig(Section):
     grad_clip_norm: float | None = Field(None, gt=0)  # clip the gradient norm before each step
     # step each parameter as its gradient is ready, freeing it (no accumulation only)
     optimizer_in_backward: bool = False
+    # the dtype optimizer state (momentum, Adam's moments) is kept in between steps: bf16
+    # halves it (each parameter's state cast up for its step, rounded back stochastically)
+    optimizer_state: Literal["fp32", "bf16"] = "fp32"
     # what a batch means (edgetrain.tasks); auto: the data set's own (classification for images)
     task: Literal["auto", "classification", "regression", "language_modeling", "model_loss"] = (
         "auto"

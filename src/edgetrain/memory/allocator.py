@@ -160,7 +160,8 @@ def resolve_cpu_allocator(config: Any, device: Any) -> Literal["keep", "release"
 
     ``cpu_allocator: auto`` releases when the run is on the CPU and memory matters: a
     ``budget.memory``, activation compression (``activations`` other than off/none),
-    ``recompute`` or ``optimizer_in_backward``. Off the CPU it is always ``keep``.
+    ``recompute``, ``optimizer_in_backward`` or a low-precision ``optimizer_state``. Off
+    the CPU it is always ``keep``.
     """
     if str(getattr(device, "type", device)).split(":")[0] != "cpu":
         return "keep"
@@ -173,6 +174,7 @@ def resolve_cpu_allocator(config: Any, device: Any) -> Literal["keep", "release"
         or getattr(config, "activations", "off") not in ("off", "none")
         or getattr(config, "recompute", "none") != "none"
         or bool(getattr(config, "optimizer_in_backward", False))
+        or getattr(config, "optimizer_state", "fp32") != "fp32"
     )
     return "release" if matters else "keep"
 
@@ -189,7 +191,7 @@ def configure_for_run(config: Any, device: Any) -> dict[str, Any]:
         elif getattr(config, "cpu_allocator", "auto") == "auto":
             record["reason"] = (
                 "cpu_allocator auto: no memory lever (budget.memory, activations, recompute, "
-                "optimizer_in_backward) is set"
+                "optimizer_in_backward, optimizer_state) is set"
             )
     with _lock:
         _current.update(record)

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgetrain.safefs import atomic_write_text, dumps_strict
+from edgetrain.safefs import atomic_write_text, dumps_strict, interrupt
 
 __all__ = [
     "TRIAL_FILE",
@@ -61,7 +61,8 @@ def _die_with_parent() -> None:
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt  # train() leaves the run directory readable and "interrupted"
+    # train() leaves the run directory readable and "interrupted" (after a file being written)
+    interrupt()
 
 
 def trial_metrics(summary: dict[str, Any]) -> dict[str, Any]:

@@ -199,6 +199,10 @@ def _default_callbacks(
         from edgetrain.train.features.activations import ActivationCallback
 
         cbs.append(ActivationCallback(config.activations, seed=config.seed))
+    if config.optimizer_state != "fp32":
+        from edgetrain.train.features.optim_state import OptimizerStateCallback
+
+        cbs.append(OptimizerStateCallback(config.optimizer_state, seed=config.seed))
     if config.optimizer_in_backward:
         from edgetrain.train.features.optim_backward import OptimizerInBackward
 
@@ -333,7 +337,7 @@ def _run(
 
         # after the monitor (its epoch peaks feed the controller) and the memory levers the
         # config sets (the controller's probes run with them), before progress and user ones
-        levers = ("activations", "optim_backward", "recompute")
+        levers = ("activations", "optim_state", "optim_backward", "recompute")
         at = sum(1 for cb in defaults if cb.name == "monitor" or cb.name in levers)
         defaults[at:at] = adapt_callbacks(config, data.train, data.val)
         if config.sparse_update.scheme != "full":

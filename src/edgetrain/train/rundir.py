@@ -34,6 +34,7 @@ from edgetrain.safefs import (
     atomic_write_text,
     claim_dir,
     dumps_strict,
+    interrupts_deferred,
     mark_dir,
     read_marker,
     user_errors,
@@ -216,16 +217,19 @@ class RunDir:
 def save_tensors(target: Path, state: Mapping[str, Any]) -> Path:
     """``torch.save`` to a temporary file and a rename; no ``.tmp`` is left on failure."""
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        # straight to the file: going through BytesIO held a second copy of the state in memory
-        with open(tmp, "wb") as fh:
-            torch.save(dict(state), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # a stop signal waits for the write and the rename (raised inside torch.save, it broke
+    # the zip writer; raised before the rename, it lost the checkpoint)
+    with interrupts_deferred():
+        try:
+            # straight to the file: through BytesIO held a second copy of the state in memory
+            with open(tmp, "wb") as fh:
+                torch.save(dict(state), fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     return target
 
 

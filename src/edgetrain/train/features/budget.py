@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -161,6 +160,8 @@ def fixed_levers(cfg: TrainConfig) -> dict[str, Any]:
         fixed["recompute"] = cfg.recompute if isinstance(cfg.recompute, str) else "list"
     if cfg.optimizer_in_backward:
         fixed["optimizer_in_backward"] = True
+    if cfg.optimizer_state != "fp32":
+        fixed["state"] = cfg.optimizer_state
     return fixed
 
 
@@ -180,6 +181,9 @@ def plan_candidates(cfg: TrainConfig, model: nn.Module, step_in_backward_ok: boo
         activations=fixed.get("activations"),
         recompute=fixed.get("recompute"),
         optimizer_in_backward=fixed.get("optimizer_in_backward"),
+        state=fixed.get("state"),
+        # low-precision state steps before any other step hook: not with a sparse update's
+        low_state=lossy and cfg.sparse_update.scheme == "full",
         lossy=lossy,
         step_in_backward_ok=step_in_backward_ok,
         sparse=SPARSE_CANDIDATES if lossy and finetune else (),
@@ -507,9 +511,7 @@ class AdaptiveCallback(Callback):
         # the sets that add levers to it are raised alike (what the probes missed for its
         # levers is there with more levers too); the others are measured when chosen
         corrected = [
-            replace(c, memory=c.memory.raised(drift))
-            if c.levers == levers or within(levers, c.levers)
-            else c
+            c.raised(drift) if c.levers == levers or within(levers, c.levers) else c
             for c in costs or ()
         ]
         why = (

@@ -21,45 +21,26 @@ Any other backward (with accumulation, a probe's) leaves the gradients alone.
 
 from __future__ import annotations
 
-import inspect
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.hooks import RemovableHandle
 
 from edgetrain.errors import EdgeTrainError
+from edgetrain.memory.optimizer_state import (
+    installed,
+    is_own_hook,
+    per_parameter_optimizers,
+)
 from edgetrain.train.callbacks import Callback, TrainState
 
 if TYPE_CHECKING:
     from edgetrain.config import TrainConfig
 
+# per_parameter_optimizers lives in edgetrain.memory.optimizer_state (re-exported here)
 __all__ = ["OptimizerInBackward", "per_parameter_optimizers", "refusal", "refusal_for"]
 
 _NAME = "optimizer_in_backward"
-
-
-def per_parameter_optimizers(
-    optimizer: torch.optim.Optimizer,
-) -> list[tuple[torch.Tensor, torch.optim.Optimizer, dict[str, Any]]]:
-    """``(param, one-parameter optimizer, its group in optimizer)`` for each parameter.
-
-    The one-parameter optimizers share ``optimizer.state``.
-    """
-    out: list[tuple[torch.Tensor, torch.optim.Optimizer, dict[str, Any]]] = []
-    cls = type(optimizer)
-    kwargs = _constructor_kwargs(cls, optimizer.defaults)
-    for group in optimizer.param_groups:
-        settings = {k: v for k, v in group.items() if k != "params"}
-        for p in group["params"]:
-            try:
-                single = cls([{"params": [p], **settings}], **kwargs)
-            except (TypeError, ValueError) as exc:
-                raise EdgeTrainError(
-                    f"{_NAME}: cannot rebuild {cls.__name__} for one parameter ({exc})"
-                ) from exc
-            single.state = optimizer.state
-            out.append((p, single, group))
-    return out
 
 
 class OptimizerInBackward(Callback):
@@ -131,7 +112,11 @@ class OptimizerInBackward(Callback):
             for key, value in group.items():
                 if key != "params":
                     own[key] = value
-            single.step()
+            low = installed(main) if main is not None else None
+            if low is not None:  # optimizer_state: bf16 (its state cast up for the step)
+                low.step_parameter(p, single)
+            else:
+                single.step()
             p.grad = None
             self._stepped = True
 
@@ -150,16 +135,6 @@ class OptimizerInBackward(Callback):
         return {
             _NAME: {"steps_in_backward": self.steps_in_backward, "steps_plain": self.steps_plain}
         }
-
-
-def _constructor_kwargs(cls: type, defaults: dict[str, Any]) -> dict[str, Any]:
-    """The defaults the constructor takes (AdamW's ``decoupled_weight_decay`` is not one;
-    the param group carries every setting anyway)."""
-    params = inspect.signature(cls.__init__).parameters.values()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return dict(defaults)
-    names = {p.name for p in params}
-    return {k: v for k, v in defaults.items() if k in names}
 
 
 def _param_ids(optimizer: torch.optim.Optimizer) -> tuple[int, ...]:
@@ -196,7 +171,11 @@ def refusal_for(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> str | Non
 
 
 def _hooks_refusal(optimizer: torch.optim.Optimizer) -> str | None:
-    if optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks:
+    hooks = [
+        *optimizer._optimizer_step_pre_hooks.values(),
+        *optimizer._optimizer_step_post_hooks.values(),
+    ]
+    if any(not is_own_hook(h) for h in hooks):  # not optimizer_state's (it steps per parameter)
         return f"{_NAME}: the optimizer has step hooks, which per-parameter steps would skip"
     return None
 
