@@ -234,3 +234,55 @@ def test_micro_batch_one_is_measured_on_regression_and_dict_batches():
     fit_ = fit_memory_model(lm, None, ModelLossTask(), batch, meter=meter, limit_bytes=11.5 * MiB)
     assert fit_.single is not None and fit_.verified == 1
     assert fit_.memory.predict_bytes(1) == pytest.approx(11 * MiB, rel=0.01)
+
+
+def _moment_dtypes(optimizer: torch.optim.Optimizer) -> set[torch.dtype]:
+    return {v.dtype for s in optimizer.state.values() for v in s.values() if v.numel() > 1}
+
+
+def test_bf16_optimizer_state_on_regression_and_dict_batches_under_a_budget(tmp_path):
+    """optimizer_state: bf16 is a task-independent lever: a regression MLP and a
+    dict-batch model with its own loss train with it (and a budget), state in bfloat16."""
+    from edgetrain.train import Callback
+
+    class Dtypes(Callback):
+        def __init__(self) -> None:
+            self.seen: set[torch.dtype] = set()
+
+        def on_batch_end(self, state):
+            self.seen |= _moment_dtypes(state.optimizer)
+
+    reg = Dtypes()
+    result = train(
+        {"data": "diabetes", "model": "mlp", "epochs": 1, "batch_size": 32, "lr": 0.01}
+        | {"optimizer": "adam", "optimizer_state": "bf16"}
+        | NO_MONITOR,
+        overrides=[f"out={tmp_path / 'reg'}"],
+        callbacks=[reg],
+        progress=False,
+    )
+    assert result.summary["task"]["name"] == "regression"
+    assert reg.seen == {torch.bfloat16}
+    assert result.summary["optimizer_state"]["dtype"] == "bf16"
+
+    lm = Dtypes()
+    model = TinyLM()
+    meter = BatchMeter(model, static_bytes=10 * MiB, per_sample_bytes=MiB)
+    cb = budget_feature.AdaptiveCallback(probe_data=Sentences(), meter=meter)
+    result = fit(
+        model,
+        Sentences(),
+        Sentences(n=16),
+        collate_fn=collate,
+        callbacks=[cb, lm],
+        out=tmp_path / "lm",
+        epochs=1,
+        batch_size=32,
+        lr=0.1,
+        optimizer_state="bf16",
+        **BUDGET,
+        **QUIET,
+    )
+    assert result.summary["task"]["name"] == "model_loss"
+    assert lm.seen == {torch.bfloat16}
+    assert result.summary["adapt"]["within_budget"] is True
