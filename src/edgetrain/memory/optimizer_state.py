@@ -53,6 +53,7 @@ __all__ = [
     "constructor_kwargs",
     "installed",
     "is_own_hook",
+    "param_ids",
     "per_parameter_optimizers",
     "state_saving_bytes",
     "stochastic_round",
@@ -184,6 +185,7 @@ class LowPrecisionState:
         self._generators: dict[torch.device, torch.Generator] = {}
         self._pending_states: dict[str, torch.Tensor] = {}
         self._singles: dict[int, tuple[torch.optim.Optimizer, dict[str, Any]]] = {}
+        self._slicers: dict[int, torch.optim.Optimizer] = {}  # by the group they step for
         self._params: tuple[int, ...] = ()
         self._hidden: list[tuple[torch.Tensor, torch.Tensor]] = []
         pre = _marked(self._pre_step)
@@ -269,9 +271,14 @@ class LowPrecisionState:
         state.update(last)
 
     def _slice_optimizer(self, group: dict[str, Any]) -> torch.optim.Optimizer:
-        """A one-parameter optimizer of the same class and the group's settings, whose
-        parameter is swapped for each slice."""
+        """A one-parameter optimizer of the same class with the group's settings (as they
+        are now: the schedule's rate), whose parameter is swapped for each slice; one per
+        group, kept from step to step."""
         settings = {k: v for k, v in group.items() if k != "params"}
+        part = self._slicers.get(id(group))
+        if part is not None:
+            part.param_groups[0].update(settings)
+            return part
         cls = type(self.optimizer)
         stand_in = torch.zeros(2)
         part = cls(
@@ -279,6 +286,7 @@ class LowPrecisionState:
             **constructor_kwargs(cls, self.optimizer.defaults),
         )
         part.param_groups[0].update(settings)
+        self._slicers[id(group)] = part
         return part
 
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -313,8 +321,9 @@ class LowPrecisionState:
         self._hidden = []
 
     def _per_parameter(self) -> dict[int, tuple[torch.optim.Optimizer, dict[str, Any]]]:
-        ids = tuple(i for g in self.optimizer.param_groups for i in (id(g), *map(id, g["params"])))
+        ids = param_ids(self.optimizer)
         if ids != self._params:  # new or reloaded groups
+            self._slicers = {}
             self._singles = {
                 id(p): (single, group)
                 for p, single, group in per_parameter_optimizers(self.optimizer)
@@ -443,3 +452,9 @@ def constructor_kwargs(cls: type, defaults: dict[str, Any]) -> dict[str, Any]:
         return dict(defaults)
     names = {p.name for p in params}
     return {k: v for k, v in defaults.items() if k in names}
+
+
+def param_ids(optimizer: torch.optim.Optimizer) -> tuple[int, ...]:
+    """The identity of each group and parameter (a loaded state_dict makes new groups):
+    per-parameter optimizers built for other ids must be built again."""
+    return tuple(i for g in optimizer.param_groups for i in (id(g), *map(id, g["params"])))

@@ -30,6 +30,7 @@ from edgetrain.errors import EdgeTrainError
 from edgetrain.memory.optimizer_state import (
     installed,
     is_own_hook,
+    param_ids,
     per_parameter_optimizers,
 )
 from edgetrain.train.callbacks import Callback, TrainState
@@ -72,7 +73,7 @@ class OptimizerInBackward(Callback):
 
     def on_batch_start(self, state: TrainState) -> None:
         self._stepped = False
-        if state.optimizer is not self._optimizer or _param_ids(state.optimizer) != self._params:
+        if state.optimizer is not self._optimizer or param_ids(state.optimizer) != self._params:
             _check_hooks(state.optimizer)
             self._install(state.optimizer)  # a new optimizer, new or reloaded groups
 
@@ -95,7 +96,7 @@ class OptimizerInBackward(Callback):
     def _install(self, optimizer: torch.optim.Optimizer) -> None:
         self.remove()
         self._optimizer = optimizer
-        self._params = _param_ids(optimizer)
+        self._params = param_ids(optimizer)
         for p, single, group in per_parameter_optimizers(optimizer):
             self._handles.append(p.register_post_accumulate_grad_hook(self._hook(single, group)))
 
@@ -135,11 +136,6 @@ class OptimizerInBackward(Callback):
         return {
             _NAME: {"steps_in_backward": self.steps_in_backward, "steps_plain": self.steps_plain}
         }
-
-
-def _param_ids(optimizer: torch.optim.Optimizer) -> tuple[int, ...]:
-    """The identity of each group and parameter (a loaded state_dict makes new groups)."""
-    return tuple(i for g in optimizer.param_groups for i in (id(g), *map(id, g["params"])))
 
 
 def _check(state: TrainState) -> None:
