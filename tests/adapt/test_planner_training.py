@@ -453,3 +453,32 @@ def test_low_precision_state_the_config_sets_is_kept_and_measured(tmp_path):
     static = next(iter(cb._fits.values())).static
     assert static.optimizer_state_bytes == sum(p.numel() for p in model.parameters()) * 2
     assert record.seen == {torch.bfloat16}
+
+
+def test_a_planned_low_precision_state_resumes_exactly(tmp_path):
+    """The planner's bf16 state keeps its rounding generator in the checkpoint: one epoch,
+    then a resumed second, ends with the weights of two epochs in one run."""
+    settings = {"optimizer": "sgd", "momentum": 0.9}
+
+    def run(out, epochs, budget, resume=False):
+        model = wide_head()
+        meter = LeverMeter(model, static=4, per_sample=0.2, factor=1.0)
+        cb = AdaptiveCallback(probe_data=Blobs(), meter=meter)
+        _fit(model, out, [cb], budget, epochs=epochs, resume=resume, **settings)
+        return cb, model
+
+    def smallest(out, budget):
+        with pytest.raises(EdgeTrainError, match="smallest") as info:
+            run(tmp_path / out, 1, budget)
+        return int(re.search(r"smallest .*?\((\d+) bytes", str(info.value)).group(1))
+
+    exact = smallest("exact", {"memory": "6MiB"})
+    lossy = smallest("lossy", {"memory": "4.5MiB", "lossy": "allow"})
+    budget = {"memory": (exact + lossy) // 2, "lossy": "allow"}
+    cb, whole = run(tmp_path / "whole", 2, budget)
+    assert cb.plan is not None and cb.plan.levers.state == "bf16"
+    run(tmp_path / "parts", 1, budget)
+    cb, resumed = run(tmp_path / "parts", 2, budget, resume=True)
+    assert cb.controller.state.levers.state == "bf16"
+    for a, b in zip(whole.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -166,6 +166,12 @@ class LeverHandle:
 
             self._state = LowPrecisionState(optimizer, STATE_DTYPES[levers.state], seed=seed or 0)
 
+    @property
+    def low_state(self) -> Any:
+        """The :class:`~edgetrain.memory.optimizer_state.LowPrecisionState` these levers
+        installed (its rounding generators go into checkpoints), or None."""
+        return self._state
+
     def forward_context(self) -> contextlib.AbstractContextManager[Any]:
         """The codec's hooks (a null context without a codec)."""
         return self.codec if self.codec is not None else contextlib.nullcontext()

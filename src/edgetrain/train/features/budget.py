@@ -277,6 +277,8 @@ class AdaptiveCallback(Callback):
         self._blocks: list[str] = []  # the blocks the planned levers recompute
         self._rows: dict[str, torch.Tensor] | None = None  # a sparse plan's rows
         self._rows_share: float | None = None  # ... and its share
+        #: a planned low-precision state's rounding generators while its levers are off
+        self._state_rng: dict[str, Any] | None = None
 
     # the controller's state, by its old names
     @property
@@ -570,6 +572,10 @@ class AdaptiveCallback(Callback):
         )
         self._rows, self._rows_share = self._levers.rows, levers.sparse
         self._blocks = self._levers.blocks
+        if self._levers.low_state is not None and self._state_rng:
+            # the rounding continues its draws (re-applied after a re-plan's probes, or
+            # resumed from a checkpoint) instead of repeating them from the seed
+            self._levers.low_state.load_state_dict(self._state_rng)
         if levers.optimizer_in_backward and "optimizer_in_backward" not in skip:
             self._step_in_backward = OptimizerInBackward()
             self._step_in_backward.on_fit_start(state)
@@ -588,6 +594,8 @@ class AdaptiveCallback(Callback):
 
     def _remove_levers(self, state: TrainState) -> None:
         if self._levers is not None:
+            if self._levers.low_state is not None:
+                self._state_rng = self._levers.low_state.state_dict()
             self._levers.remove()
             self._levers = None
         if self._step_in_backward is not None:
@@ -874,11 +882,16 @@ class AdaptiveCallback(Callback):
         if self._rows is not None:
             # a sparse plan's rows, chosen before training (the weights differ on resume)
             out["sparse_rows"] = {k: v.detach().cpu() for k, v in self._rows.items()}
+        handle = self._levers
+        rng = handle.low_state.state_dict() if handle and handle.low_state else self._state_rng
+        if rng:  # a planned low-precision state's rounding generators
+            out["state_rng"] = rng
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         state = dict(state)
         self._rows = state.pop("sparse_rows", None)
+        self._state_rng = state.pop("state_rng", None)
         self.controller.state = BudgetState.from_dict(state)
         levers = self.controller.state.levers
         self._rows_share = levers.sparse if levers is not None and self._rows else None
