@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -28,11 +30,36 @@ from edgetrain.train.features.budget import AdaptiveCallback
 MiB = 2**20
 
 
+#: the probes' clock in these tests (see work_clock)
+_WORK = {"now": 0.0, "on": False}
+
+
+def _tick(module: nn.Module, args: tuple, out: object) -> None:
+    _WORK["now"] += 1e-3 + 1e-5 * args[0].shape[0]
+
+
+@pytest.fixture(autouse=True)
+def work_clock(monkeypatch):
+    """Once a test made a LeverMeter, the probes' clock counts work instead of reading
+    the wall: each leaf module's forward costs 1 ms plus 10 us a sample (a recomputed
+    block's run twice), so the choices that rest on measured time do not change with the
+    machine's load (under load the wall clock once timed micro-batch 5 x 7 faster than
+    one recomputed step of 32)."""
+    _WORK.update(now=0.0, on=False)
+    real = time.perf_counter
+    clock = SimpleNamespace(perf_counter=lambda: _WORK["now"] if _WORK["on"] else real())
+    monkeypatch.setattr("edgetrain.adapt.probe.time", clock)
+
+
 class LeverMeter(BatchMeter):
     source = "fake:levers"
 
     def __init__(self, model: nn.Module, static: float, per_sample: float, factor: float) -> None:
         super().__init__(model, int(static * MiB), int(per_sample * MiB))
+        _WORK["on"] = True
+        for m in model.modules():
+            if not list(m.children()):
+                m.register_forward_hook(_tick)
         self.model = model
         self.factor = factor
         self.extra = 0
@@ -95,6 +122,8 @@ def test_the_plan_recomputes_when_the_micro_batch_alone_would_take_many_steps(tm
     by = {o.levers.describe(): o for o in plan.options}
     assert by["micro-batch only"].micro_batch_size in (4, 5)  # the calibration may add a bit
     assert by["recompute=all"].micro_batch_size == 32
+    # (the work clock: 7 steps of 5 samples cost more than one of 32 recomputed)
+    assert by["recompute=all"].time_ratio < by["micro-batch only"].time_ratio
     assert not by["activations=lossless"].saves
     assert result.history.micro_batch_size.tolist() == [32, 32]
     # the plan is in decisions.csv (one row per option, the chosen one marked) and summary
