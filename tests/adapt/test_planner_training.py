@@ -401,6 +401,13 @@ def wide_head(seed: int = 0) -> nn.Module:
     )
 
 
+def _smallest(train) -> int:
+    """The bytes of the smallest budget named by the exit-2 error ``train()`` raises."""
+    with pytest.raises(EdgeTrainError, match="smallest") as info:
+        train()
+    return int(re.search(r"smallest .*?\((\d+) bytes", str(info.value)).group(1))
+
+
 class StateDtypes(Callback):
     """Records the dtypes of the optimizer's momentum at each step's end."""
 
@@ -425,13 +432,8 @@ def test_low_precision_optimizer_state_is_planned_when_nothing_exact_fits(tmp_pa
         callbacks = [cb] if record is None else [cb, record]
         return cb, _fit(model, tmp_path / out, callbacks, budget, **settings)
 
-    def smallest(out, budget):
-        with pytest.raises(EdgeTrainError, match="smallest") as info:
-            planned(out, budget)
-        return int(re.search(r"smallest .*?\((\d+) bytes", str(info.value)).group(1))
-
-    exact_smallest = smallest("exact", {"memory": "6MiB"})
-    lossy_smallest = smallest("lossy", {"memory": "4.5MiB", "lossy": "allow"})
+    exact_smallest = _smallest(lambda: planned("exact", {"memory": "6MiB"}))
+    lossy_smallest = _smallest(lambda: planned("lossy", {"memory": "4.5MiB", "lossy": "allow"}))
     # half of the momentum's bytes (behind the 10% margin and the 5% slack)
     saved = (exact_smallest - lossy_smallest) * 0.9 / 1.05
     momentum = sum(p.numel() for p in wide_head().parameters()) * 4
@@ -496,13 +498,8 @@ def test_a_planned_low_precision_state_resumes_exactly(tmp_path):
         _fit(model, out, [cb], budget, epochs=epochs, resume=resume, **settings)
         return cb, model
 
-    def smallest(out, budget):
-        with pytest.raises(EdgeTrainError, match="smallest") as info:
-            run(tmp_path / out, 1, budget)
-        return int(re.search(r"smallest .*?\((\d+) bytes", str(info.value)).group(1))
-
-    exact = smallest("exact", {"memory": "6MiB"})
-    lossy = smallest("lossy", {"memory": "4.5MiB", "lossy": "allow"})
+    exact = _smallest(lambda: run(tmp_path / "exact", 1, {"memory": "6MiB"}))
+    lossy = _smallest(lambda: run(tmp_path / "lossy", 1, {"memory": "4.5MiB", "lossy": "allow"}))
     budget = {"memory": (exact + lossy) // 2, "lossy": "allow"}
     cb, whole = run(tmp_path / "whole", 2, budget)
     assert cb.plan is not None and cb.plan.levers.state == "bf16"
