@@ -31,7 +31,9 @@ the same model (same seed) on the same batches with SGD (lr 0.01, momentum 0.9):
   (the int8 codec on every saved activation, no recomputation:
   ``compress_activations(model, "int8")`` around the forward), ``optimizer_in_backward``
   (each parameter stepped by its own one-parameter SGD, ``per_parameter_optimizers``,
-  in a ``register_post_accumulate_grad_hook`` and its gradient freed at once).
+  in a ``register_post_accumulate_grad_hook`` and its gradient freed at once; a plan's
+  step in backward with accumulation folds each micro-batch's gradients into SGD's
+  momentum instead, ``edgetrain.memory.fold``, and steps after the last).
 
 The plans: one planning subprocess per model measures every candidate lever set once
 (``edgetrain.adapt.levers.measure_lever_costs``: probe steps at growing micro-batches up
@@ -450,14 +452,23 @@ def child(spec: dict[str, Any]) -> None:
         levers and levers["optimizer_in_backward"]
     )
     stepping = [False]
+    micro = {"accumulate": spec["micro_batch"], FLOOR: 1}.get(method, batch)
+    if levers is not None:
+        micro = spec["plan_micro"]
+    fold = None  # with accumulation, SGD's momentum takes the gradients (edgetrain.memory.fold)
     if in_backward:
+        from edgetrain.memory.fold import MomentumFold, fold_refusal
         from edgetrain.memory.optimizer_state import installed
 
+        if micro < batch and fold_refusal(opt) is None:
+            fold = MomentumFold(opt)
         low = installed(opt)  # the plan keeps bf16 state: its per-parameter step
         for p, single, _group in per_parameter_optimizers(opt):
 
             def hook(t: torch.Tensor, single: torch.optim.Optimizer = single) -> None:
-                if stepping[0]:
+                if fold is not None and fold.active:
+                    fold.fold(t)
+                elif stepping[0]:
                     if low is not None:
                         low.step_parameter(t, single)
                     else:
@@ -465,9 +476,6 @@ def child(spec: dict[str, Any]) -> None:
                     t.grad = None
 
             p.register_post_accumulate_grad_hook(hook)
-    micro = {"accumulate": spec["micro_batch"], FLOOR: 1}.get(method, batch)
-    if levers is not None:
-        micro = spec["plan_micro"]
     act_peak = [0]
     grad_peak = [0]
 
@@ -489,6 +497,8 @@ def child(spec: dict[str, Any]) -> None:
         x, y = xs[i], ys[i]
         opt.zero_grad(set_to_none=True)
         stepping[0] = True
+        if fold is not None:
+            fold.begin()
         total = 0.0
         for lo in range(0, batch, micro):
             hi = min(lo + micro, batch)
@@ -497,6 +507,8 @@ def child(spec: dict[str, Any]) -> None:
             loss.backward()
             total += float(loss.detach())
         stepping[0] = False
+        if fold is not None:
+            fold.finish()
         if in_backward:
             grad_peak[0] = max(p.numel() * p.element_size() for p in params)
         else:

@@ -111,6 +111,42 @@ def test_the_optimizer_step_in_backward_acts_only_on_the_whole_batch():
     assert not next(o for o in plan.options if o.levers == STEP).fits
 
 
+def test_a_folding_step_in_backward_frees_the_gradients_at_every_micro_batch():
+    """SGD with momentum folds accumulated gradients (edgetrain.memory.fold): the step in
+    backward then saves the gradients at any micro-batch, not only at the whole batch."""
+    # 40 MiB of parameters + momentum + 20 MiB of gradients, 1 MiB per sample
+    plain = cost(PLAIN, 60, 1, step_s=0.05)
+    folding = cost(STEP, 60, 1, step_s=0.05, grad_free_bytes=20 * MiB, accumulates=True)
+    whole_only = cost(STEP, 60, 1, step_s=0.05, grad_free_bytes=20 * MiB)
+    assert folding.predict_bytes(16, 64) == 56 * MiB  # 60 + 16 - 20
+    assert whole_only.predict_bytes(16, 64) == 76 * MiB  # accumulation keeps them
+    # limit 72 MiB: plain fits micro-batch 12 (6 steps), folding 32 (2 steps): faster
+    plan = make_plan([plain, folding], budget_bytes=80 * MiB, batch_size=64)
+    assert plan.levers == STEP
+    assert (plan.micro_batch_size, plan.accum_steps) == (32, 2)
+    assert plan.predicted_peak_bytes == 72 * MiB
+    assert plan.chosen.saved_bytes == 20 * MiB
+    options = {o.levers: o for o in plan.options}
+    assert options[PLAIN].micro_batch_size < 32
+    # the same set that cannot fold does not fit below the whole batch
+    plan = make_plan([plain, whole_only], budget_bytes=80 * MiB, batch_size=64)
+    assert plan.levers == PLAIN
+    # below plain's micro-batch-1 floor (61 MiB) only the folding set trains, and the
+    # smallest budget it names is at micro-batch 1, not at the whole batch
+    with pytest.raises(PlanError, match="at micro-batch 1") as info:
+        make_plan([plain, folding], budget_bytes=40 * MiB, batch_size=64, limit_frac=0.9)
+    assert info.value.smallest_bytes == math.ceil(41 * MiB / 0.9 * (1 + SMALLEST_SLACK_FRAC))
+    plan = make_plan([plain, folding], budget_bytes=55 * MiB, batch_size=64, limit_frac=0.9)
+    assert (plan.levers, plan.micro_batch_size) == (STEP, 8)  # 40 + 9 MiB, evened to 8 x 8
+
+
+def test_a_folding_set_whose_whole_batch_pass_measured_over_the_limit_accumulates():
+    folding = cost(STEP, 10, 1, grad_free_bytes=8 * MiB, whole_bytes=90 * MiB, accumulates=True)
+    # the line says 66 MiB at the whole batch, the pass measured 90: micro-batch 32 instead
+    assert folding.largest_micro_batch(70 * MiB, 64, 1) == 32
+    assert folding.predict_bytes(32, 64) == 34 * MiB
+
+
 def test_an_impossible_budget_names_the_smallest_reachable_one():
     costs = [cost(PLAIN, 10, 1), cost(RECOMPUTE, 8, 0.25)]
     with pytest.raises(PlanError, match=r"smallest any reaches is 9\.6 MiB") as info:

@@ -43,6 +43,7 @@ from edgetrain.adapt.probe import (
     static_bytes,
 )
 from edgetrain.errors import EdgeTrainError
+from edgetrain.memory.fold import fold_refusal
 from edgetrain.memory.recompute import find_blocks
 from edgetrain.tasks import Task
 
@@ -438,13 +439,18 @@ def measure_lever_costs(
     low = [lv for lv in candidates if derive and lv.state != "fp32"]
     saving = _state_saving(optimizer, {lv.state for lv in low})
     accounted: int | None = None  # the same for every set: computed once, when needed
+    # the step in backward runs with accumulation too where the optimizer folds the
+    # micro-batches' gradients into its momentum (edgetrain.memory.fold)
+    folds = optimizer is not None and fold_refusal(optimizer) is None
     for levers in candidates:
         if not levers.optimizer_in_backward or (derive and levers.state != "fp32"):
             continue
         if _base(levers) not in fits:
             continue
         base = cost_of(_base(levers))
-        if base.ceiling is not None and base.ceiling <= size:
+        whole_runs = base.ceiling is None or base.ceiling > size
+        accumulates = folds and levers.state == "fp32"
+        if not whole_runs and not accumulates:
             continue  # the whole batch does not run: no step in backward
         if accounted is None:
             accounted = isolated(
@@ -456,23 +462,31 @@ def measure_lever_costs(
         lower = max(
             (saving[lv.state] for lv in low if replace(lv, state="fp32") == levers), default=0
         )
+        # the pass measured with gradients freed: the whole batch; where the set folds,
+        # the largest micro-batch predicted to fit with the gradients freed
+        micro = size
+        if accumulates and limit_bytes is not None:
+            upper = size if whole_runs else base.ceiling - 1  # type: ignore[operator]
+            fitting = base.memory.raised(-accounted - lower).largest_micro_batch(limit_bytes, upper)
+            micro = min(max(start, fitting), upper)
         hopeless = (
             limit_bytes is not None
-            and base.predict_bytes(size, size) - accounted - lower > limit_bytes
+            and base.predict_bytes(micro, size) - accounted - lower > limit_bytes
         )
         if hopeless:
             # not even every gradient freed fits: not an option, and not a 'smallest
-            # reachable' budget either (that would rest on a whole batch never measured)
+            # reachable' budget either (that would rest on a pass never measured)
             continue
         if progress is not None:
             progress(levers)
-        free, whole = isolated(
+        free, peak = isolated(
             meter,
-            lambda levers=levers, accounted=accounted: _grad_free_bytes(
-                model, task, batch, levers, meter, autocast, seed, skip, accounted
+            lambda levers=levers, accounted=accounted, micro=micro: _grad_free_bytes(
+                model, task, batch, levers, meter, autocast, seed, skip, accounted, micro
             ),
             f"probe steps of {levers.describe()}",
         )
+        whole = peak if micro >= size else None
         if whole is not None:  # the state a real step holds that the probe did not
             whole += missing_state_bytes(fits[_base(levers)].static, optimizer)
         costs.append(
@@ -484,6 +498,7 @@ def measure_lever_costs(
                 grad_free_bytes=free,
                 time_measured=False,
                 whole_bytes=whole,
+                accumulates=accumulates,
             )
         )
     by_set = {c.levers: c for c in costs}
@@ -492,8 +507,14 @@ def measure_lever_costs(
         full = by_set.get(exact) or (cost_of(exact) if exact in fits else None)
         if full is None:
             continue
+        # (the step in backward does not fold into a low-precision state)
         costs.append(
-            replace(full.raised(-saving[levers.state]), levers=levers, time_measured=False)
+            replace(
+                full.raised(-saving[levers.state]),
+                levers=levers,
+                time_measured=False,
+                accumulates=False,
+            )
         )
     rank = {lv: i for i, lv in enumerate(candidates)}
     costs.sort(key=lambda c: rank[c.levers])
@@ -538,24 +559,32 @@ def _grad_free_bytes(
     seed: int | None,
     skip: Collection[str],
     accounted: int,
+    micro: int,
 ) -> tuple[int, int | None]:
-    """Bytes the whole-batch step saves when gradients are freed as they are ready:
-    measured (a probe with and without freeing) where the meter reads, else
+    """Bytes the logical batch at ``micro`` saves when gradients are freed as they are
+    ready (at the whole batch: the step in backward; below it: folded into SGD's
+    momentum, so every micro-batch after the first no longer runs beside a whole set of
+    gradients): measured (a probe with and without freeing) where the meter reads, else
     ``accounted`` (the exact bytes); and the peak measured with freeing (None: no
     reading)."""
     if meter is None:
         return accounted, None
     peaks = []
+    size = task.size(batch)
+    accumulating = micro < size
+    # three micro-batches show accumulation's peak (the gradients kept from the first)
+    part = task.split(batch, 0, 3 * micro) if 3 * micro < size else batch
     with _applied(model, _base(levers), seed, skip, task, batch) as handle:
         for free in (False, True):
             probe = probe_step(
                 model,
                 task,
-                batch,
+                part,
                 meter=meter,
                 autocast=autocast,
+                micro_batch_size=micro,
                 context=handle.forward_context,
-                free_grads=free,
+                free_grads="accumulating" if free and accumulating else free,
             )
             peaks.append(probe.measured_bytes)
     if peaks[0] is None or peaks[1] is None:

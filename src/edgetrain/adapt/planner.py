@@ -65,7 +65,9 @@ class Levers:
         activations: the codec for tensors saved for backward ("none" = kept as they are).
         recompute: "none" or "all" (every block recomputed in backward).
         optimizer_in_backward: each parameter stepped as its gradient is ready and the
-            gradient freed (only without accumulation: micro-batch = batch).
+            gradient freed (without accumulation: micro-batch = batch; with accumulation
+            only where the optimizer folds gradients into its momentum,
+            :attr:`LeverCost.accumulates`).
         sparse: the share of the trainable parameters updated (1.0: all). Below 1, a
             static sparse update (``sparse_update.scheme: static``, chosen from the
             weights before training, so the probes measure what training runs): frozen
@@ -193,7 +195,8 @@ class LeverCost:
         time: its step seconds against the micro-batch.
         ceiling: the smallest micro-batch that ran out of memory while probing (None: none).
         grad_free_bytes: with ``levers.optimizer_in_backward``, the bytes of gradients that
-            need not coexist (subtracted from the peak at micro-batch = batch only).
+            need not coexist (subtracted from the peak at micro-batch = batch only, or at
+            every micro-batch where ``accumulates``).
         time_measured: False when the time is taken from another set (a lever whose
             probe would change the weights); shown in the plan table.
         whole_bytes: with ``levers.optimizer_in_backward``, the measured peak of a pass
@@ -201,6 +204,10 @@ class LeverCost:
             state counted); the prediction at the whole batch is never below it (the
             memory model's line, fitted to smaller probes, can pass under it: vgg11's
             lossless set predicted 135 MiB where that pass measured 189).
+        accumulates: with ``levers.optimizer_in_backward``, the step in backward also
+            runs with gradient accumulation (SGD with momentum: each micro-batch's
+            gradients folded into the momentum as they are ready, see
+            :mod:`edgetrain.memory.fold`), so every micro-batch saves the gradients.
     """
 
     levers: Levers
@@ -210,12 +217,20 @@ class LeverCost:
     grad_free_bytes: int = 0
     time_measured: bool = True
     whole_bytes: int | None = None
+    accumulates: bool = False
+
+    @property
+    def whole_batch_only(self) -> bool:
+        """Whether the set runs only at micro-batch = batch (the step in backward of an
+        optimizer that cannot fold accumulated gradients)."""
+        return self.levers.optimizer_in_backward and not self.accumulates
 
     def predict_bytes(self, micro_batch_size: int, batch_size: int) -> int:
         peak = self.memory.predict_bytes(micro_batch_size)
-        if self.levers.optimizer_in_backward and micro_batch_size >= batch_size:
+        whole = micro_batch_size >= batch_size
+        if self.levers.optimizer_in_backward and (whole or self.accumulates):
             peak -= self.grad_free_bytes
-            if self.whole_bytes is not None:
+            if self.whole_bytes is not None and whole:
                 peak = max(peak, self.whole_bytes)
         return peak
 
@@ -228,11 +243,16 @@ class LeverCost:
         """The largest micro-batch in [min_micro, batch] predicted under the limit, evened
         out (:func:`~edgetrain.adapt.memory_model.even_micro_batch`); 0 if none."""
         upper = batch_size if self.ceiling is None else min(batch_size, self.ceiling - 1)
-        if self.levers.optimizer_in_backward:  # steps in backward only without accumulation
+        if self.whole_batch_only:  # steps in backward only without accumulation
             if upper < batch_size:
                 return 0
             return batch_size if self.predict_bytes(batch_size, batch_size) <= limit_bytes else 0
-        micro = self.memory.largest_micro_batch(limit_bytes, upper)
+        memory = self.memory
+        if self.levers.optimizer_in_backward:  # folds: every micro-batch frees gradients
+            memory = memory.raised(-self.grad_free_bytes)
+            if upper >= batch_size and self.predict_bytes(batch_size, batch_size) > limit_bytes:
+                upper = batch_size - 1  # the whole batch's measured pass is over the limit
+        micro = memory.largest_micro_batch(limit_bytes, upper)
         # evened out (as the controller trains it): the same steps at less memory
         return even_micro_batch(batch_size, micro, min_micro) if micro >= min_micro else 0
 
@@ -254,6 +274,14 @@ class PlanOption:
     @property
     def fits(self) -> bool:
         return self.micro_batch_size > 0
+
+    def short(self) -> str:
+        """:meth:`Levers.short`; the step in backward with accumulation is a fold of the
+        gradients into SGD's momentum (:mod:`edgetrain.memory.fold`)."""
+        text = self.levers.short()
+        if self.levers.optimizer_in_backward and self.accum_steps > 1:
+            text = text.replace("step in backward", "gradients folded into momentum")
+        return text
 
     @property
     def eligible(self) -> bool:
@@ -309,7 +337,7 @@ class PlanError(EdgeTrainError):
 
 
 def _smallest(cost: LeverCost, batch_size: int, min_micro: int, limit_frac: float) -> float:
-    micro = batch_size if cost.levers.optimizer_in_backward else min_micro
+    micro = batch_size if cost.whole_batch_only else min_micro
     if cost.ceiling is not None and micro >= cost.ceiling:
         return math.inf
     return cost.predict_bytes(micro, batch_size) / limit_frac
@@ -436,7 +464,7 @@ def make_plan(
         reach = (
             f"the smallest any reaches is {format_bytes(smallest_bytes)} ({smallest_bytes} "
             f"bytes, {smallest_cost.levers.describe()} at micro-batch "
-            f"{batch_size if smallest_cost.levers.optimizer_in_backward else own_min(smallest_cost.levers)}, with "
+            f"{batch_size if smallest_cost.whole_batch_only else own_min(smallest_cost.levers)}, with "
             f"the margin {1 - limit_frac:.0%})"
             if smallest_bytes
             else "every probe ran out of memory"

@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import nn
@@ -31,6 +31,7 @@ from edgetrain.tasks.batch import sample_batch
 
 __all__ = [
     "BudgetFit",
+    "GradFreeing",
     "Probe",
     "StaticBytes",
     "accounted_model",
@@ -57,6 +58,8 @@ LADDER = 4
 REPEAT_BELOW_S = 0.5
 
 AutocastFactory = Callable[[], contextlib.AbstractContextManager[Any]]
+# which gradients a probe frees as soon as they are ready (see probe_step's free_grads)
+GradFreeing = bool | Literal["accumulating"]
 _T = TypeVar("_T")
 
 
@@ -161,7 +164,7 @@ def probe_step(
     micro_batch_size: int | None = None,
     evaluate: bool = False,
     context: AutocastFactory = contextlib.nullcontext,
-    free_grads: bool = False,
+    free_grads: GradFreeing = False,
     repeat: int = 1,
 ) -> Probe:
     """Training forward/backward on ``batch`` as the loop runs it, measured and undone.
@@ -180,7 +183,9 @@ def probe_step(
         context: entered around each forward inside ``autocast`` (an activation codec's
             saved-tensor hooks: :func:`edgetrain.memory.compress_activations`).
         free_grads: free each gradient as soon as it is accumulated when there is no
-            accumulation, as ``optimizer_in_backward`` does after its step (the weights
+            accumulation (True), or also with accumulation ("accumulating": folded into
+            SGD's momentum, :mod:`edgetrain.memory.fold`), as ``optimizer_in_backward``
+            does after its step or its fold (the weights
             are not stepped: the probe's memory is that of the real step, its weights
             unchanged).
         repeat: run the pass up to this many times (gradients freed in between) while
@@ -199,7 +204,7 @@ def probe_step(
     for p in saved.params:
         p.grad = None
     handles = []
-    if free_grads and micro >= n:
+    if free_grads == "accumulating" or (free_grads and micro >= n):
         handles = [
             p.register_post_accumulate_grad_hook(_drop_grad)
             for p in saved.params
@@ -258,7 +263,7 @@ def measure_logical_batch(
     meter: MemoryMeter,
     autocast: AutocastFactory = contextlib.nullcontext,
     context: AutocastFactory = contextlib.nullcontext,
-    free_grads: bool = False,
+    free_grads: GradFreeing = False,
 ) -> Probe:
     """One whole logical ``batch`` as the loop runs it at ``micro_batch_size``
     (accumulated micro-batches, the remainder included, then an evaluation forward),
@@ -329,7 +334,7 @@ def fit_memory_model(
     autocast: AutocastFactory = contextlib.nullcontext,
     is_oom: Callable[[BaseException], bool] | None = None,
     context: AutocastFactory = contextlib.nullcontext,
-    free_grads: bool = False,
+    free_grads: GradFreeing = False,
     timed: bool = False,
     isolate: bool = True,
     single: bool = True,
@@ -528,7 +533,7 @@ def add_single(
     start: int = 1,
     autocast: AutocastFactory = contextlib.nullcontext,
     context: AutocastFactory = contextlib.nullcontext,
-    free_grads: bool = False,
+    free_grads: GradFreeing = False,
     prepare: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
     always: bool = False,
     isolate: bool = True,

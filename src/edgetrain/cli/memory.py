@@ -166,7 +166,7 @@ def _plan(cfg: Any, data: Any, model: Any, device: Any) -> None:
             ]
         else:
             row = ["does not fit", "", "", ""]
-        table.add_row("->" if taken else "", option.levers.short(), *row)
+        table.add_row("->" if taken else "", option.short(), *row)
     out.print(table)
     out.print(
         f"plan: {plan.describe()}; the smallest budget any plan reaches: "

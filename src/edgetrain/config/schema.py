@@ -100,7 +100,8 @@ class TrainConfig(Section):
     # a non-finite training loss: stop (status "diverged", exit 3), skip the step, or continue
     on_nonfinite: Literal["stop", "skip", "continue"] = "stop"
     grad_clip_norm: float | None = Field(None, gt=0)  # clip the gradient norm before each step
-    # step each parameter as its gradient is ready, freeing it (no accumulation only)
+    # step each parameter as its gradient is ready, freeing it; with accumulation, SGD with
+    # momentum folds each micro-batch's gradients into its momentum (edgetrain.memory.fold)
     optimizer_in_backward: bool = False
     # the dtype optimizer state (momentum, Adam's moments) is kept in between steps: bf16
     # halves it (each parameter's state cast up for its step, rounded back stochastically)

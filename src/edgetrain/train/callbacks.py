@@ -76,6 +76,10 @@ class TrainState:
     # set by optimizer-in-backward (features/optim_backward.py): a logical batch without
     # accumulation is stepped by per-parameter hooks during its backward pass
     step_in_backward: bool = False
+    # set with step_in_backward where the optimizer can fold (SGD with momentum): a
+    # logical batch with accumulation folds each micro-batch's gradients into the
+    # momentum buffers during backward (a MomentumFold, edgetrain.memory.fold)
+    fold: Any = None
     samples_seen_epoch: int = 0
     epoch_row: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)

@@ -57,8 +57,13 @@ def train_step(
     n = task.size(batch)
     micro = max(1, min(state.micro_batch_size, n))
     optimizer = state.optimizer
-    # optimizer in backward: without accumulation, hooks step each parameter in backward
-    in_backward = state.step_in_backward and micro >= n
+    # optimizer in backward: without accumulation, hooks step each parameter in backward;
+    # with accumulation (SGD with momentum), they fold each micro-batch's gradients into
+    # the momentum buffers and the weights step after the last (edgetrain.memory.fold)
+    fold = state.fold if state.step_in_backward and micro < n else None
+    in_backward = state.step_in_backward and (micro >= n or fold is not None)
+    if fold is not None:
+        fold.begin()
     state.in_optimizer_step = False
     optimizer.zero_grad(set_to_none=True)
     total = task.count(batch)
@@ -72,7 +77,8 @@ def train_step(
         loss = task.loss_sum(out, part)
         state.in_optimizer_step = in_backward  # the hooks step parameters during backward
         scaler.scale(loss / total).backward()
-        state.in_optimizer_step = False
+        # folded momentum cannot be taken back: an error from here on is inside the step
+        state.in_optimizer_step = fold is not None
         loss_total += loss.detach().double()
         task.update_metrics(state.train_metrics, out, part)
     # one host-device sync per logical batch, not per micro-batch
@@ -88,6 +94,9 @@ def train_step(
             optimizer.zero_grad(set_to_none=True)
             return StepResult(loss_value, count, n, skipped=True)
     if in_backward:
+        if fold is not None:
+            fold.finish()  # the weights step from the folded momentum
+        state.in_optimizer_step = False
         return StepResult(loss_value, count, n)  # stepped during backward
     state.in_optimizer_step = True  # stays set if the step raises
     if cfg.grad_clip_norm is not None:

@@ -56,6 +56,7 @@ from edgetrain.adapt.planner import (
     shifted,
     within,
 )
+from edgetrain.adapt.probe import GradFreeing
 from edgetrain.adapt.state import to_plain
 from edgetrain.config import AdaptConfig, TrainConfig
 from edgetrain.errors import EdgeTrainError
@@ -714,7 +715,7 @@ class AdaptiveCallback(Callback):
                 start=min_micro,
                 autocast=lambda: autocast(state.config.precision, state.device),
                 context=self._codec_context(state),
-                free_grads=self._frees_grads(),
+                free_grads=self._frees_grads(state),
             )
         except torch.OutOfMemoryError as exc:
             raise EdgeTrainError(
@@ -737,9 +738,15 @@ class AdaptiveCallback(Callback):
             return lambda: codec
         return contextlib.nullcontext
 
-    def _frees_grads(self) -> bool:
+    def _frees_grads(self, state: TrainState) -> GradFreeing:
+        """Which gradients training frees as they are ready: none, at the whole batch
+        (the step in backward), or at every micro-batch (SGD's momentum folds them)."""
+        from edgetrain.memory.fold import fold_refusal
+
         levers = self.controller.state.levers
-        return levers is not None and levers.optimizer_in_backward
+        if levers is None or not levers.optimizer_in_backward:
+            return False
+        return "accumulating" if fold_refusal(state.optimizer) is None else True
 
     def _measure_logical_batch(self, state: TrainState, batch: Any, micro: int) -> int | None:
         """The peak of one whole logical batch at ``micro``; -1 if it ran out of memory."""
@@ -757,7 +764,7 @@ class AdaptiveCallback(Callback):
                 meter=self.meter,
                 autocast=lambda: autocast(state.config.precision, state.device),
                 context=self._codec_context(state),
-                free_grads=self._frees_grads(),
+                free_grads=self._frees_grads(state),
             )
         except torch.OutOfMemoryError:
             if torch.cuda.is_available():

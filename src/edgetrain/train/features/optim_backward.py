@@ -13,10 +13,18 @@ accumulation, after the budget controller shrank the micro-batch) continues the 
 state. Each group's settings (the learning rate set by the schedule or a scheduler) are
 copied into the per-parameter group just before each step.
 
-The loop decides, per logical batch, whether the hooks step: it sets
-``state.in_optimizer_step`` around the one backward pass of a batch without accumulation
-when ``state.step_in_backward`` is set (by :meth:`OptimizerInBackward.on_fit_start`).
-Any other backward (with accumulation, a probe's) leaves the gradients alone.
+With gradient accumulation the step cannot happen in backward (later micro-batches
+need the old weights), but for SGD with momentum the gradients need not be kept either:
+the hooks fold each micro-batch's gradients into the momentum buffers as they are ready
+and free them, and the loop steps the weights after the last micro-batch
+(:class:`~edgetrain.memory.fold.MomentumFold`, published as ``state.fold``). Other
+optimizers accumulate the plain way.
+
+The loop decides, per logical batch, whether the hooks act: it sets
+``state.in_optimizer_step`` around the backward passes of a batch (the one pass without
+accumulation; every pass when it folds) when ``state.step_in_backward`` is set (by
+:meth:`OptimizerInBackward.on_fit_start`). Any other backward (with accumulation and no
+fold, a probe's) leaves the gradients alone.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import torch
 from torch.utils.hooks import RemovableHandle
 
 from edgetrain.errors import EdgeTrainError
+from edgetrain.memory.fold import MomentumFold, fold_refusal
 from edgetrain.memory.optimizer_state import (
     installed,
     is_own_hook,
@@ -45,7 +54,8 @@ _NAME = "optimizer_in_backward"
 
 
 class OptimizerInBackward(Callback):
-    """Steps each parameter inside backward and frees its gradient (no accumulation only).
+    """Steps each parameter inside backward and frees its gradient; with accumulation,
+    folds the gradients into SGD's momentum (module doc) or leaves them to the loop.
 
     Refuses (:class:`EdgeTrainError`) what needs all gradients before the step: gradient
     clipping, fp16 loss scaling, ``on_nonfinite: skip``, sparse updates (hooks on the
@@ -61,7 +71,10 @@ class OptimizerInBackward(Callback):
         self._params: tuple[int, ...] = ()
         self._handles: list[RemovableHandle] = []
         self._stepped = False  # a hook stepped a parameter in this logical batch
+        self._folded = False  # ... by folding its gradient into the momentum
+        self._fold: MomentumFold | None = None  # SGD with momentum: accumulation folds
         self.steps_in_backward = 0  # logical batches stepped inside backward
+        self.steps_folded = 0  # of those, with accumulation folded into the momentum
         self.steps_plain = 0  # logical batches stepped by the loop (with accumulation)
 
     # -- set-up ---------------------------------------------------------------------
@@ -72,20 +85,24 @@ class OptimizerInBackward(Callback):
         state.step_in_backward = True
 
     def on_batch_start(self, state: TrainState) -> None:
-        self._stepped = False
+        self._stepped = self._folded = False
         if state.optimizer is not self._optimizer or param_ids(state.optimizer) != self._params:
             _check_hooks(state.optimizer)
             self._install(state.optimizer)  # a new optimizer, new or reloaded groups
+        elif self._fold is not None and fold_refusal(state.optimizer) is not None:
+            self._fold = state.fold = None  # low-precision state installed since
 
     def on_batch_end(self, state: TrainState) -> None:
         if self._stepped:
             self.steps_in_backward += 1
+            self.steps_folded += int(self._folded)
         else:
             self.steps_plain += 1
 
     def on_fit_end(self, state: TrainState) -> None:
         self.remove()
         state.step_in_backward = False
+        state.fold = None
 
     def remove(self) -> None:
         """Remove the hooks (the loop then steps the usual way)."""
@@ -97,6 +114,9 @@ class OptimizerInBackward(Callback):
         self.remove()
         self._optimizer = optimizer
         self._params = param_ids(optimizer)
+        self._fold = MomentumFold(optimizer) if fold_refusal(optimizer) is None else None
+        if self._state is not None:
+            self._state.fold = self._fold
         for p, single, group in per_parameter_optimizers(optimizer):
             self._handles.append(p.register_post_accumulate_grad_hook(self._hook(single, group)))
 
@@ -107,6 +127,10 @@ class OptimizerInBackward(Callback):
             state = self._state
             if state is None or not (state.step_in_backward and state.in_optimizer_step):
                 return  # accumulation, or a backward outside the loop's step
+            if self._fold is not None and self._fold.active:
+                self._fold.fold(p)  # a micro-batch of an accumulated batch
+                self._stepped = self._folded = True
+                return
             main = self._optimizer
             if main is not None and single.state is not main.state:
                 single.state = main.state  # the optimizer's state was loaded (resume)
@@ -126,16 +150,19 @@ class OptimizerInBackward(Callback):
     # -- checkpoint and summary -----------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         # the optimizer state itself is in state.optimizer's state_dict (shared)
-        return {"steps_in_backward": self.steps_in_backward, "steps_plain": self.steps_plain}
+        return {
+            "steps_in_backward": self.steps_in_backward,
+            "steps_folded": self.steps_folded,
+            "steps_plain": self.steps_plain,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.steps_in_backward = int(state.get("steps_in_backward", 0))
+        self.steps_folded = int(state.get("steps_folded", 0))
         self.steps_plain = int(state.get("steps_plain", 0))
 
     def summary(self) -> dict[str, Any]:
-        return {
-            _NAME: {"steps_in_backward": self.steps_in_backward, "steps_plain": self.steps_plain}
-        }
+        return {_NAME: self.state_dict()}
 
 
 def _check(state: TrainState) -> None:
