@@ -508,3 +508,87 @@ def test_a_planned_low_precision_state_resumes_exactly(tmp_path):
     assert cb.controller.state.levers.state == "bf16"
     for a, b in zip(whole.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+class GradMeter(LeverMeter):
+    """LeverMeter plus ``grads`` MiB while two parameters' gradients coexist (one is
+    accumulated while another's is kept): plain accumulation pays them at every
+    micro-batch, a step that frees each gradient when it is ready never does."""
+
+    def __init__(self, model: nn.Module, static: float, per_sample: float, grads: float) -> None:
+        self.coexist = False
+        super().__init__(model, static, per_sample, factor=1.0)
+        self.grads = int(grads * MiB)
+        params = list(model.parameters())
+        for p in params:  # before any of training's hooks: sees the gradient just made
+            p.register_post_accumulate_grad_hook(
+                lambda p, params=params: self._accumulated(p, params)
+            )
+
+    def _accumulated(self, p: torch.Tensor, params: list[torch.Tensor]) -> None:
+        if any(q.grad is not None for q in params if q is not p):
+            self.coexist = True
+
+    def reset_peak(self) -> None:
+        super().reset_peak()
+        self.coexist = False
+
+    def peak_bytes(self) -> int:
+        return super().peak_bytes() + (self.grads if self.coexist else 0)
+
+
+def _wide(seed: int = 0) -> nn.Module:
+    """0.8 MiB of parameters in five layers (the gradients the fold frees: all but the
+    largest layer's, which must exist at once)."""
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = [nn.Flatten(), nn.Linear(32, 256)]
+    for _ in range(3):
+        layers += [nn.ReLU(), nn.Linear(256, 256)]
+    return nn.Sequential(*layers, nn.ReLU(), nn.Linear(256, 3))
+
+
+def test_sgd_with_momentum_folds_accumulated_gradients_where_the_batch_does_not_fit(tmp_path):
+    """Plain accumulation keeps 0.8 MiB of gradients beside every micro-batch; folding
+    them into the momentum (edgetrain.memory.fold) frees them, so the plan takes larger
+    micro-batches (fewer steps) under the same budget, and trains what accumulation
+    trains."""
+    model = _wide()
+    meter = GradMeter(model, static=2, per_sample=0.1, grads=0.8)
+    cb = AdaptiveCallback(probe_data=Blobs(), meter=meter)
+    sgd = {"optimizer": "sgd", "momentum": 0.9}
+    result = _fit(model, tmp_path / "r", [cb], {"memory": "5MiB"}, epochs=2, **sgd)
+    plan = cb.plan
+    assert plan is not None and plan.levers == Levers(optimizer_in_backward=True)
+    by = {o.levers: o for o in plan.options}
+    plain_micro = by[Levers()].micro_batch_size
+    # limit 4.5 MiB: plain 2 + 0.8 gradients + 0.8 momentum (the probes add the state a
+    # real step makes) + 0.1 x 8; folded, the 0.8 MiB of gradients freed (measured by a
+    # pass with accumulation): micro-batch 16 (2 steps against 4)
+    assert plain_micro == 8
+    assert (plan.micro_batch_size, plan.accum_steps) == (16, 2)
+    assert plan.predicted_peak_bytes == pytest.approx(4.4 * MiB, rel=0.01)
+    assert plan.chosen.short() == "gradients folded into momentum"
+    steps = result.summary["adapt"]["plan"]
+    assert steps["steps_folded"] == steps["steps_in_backward"] == 6  # 96 / 32 x 2 epochs
+    assert result.summary["adapt"]["budget_violations"] == 0
+    assert result.history.micro_batch_size.tolist() == [16, 16]
+    # the same weights as plain accumulation at that micro-batch (up to rounding)
+    plain = _wide()
+    _fit(
+        plain,
+        tmp_path / "q",
+        [],
+        {"memory": None},
+        epochs=2,
+        micro_batch_size=plan.micro_batch_size,
+        **sgd,
+    )
+    for a, b in zip(model.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    # Adam cannot fold: the step in backward is only offered at the whole batch
+    model = _wide()
+    meter = GradMeter(model, static=2, per_sample=0.1, grads=0.8)
+    cb = AdaptiveCallback(probe_data=Blobs(), meter=meter)
+    _fit(model, tmp_path / "a", [cb], {"memory": "5MiB"}, optimizer="adam", lr=1e-3)
+    assert cb.plan is not None and cb.plan.levers == Levers()
+    assert not {o.levers: o for o in cb.plan.options}[Levers(optimizer_in_backward=True)].fits

@@ -438,7 +438,7 @@ def measure_lever_costs(
     costs = [cost_of(lv) for lv in order if lv in candidates and lv in fits]
     low = [lv for lv in candidates if derive and lv.state != "fp32"]
     saving = _state_saving(optimizer, {lv.state for lv in low})
-    accounted: int | None = None  # the same for every set: computed once, when needed
+    grads: tuple[int, int] | None = None  # the same for every set: computed once, when needed
     # the step in backward runs with accumulation too where the optimizer folds the
     # micro-batches' gradients into its momentum (edgetrain.memory.fold)
     folds = optimizer is not None and fold_refusal(optimizer) is None
@@ -452,8 +452,8 @@ def measure_lever_costs(
         accumulates = folds and levers.state == "fp32"
         if not whole_runs and not accumulates:
             continue  # the whole batch does not run: no step in backward
-        if accounted is None:
-            accounted = isolated(
+        if grads is None:
+            grads = isolated(
                 meter,
                 lambda: _accounted_grad_free(model, optimizer, task, batch),
                 "the gradients' exact bytes",
@@ -463,12 +463,16 @@ def measure_lever_costs(
             (saving[lv.state] for lv in low if replace(lv, state="fp32") == levers), default=0
         )
         # the pass measured with gradients freed: the whole batch; where the set folds,
-        # the largest micro-batch predicted to fit with the gradients freed
+        # the largest micro-batch predicted to fit with every gradient freed
         micro = size
         if accumulates and limit_bytes is not None:
             upper = size if whole_runs else base.ceiling - 1  # type: ignore[operator]
-            fitting = base.memory.raised(-accounted - lower).largest_micro_batch(limit_bytes, upper)
+            fitting = base.memory.raised(-grads[0] - lower).largest_micro_batch(limit_bytes, upper)
             micro = min(max(start, fitting), upper)
+        # the most freeing can save (exact): with accumulation every gradient (plain
+        # accumulation keeps them all from the first micro-batch on); in one pass over the
+        # whole batch all but the largest parameter's (which must exist at once)
+        accounted = grads[0] if micro < size else max(0, grads[0] - grads[1])
         hopeless = (
             limit_bytes is not None
             and base.predict_bytes(micro, size) - accounted - lower > limit_bytes
@@ -541,12 +545,12 @@ def _state_saving(
 
 def _accounted_grad_free(
     model: nn.Module, optimizer: torch.optim.Optimizer | None, task: Task, batch: Any
-) -> int:
-    """Exact gradient bytes less the largest parameter's (which must exist at once)."""
+) -> tuple[int, int]:
+    """Exact gradient bytes and the largest parameter's."""
     static = static_bytes(model, optimizer, task, batch, size=2)
     params = [p for p in model.parameters() if p.requires_grad]
     largest = max((p.numel() * p.element_size() for p in params), default=0)
-    return max(0, static.grad_bytes - largest)
+    return static.grad_bytes, largest
 
 
 def _grad_free_bytes(

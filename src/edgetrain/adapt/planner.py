@@ -227,11 +227,17 @@ class LeverCost:
 
     def predict_bytes(self, micro_batch_size: int, batch_size: int) -> int:
         peak = self.memory.predict_bytes(micro_batch_size)
-        whole = micro_batch_size >= batch_size
-        if self.levers.optimizer_in_backward and (whole or self.accumulates):
-            peak -= self.grad_free_bytes
-            if self.whole_bytes is not None and whole:
-                peak = max(peak, self.whole_bytes)
+        if not self.levers.optimizer_in_backward:
+            return peak
+        if micro_batch_size < batch_size:  # the fold frees them at every micro-batch
+            return peak - self.grad_free_bytes if self.accumulates else peak
+        if self.accumulates and self.whole_bytes is None:
+            # measured with accumulation, which saves more than one pass over the whole
+            # batch: no saving counted there
+            return peak
+        peak -= self.grad_free_bytes
+        if self.whole_bytes is not None:
+            peak = max(peak, self.whole_bytes)
         return peak
 
     def raised(self, delta_bytes: float) -> LeverCost:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -66,6 +66,9 @@ from edgetrain.train.features.prune import PruneCallback
 from edgetrain.train.optim import autocast
 from edgetrain.train.rundir import DECISIONS_COLUMNS
 from edgetrain.units import format_bytes
+
+if TYPE_CHECKING:
+    from edgetrain.train.features.optim_backward import OptimizerInBackward
 
 __all__ = [
     "ADAPT_COLUMNS",
@@ -273,7 +276,9 @@ class AdaptiveCallback(Callback):
         self._norm_buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._summary: dict[str, Any] = {}
         self._levers: Any = None  # the LeverHandle of the levers this callback applied
-        self._step_in_backward: Callback | None = None  # OptimizerInBackward, when planned
+        self._step_in_backward: OptimizerInBackward | None = None  # when planned
+        # its logical batches (stepped in backward, folded, plain) over every plan so far
+        self._steps_in_backward: dict[str, int] = {}
         self._fits: dict[Levers, BudgetFit] = {}
         self._blocks: list[str] = []  # the blocks the planned levers recompute
         self._rows: dict[str, torch.Tensor] | None = None  # a sparse plan's rows
@@ -600,8 +605,17 @@ class AdaptiveCallback(Callback):
             self._levers.remove()
             self._levers = None
         if self._step_in_backward is not None:
+            self._steps_in_backward = self._steps_counted()
             self._step_in_backward.on_fit_end(state)
             self._step_in_backward = None
+
+    def _steps_counted(self) -> dict[str, int]:
+        """Logical batches the planned optimizer step in backward saw (all plans)."""
+        counts = dict(self._steps_in_backward)
+        if self._step_in_backward is not None:
+            for key, value in self._step_in_backward.state_dict().items():
+                counts[key] = counts.get(key, 0) + int(value)
+        return counts
 
     def _log_plan(self, state: TrainState, plan: Plan, *, epoch: int, why: str = "") -> None:
         """decisions.csv: one row per lever set considered (chosen = 'plan' for the one
@@ -835,7 +849,12 @@ class AdaptiveCallback(Callback):
         return True
 
     def summary(self) -> dict[str, Any]:
-        return {"adapt": self._summary} if self._summary else {}
+        if not self._summary:
+            return {}
+        steps = self._steps_counted()
+        if steps and "plan" in self._summary:  # under the plan: how each batch was stepped
+            return {"adapt": {**self._summary, "plan": {**self._summary["plan"], **steps}}}
+        return {"adapt": self._summary}
 
     # -- epoch end -------------------------------------------------------------------------
     def on_epoch_end(self, state: TrainState) -> None:
