@@ -8,6 +8,7 @@ import weakref
 import pandas as pd
 import pytest
 import torch
+from torch import nn
 
 from conftest import QUIET, BatchMeter, Blobs, OomAbove, tiny_net
 from edgetrain.config import load_config
@@ -467,3 +468,45 @@ def test_oom_in_the_optimizer_step_of_a_run_is_raised_not_retried(tmp_path):
         )
     decisions = pd.read_csv(tmp_path / "a" / "decisions.csv")
     assert decisions.reason.str.contains("inside the optimizer step").any()
+
+
+class OomOnCall(nn.Module):
+    """Wraps a model; its ``at``-th training forward raises torch.OutOfMemoryError."""
+
+    def __init__(self, inner: nn.Module, at: int) -> None:
+        super().__init__()
+        self.inner, self.at, self.calls = inner, at, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            self.calls += 1
+            if self.calls == self.at:
+                raise torch.OutOfMemoryError("simulated")
+        return self.inner(x)
+
+
+def test_oom_after_gradients_were_folded_into_momentum_is_not_retried(tmp_path):
+    """Folded momentum cannot be taken back (edgetrain.memory.fold): an out-of-memory
+    error in the second micro-batch is inside the step, not retried with the momentum
+    folded twice."""
+    model = OomOnCall(tiny_net(), at=2)
+    settings = {"optimizer": "sgd", "momentum": 0.9, "optimizer_in_backward": True}
+    with pytest.raises(torch.OutOfMemoryError):
+        _fit(
+            model,
+            Blobs(),
+            tmp_path / "r",
+            [AdaptiveCallback()],
+            adapt={"policy": "budget"},
+            micro_batch_size=8,
+            **settings,
+        )
+    decisions = pd.read_csv(tmp_path / "r" / "decisions.csv")
+    assert decisions.reason.str.contains("inside the optimizer step").any()
+    # the same error before any fold (the first micro-batch) is retried
+    model = OomOnCall(tiny_net(), at=1)
+    result = _fit(
+        model, Blobs(), tmp_path / "s", [AdaptiveCallback()], adapt={"policy": "budget"},
+        micro_batch_size=8, **settings,
+    )  # fmt: skip
+    assert result.summary["adapt"]["oom_retries"] == 1
