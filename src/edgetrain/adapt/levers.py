@@ -5,10 +5,12 @@ For every candidate :class:`~edgetrain.adapt.planner.Levers` set the levers are 
 hooks around the forward) and :func:`~edgetrain.adapt.probe.fit_memory_model` probes
 short forward/backward steps at growing micro-batches, measured by the run's meter and
 timed; each probe is undone (gradients, buffers, RNG), so probing changes nothing. The
-optimizer step inside backward is a set of its own only where it can act (no gradient
-accumulation, no clipping, fp32/bf16): its memory is the plain set's probe at the whole
-batch with every gradient freed as soon as it is ready (measured; the weights are not
-stepped), its time is the plain set's (not probed: a probe may not change the weights).
+optimizer step inside backward is a set of its own only where it can act (no clipping,
+fp32/bf16; with gradient accumulation only where SGD's momentum takes the folded
+gradients, :mod:`edgetrain.memory.fold`): its memory is the plain set's less what a
+probe with every gradient freed as soon as it is ready saves (at the whole batch, or
+over three micro-batches where it folds; the weights are not stepped), its time is the
+plain set's (not probed: a probe may not change the weights).
 :func:`~edgetrain.adapt.planner.make_plan` then chooses. See docs/design.md, "Memory
 planner"::
 
