@@ -115,15 +115,17 @@ class Levers:
         codec = CODEC_LOSS_RANK.get(self.activations, len(CODEC_LOSS_RANK))
         return (-self.sparse, codec, int(self.state != "fp32"))
 
-    def short(self) -> str:
-        """Shortest text: 'recompute + int8 + step in backward', or 'micro-batch only'."""
+    def short(self, *, accumulating: bool = False) -> str:
+        """Shortest text: 'recompute + int8 + step in backward', or 'micro-batch only';
+        ``accumulating``: the step in backward with accumulation is a fold of the
+        gradients into SGD's momentum (:mod:`edgetrain.memory.fold`)."""
         parts = []
         if self.recompute != "none":
             parts.append("recompute" if self.recompute == "all" else f"recompute {self.recompute}")
         if self.activations != "none":
             parts.append(self.activations)
         if self.optimizer_in_backward:
-            parts.append("step in backward")
+            parts.append("gradients folded into momentum" if accumulating else "step in backward")
         if self.sparse < 1:
             parts.append(f"sparse {self.sparse:.0%}")
         if self.state != "fp32":
@@ -282,12 +284,8 @@ class PlanOption:
         return self.micro_batch_size > 0
 
     def short(self) -> str:
-        """:meth:`Levers.short`; the step in backward with accumulation is a fold of the
-        gradients into SGD's momentum (:mod:`edgetrain.memory.fold`)."""
-        text = self.levers.short()
-        if self.levers.optimizer_in_backward and self.accum_steps > 1:
-            text = text.replace("step in backward", "gradients folded into momentum")
-        return text
+        """:meth:`Levers.short` at this option's micro-batch."""
+        return self.levers.short(accumulating=self.accum_steps > 1)
 
     @property
     def eligible(self) -> bool:

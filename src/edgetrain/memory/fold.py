@@ -63,8 +63,9 @@ class MomentumFold:
             raise ValueError(why)
         self.optimizer = optimizer
         self._groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
-        # parameters folded in this logical batch -> (parameter, coefficient of d_p)
-        self._begun: dict[int, tuple[torch.Tensor, float]] = {}
+        # parameters folded in this logical batch -> (parameter, its buffer, coefficient
+        # of d_p)
+        self._begun: dict[int, tuple[torch.Tensor, torch.Tensor, float]] = {}
         self.active = False
 
     def begin(self) -> None:
@@ -79,35 +80,30 @@ class MomentumFold:
         if grad is None:
             return
         group = self._groups[id(p)]
-        started = self._begun.get(id(p))
-        if started is None:
+        begun = self._begun.get(id(p))
+        if begun is None:  # the parameter's first gradient in this logical batch
             state = self.optimizer.state[p]
             buf = state.get("momentum_buffer")
             if buf is None:  # SGD's first step: buf = d_p (no dampening)
-                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                buf = state["momentum_buffer"] = torch.zeros_like(
+                    p, memory_format=torch.preserve_format
+                )
                 coef = 1.0
             else:
                 buf.mul_(group["momentum"])
                 coef = 1.0 - group["dampening"]
-            started = self._begun[id(p)] = (p, coef)
-        coef = started[1]
-        buf = self.optimizer.state[p]["momentum_buffer"]
-        buf.add_(grad, alpha=-coef if group["maximize"] else coef)
+            begun = self._begun[id(p)] = (p, buf, coef)
+        _, buf, coef = begun
+        buf.add_(grad, alpha=-coef if group.get("maximize") else coef)
         p.grad = None
 
     @torch.no_grad()
     def finish(self) -> None:
         """Add weight decay and step every folded parameter (after the last backward)."""
-        for p, coef in self._begun.values():
+        for p, buf, coef in self._begun.values():
             group = self._groups[id(p)]
-            buf = self.optimizer.state[p]["momentum_buffer"]
             if group["weight_decay"]:
                 buf.add_(p, alpha=coef * group["weight_decay"])
             p.add_(buf, alpha=-group["lr"])
-        self._begun = {}
-        self.active = False
-
-    def abandon(self) -> None:
-        """Forget a logical batch that did not finish (the buffers keep what was folded)."""
         self._begun = {}
         self.active = False
