@@ -161,3 +161,60 @@ def test_adam_with_accumulation_steps_the_plain_way(tmp_path: Any) -> None:
     res = _fit(tmp_path, "adam", "adam", optimizer_in_backward=True)
     steps = res.summary["optimizer_in_backward"]
     assert steps == {"steps_in_backward": 0, "steps_folded": 0, "steps_plain": 12}
+
+
+class _Pairs(torch.utils.data.Dataset):
+    """Regression pairs, or dict batches with labels for a model that returns its loss."""
+
+    def __init__(self, as_dict: bool, n: int = 96, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 8, generator=g)
+        self.y = self.x @ torch.randn(8, 1, generator=g)
+        self.as_dict = as_dict
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> Any:
+        if self.as_dict:
+            return {"input": self.x[i], "labels": (self.y[i, 0] > 0).long()}
+        return self.x[i], self.y[i]
+
+
+class _OwnLoss(nn.Module):
+    """A Hugging Face-style model: keyword inputs, a dict output with its own loss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+
+    def forward(self, input: torch.Tensor, labels: torch.Tensor | None = None) -> Any:
+        logits = self.net(input)
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = F.cross_entropy(logits, labels)
+        return out
+
+
+@pytest.mark.parametrize("as_dict", [False, True], ids=["regression", "dict_model_loss"])
+def test_other_tasks_fold_and_match_plain_accumulation(tmp_path: Any, as_dict: bool) -> None:
+    torch.manual_seed(0)
+    plain_model = (
+        _OwnLoss() if as_dict else nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    )
+    fold_model = copy.deepcopy(plain_model)
+    settings = {
+        "epochs": 2, "batch_size": 32, "micro_batch_size": 8, "optimizer": "sgd", "lr": 0.01,
+        "momentum": 0.9, "progress": False, **QUIET,
+    }  # fmt: skip
+    plain = edgetrain.fit(
+        plain_model, _Pairs(as_dict), _Pairs(as_dict, 48, 1), out=str(tmp_path / "p"), **settings
+    )
+    folded = edgetrain.fit(
+        fold_model, _Pairs(as_dict), _Pairs(as_dict, 48, 1), out=str(tmp_path / "f"),
+        optimizer_in_backward=True, **settings,
+    )  # fmt: skip
+    assert folded.summary["optimizer_in_backward"]["steps_folded"] == 6
+    assert list(folded.history.val_loss) == pytest.approx(list(plain.history.val_loss), rel=1e-5)
+    for a, b in zip(plain_model.parameters(), fold_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
